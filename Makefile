@@ -1,0 +1,35 @@
+# The two commands of this project: `make demo` and `make test`. Each creates or updates .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Environment that keeps Ray on loopback, quiet and fast on a small machine (see docs/infra.md).
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.1
+export RAY_AIR_NEW_OUTPUT := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv demo test clean
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: 2.14.1 + torchvision 0.29.1 come from this machine's disk (see constraints.txt)
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fair demo
+
+test: $(STAMP)
+	$(PY) -m pytest --timeout=900 tests
+
+clean:
+	rm -rf runs sweeps results_out

@@ -1,0 +1,71 @@
+"""`fair` command: a thin dispatcher that imports a sub-package only when its command runs.
+
+So `fair adapt` works without Ray installed and `fair results table` without torch.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+USAGE = """usage: fair <command> [options]
+
+commands:
+  adapt     run one FAIR adaptation:        fair adapt --config FILE [--set k=v ...]
+  data      check a dataset root:           fair data check DATASET [--root DIR]
+  demo      the main job on embedded defaults (what `make demo` runs)
+  sweep     a Ray Tune + Optuna sweep:      fair sweep --config SWEEP.yaml [--set k=v ...]
+  results   collect / table / plot:         fair results {collect,table,plot} ...
+  cluster   submit to a Ray cluster:        fair cluster {submit,status,logs,stop} ...
+
+`fair <command> --help` for a command's options.
+"""
+
+
+def _dispatch(command: str):
+    if command in ("adapt", "data", "demo"):
+        from fair import commands
+        return getattr(commands, f"{command}_main")
+    if command == "sweep":
+        from tune.cli import main
+        return main
+    if command == "results":
+        from results.cli import main
+        return main
+    if command == "cluster":
+        from cluster.cli import main
+        return main
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from fair.errors import FairError
+    try:
+        fn = _dispatch(argv[0])
+        if fn is None:
+            print(f"fair: unknown command {argv[0]!r}; run `fair --help` for the list", file=sys.stderr)
+            return 2
+        return int(fn(argv[1:]) or 0)
+    except FairError as e:
+        print(f"fair: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = {"ray": "tune", "optuna": "tune", "pyarrow": "results", "boto3": "results"}.get(
+            (e.name or "").split(".")[0])
+        if extra:
+            print(f"fair: error: `fair {argv[0]}` needs {e.name}: pip install 'fair-sweeps[{extra}]'",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("fair: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

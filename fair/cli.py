@@ -37,6 +37,15 @@ def _dispatch(command: str):
     return None
 
 
+def _missing_module(command: str, e: ModuleNotFoundError) -> int:
+    extra = {"ray": "tune", "optuna": "tune", "pyarrow": "results", "boto3": "results"}.get(
+        (e.name or "").split(".")[0])
+    if not extra:
+        raise e
+    print(f"fair: error: `fair {command}` needs {e.name}: pip install 'fair-sweeps[{extra}]'", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -51,16 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fair: unknown command {argv[0]!r}; run `fair --help` for the list", file=sys.stderr)
             return 2
         return int(fn(argv[1:]) or 0)
-    except FairError as e:
-        print(f"fair: error: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:
-        extra = {"ray": "tune", "optuna": "tune", "pyarrow": "results", "boto3": "results"}.get(
-            (e.name or "").split(".")[0])
-        if extra:
-            print(f"fair: error: `fair {argv[0]}` needs {e.name}: pip install 'fair-sweeps[{extra}]'",
-                  file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - user errors of every sub-package print as one line
+        if isinstance(e, FairError) or getattr(e, "user_error", False):
+            print(f"fair: error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, ModuleNotFoundError):
+            return _missing_module(argv[0], e)
         raise
     except KeyboardInterrupt:
         print("fair: interrupted; rerun the same command to resume", file=sys.stderr)

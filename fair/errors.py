@@ -3,3 +3,5 @@
 
 class FairError(Exception):
     """Bad input or a broken environment; the CLI prints it as one line and exits with code 2."""
+
+    user_error = True  # any exception class with this flag prints as one line (results/ has its own)

@@ -40,3 +40,11 @@ def read_split(split: str, root: str | None = None) -> tuple[np.ndarray, np.ndar
     r = fashion_mnist_root(root)
     img_f, lab_f = _FILES[split]
     return _read_idx(r / img_f), _read_idx(r / lab_f).astype(np.int64)
+
+# Prompt templates for zero-shot / the class-name head (shared by the stand-in's pretraining and adaptation).
+TEMPLATES = [
+    "a photo of a {}.",
+    "a photo of the {}, a type of clothing.",
+    "a product photo of a {}.",
+    "a low resolution photo of a {}.",
+]

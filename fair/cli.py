@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # Our packages log at INFO; third-party libraries (open_clip logs to the root logger) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for name in ("fair", "tune", "results", "cluster", "bench"):
+        logging.getLogger(name).setLevel(logging.INFO)
     from fair.errors import FairError
     try:
         fn = _dispatch(argv[0])

@@ -1,0 +1,327 @@
+"""One typed config for a FAIR run: dataclasses, loaded from YAML, overridden with `--set key=value`.
+
+Every option the specification leaves open is a named field here; those fields are what sweeps search.
+Unknown keys and values of the wrong type are errors that name the key (FairError, one line).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_origin
+
+import yaml
+
+from fair.errors import FairError
+
+Method = Literal["zeroshot", "wca", "selftrain", "fair"]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-32"                 # any open_clip architecture (or one registered by fair)
+    pretrained: str = "openai"             # an open_clip pretrained tag, or a local .pt/.bin/.safetensors path
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; trainable params stay fp32
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    cache_dir: Optional[str] = None        # where open_clip keeps downloaded weights
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"         # a name from fair.data.catalog, or "imagefolder"
+    root: Optional[str] = None             # dataset folder; default: the catalog's default location
+    descriptions: Optional[str] = None     # CuPL JSON; default: the catalog's file for the dataset
+    templates: Optional[list[str]] = None  # default: the catalog's templates
+    description_fallback: bool = False     # classes without descriptions fall back to templates (recorded)
+    val_per_class: int = 10                # labelled validation images held out of train (selection only)
+    train_per_class: Optional[int] = None  # cap on unlabelled train images per class (None: all)
+    test_per_class: Optional[int] = None   # cap on test images per class (None: all)
+    num_workers: int = 2                   # DataLoader workers
+    max_bad_images: float = 0.01           # fraction of unreadable images tolerated (skipped and counted)
+
+
+@dataclass
+class AnchorsConfig:
+    mode: Literal["prototype", "set"] = "set"
+    tau_text: float = 0.0                  # description weights v = softmax(tau_text * cos(t_cj, t_c))
+    tau_anchor: float = 10.0               # set mode: softmax temperature over a class's descriptions
+    lr_mult: float = 10.0                  # anchors' learning rate = train.lr * lr_mult
+
+
+@dataclass
+class LocalConfig:
+    source: Literal["crops", "tokens"] = "crops"
+    num_crops: int = 8                     # K random crops (crops source)
+    crop_min: float = 0.4                  # crop side ~ U(crop_min, crop_max) * min(H, W)
+    crop_max: float = 0.8
+    top_k: int = 4                         # keep the top_k locals most similar to the global feature
+    tau_local: float = 10.0                # a_i = softmax(tau_local * cos(f_i, f))
+    beta: float = 0.0                      # f_mix = normalize(beta * f + (1 - beta) * f_loc)
+
+
+@dataclass
+class PseudoConfig:
+    gamma_start: float = 1.0               # weight of the fixed score p_fix at the first epoch
+    gamma_end: float = 0.5                 # ... and at the last epoch
+    gamma_schedule: Literal["constant", "linear", "cosine"] = "linear"
+
+
+@dataclass
+class WeightingConfig:
+    mode: Literal["none", "agreement", "margin"] = "agreement"
+    power: float = 1.0
+    min: float = 0.0                       # drop samples whose weight is below this
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_min: float = 2e-6                   # cosine schedule floor
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    lambda_fair: float = 1.0               # fairness (class-balance) term
+    fair_momentum: float = 0.0             # >0: running average of the batch-mean prediction (large C)
+    trainable: Literal["norm", "norm+proj"] = "norm"   # visual LayerNorms (+ projection) and the anchors
+    grad_clip: float = 0.0                 # 0: off
+    max_steps_per_epoch: Optional[int] = None   # cap for smoke tests
+
+
+@dataclass
+class EvalConfig:
+    predictor: Literal["auto", "global", "las"] = "auto"   # auto: the validation split chooses
+    local_views: int = 8                   # crops per test image for the `las` predictor
+    batch_size: int = 128
+    val_every_epoch: bool = True
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: Optional[str] = None             # run folder name; default <dataset>-<method>-s<seed>
+    resume: bool = False                   # continue an existing run folder from its checkpoint
+    overwrite: bool = False                # replace an existing run folder
+    cache_root: str = "~/.cache/fair"      # text embeddings, decoded data, stand-in weights
+    checkpoint_every: int = 1              # epochs between checkpoints
+    progress: bool = True
+
+
+@dataclass
+class FairConfig:
+    method: Method = "fair"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert where lossless (int -> float). Errors name `key`."""
+    origin = get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise FairError(f"config key '{key}' must be one of {_type_name(tp)}, got {value!r}{hint}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise FairError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FairError(f"config key '{key}' must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise FairError(f"config key '{key}' must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise FairError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise FairError(f"config key '{key}' must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, with type checks and unknown-key errors."""
+    if not isinstance(data, dict):
+        raise FairError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(fields), n=1)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+        raise FairError(f"unknown config key '{prefix}{k}'{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def to_dict(cfg: FairConfig) -> dict:
+    """The config as a nested plain dict (what is saved beside every result)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict | None) -> FairConfig:
+    """A validated config from a nested dict; missing keys take their defaults."""
+    cfg = _build(FairConfig, dict(data or {}))
+    validate(cfg)
+    return cfg
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b": value} with dotted keys (lists kept as values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def set_by_path(data: dict, dotted: str, value: Any) -> None:
+    """data["a"]["b"] = value for dotted = "a.b", creating sections as needed."""
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise FairError(f"config key '{dotted}': '{p}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", value), the value parsed as YAML (so 1e-4, true, [a, b] work)."""
+    if "=" not in text:
+        raise FairError(f"override {text!r} must look like section.key=value, e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise FairError(f"override {text!r} has no key; use section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def merge_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply `--set` overrides to a nested config dict (returns a new dict)."""
+    import copy
+    data = copy.deepcopy(data or {})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_by_path(data, key, value)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file as a dict, with one-line errors for a missing or malformed file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FairError(f"config file {str(p)!r} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise FairError(f"config file {str(p)!r} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise FairError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> FairConfig:
+    """Defaults <- `base` dict <- YAML file <- `--set` overrides, validated."""
+    data = dict(base or {})
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+    return from_dict(merge_overrides(data, overrides))
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def save_config(cfg: FairConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from fair.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: FairConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise FairError(msg)
+
+    need(cfg.train.epochs >= 0, "config key 'train.epochs' must be >= 0")
+    need(cfg.train.batch_size >= 1, "config key 'train.batch_size' must be >= 1")
+    need(cfg.train.lr > 0, "config key 'train.lr' must be > 0")
+    need(0 < cfg.local.crop_min <= cfg.local.crop_max <= 1,
+         "config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
+    need(cfg.local.num_crops >= 1, "config key 'local.num_crops' must be >= 1")
+    need(cfg.local.top_k >= 1, "config key 'local.top_k' must be >= 1")
+    need(0 <= cfg.local.beta <= 1, "config key 'local.beta' must lie in [0, 1]")
+    for k in ("gamma_start", "gamma_end"):
+        need(0 <= getattr(cfg.pseudo, k) <= 1, f"config key 'pseudo.{k}' must lie in [0, 1]")
+    need(0 <= cfg.weighting.min < 1, "config key 'weighting.min' must lie in [0, 1)")
+    need(cfg.weighting.power >= 0, "config key 'weighting.power' must be >= 0")
+    need(cfg.data.val_per_class >= 0, "config key 'data.val_per_class' must be >= 0")
+    need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
+    need(0 <= cfg.train.fair_momentum < 1, "config key 'train.fair_momentum' must lie in [0, 1)")
+    need(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")

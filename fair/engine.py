@@ -1,0 +1,237 @@
+"""The loop and nothing else: one training epoch, evaluation of heads, checkpoints with exact resume."""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fair import local
+from fair.config import FairConfig
+from fair.data.views import ViewDataset, collate
+from fair.errors import FairError
+from fair.io import atomic_write_bytes
+from fair.losses import all_reduce_sum, student_loss, world_size
+from fair.precision import autocast
+from fair.pseudo_labels import gamma_at, pseudo_labels
+from fair.weighting import ambiguity_weights
+
+log = logging.getLogger(__name__)
+
+
+class Student(nn.Module):
+    """What trains: the image tower (only its norms are trainable) and the learnable anchors."""
+
+    def __init__(self, visual: nn.Module, anchors: nn.Module):
+        super().__init__()
+        self.visual = visual
+        self.anchors = anchors
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Alignment scores [B, C] of the global features (the student's logits before the scale)."""
+        return self.anchors(local.encode(self.visual, images))
+
+
+@dataclass
+class Heads:
+    """Frozen pieces the teacher and the baselines need, on the device."""
+    class_emb: torch.Tensor          # zero-shot head [C, D]
+    w_fix: torch.Tensor              # the teacher's fixed head [C, D]
+    w_desc: torch.Tensor | None      # the description head for the WCA baseline (None: no descriptions)
+    scale: float                     # the model's logit scale
+    use_locals: bool                 # fair/wca: local features; selftrain: global only
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A seed per (run seed, epoch): resuming at an epoch boundary replays exactly the same randomness."""
+    return (seed * 1_000_003 + epoch * 7919 + salt) % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False):
+    """A DataLoader whose order and worker seeds depend only on `seed` (sharded under torch.distributed)."""
+    g = torch.Generator().manual_seed(seed)
+    sampler = None
+    if world_size() > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate, generator=g, drop_last=drop_last, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+def teacher_features(visual, images, cfg: FairConfig, heads: Heads, generator, local_k: int):
+    """Global features and (for fair/wca) the pooled local feature f_loc of a batch of views."""
+    if not heads.use_locals:
+        f = local.encode(visual, images)
+        return f, f
+    f, locs = local.local_features(visual, images, cfg.local.source, local_k, cfg.local.crop_min,
+                                   cfg.local.crop_max, generator)
+    return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
+
+
+def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimizer, scheduler, scaler,
+                    cfg: FairConfig, heads: Heads, epoch: int, total_steps: int, device, state: dict,
+                    progress: bool = True) -> dict:
+    """One epoch of FAIR self-training; returns the flat metric row (without validation)."""
+    student.train()
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, salt=1))
+    steps_per_epoch = len(loader) if cfg.train.max_steps_per_epoch is None else \
+        min(len(loader), cfg.train.max_steps_per_epoch)
+    sums = torch.zeros(8, dtype=torch.float64)  # loss, ce, fair, w, kept, pl_correct, agree, n
+    bad, n_img, t0 = 0, 0, time.perf_counter()
+    gamma = cfg.pseudo.gamma_start
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for step, (batch, bad_idx) in enumerate(loader):
+        if step >= steps_per_epoch:
+            break
+        bad += len(bad_idx)
+        if batch is None:
+            continue
+        weak, strong, labels, _ = batch
+        weak, strong, labels = weak.to(device, non_blocking=True), strong.to(device, non_blocking=True), labels.to(device)
+        global_step = (epoch - 1) * steps_per_epoch + step
+        gamma = gamma_at(cfg.pseudo.gamma_start, cfg.pseudo.gamma_end, cfg.pseudo.gamma_schedule,
+                         global_step / max(total_steps - 1, 1))
+        with torch.no_grad(), autocast(cfg.model.precision, device):
+            f, f_loc = teacher_features(student.visual, weak, cfg, heads, gen, cfg.local.num_crops)
+            s_fix = f_loc @ heads.w_fix.t()
+            f_mix = local.mix(f, f_loc, cfg.local.beta) if heads.use_locals else f
+            s_las = student.anchors(f_mix)
+        t = pseudo_labels(s_fix, s_las, heads.scale, gamma)
+        w, keep = ambiguity_weights(cfg.weighting.mode, t.p_fix, t.p_las, t.p, t.y, cfg.weighting.power,
+                                    cfg.weighting.min)
+        with autocast(cfg.model.precision, device):
+            logits = heads.scale * ddp_student(strong)
+        parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"),
+                             cfg.train.fair_momentum)
+        if cfg.train.fair_momentum > 0:
+            state["running_pbar"] = parts.pbar
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(parts.loss).backward()
+        if cfg.train.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        B = len(t.y)
+        sums += torch.tensor([parts.value * B, parts.ce * B, parts.fair * B, float(w.sum()), float(keep.sum()),
+                              float((t.y == labels).sum()), float((t.p_fix.argmax(1) == t.p_las.argmax(1)).sum()), B],
+                             dtype=torch.float64)
+        n_img += B
+        bar.update(1)
+    bar.close()
+    sums = all_reduce_sum(sums.to(device)).cpu() if world_size() > 1 else sums
+    n = max(sums[7].item(), 1.0)
+    has_labels = bool((loader.dataset.images.labels >= 0).all())
+    elapsed = time.perf_counter() - t0
+    return {
+        "epoch": epoch, "loss": sums[0].item() / n, "loss_ce": sums[1].item() / n, "loss_fair": sums[2].item() / n,
+        "lr": optimizer.param_groups[0]["lr"], "gamma": gamma, "mean_weight": sums[3].item() / n,
+        "frac_kept": sums[4].item() / n, "pseudo_label_acc": 100.0 * sums[5].item() / n if has_labels else None,
+        "head_agreement": sums[6].item() / n, "images_per_s": sums[7].item() / max(elapsed, 1e-9),
+        "epoch_s": elapsed, "bad_images": bad,
+    }
+
+
+@torch.no_grad()
+def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConfig, fixed: Heads, device,
+            views: dict, need_locals: bool, desc: str = "eval", progress: bool = True) -> dict:
+    """Run `visual` over an ImageSet once; returns {head: (pred, labels)} and the bad-image count.
+
+    Each head maps (f_global, f_loc) -> scores. Crops use a fixed generator so evaluation is repeatable.
+    """
+    visual.eval()
+    loader = make_loader(ViewDataset(images, [views["test"]]), cfg.eval.batch_size, False,
+                         cfg.data.num_workers, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, salt=2))
+    preds = {k: [] for k in heads}
+    labels, bad = [], 0
+    for batch, bad_idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        bad += len(bad_idx)
+        if batch is None:
+            continue
+        x, y, _ = batch
+        x = x.to(device, non_blocking=True)
+        with autocast(cfg.model.precision, device):
+            if need_locals:
+                f, locs = local.local_features(visual, x, cfg.local.source, cfg.eval.local_views,
+                                               cfg.local.crop_min, cfg.local.crop_max, gen)
+                f_loc = local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
+            else:
+                f = local.encode(visual, x)
+                f_loc = f
+            for k, head in heads.items():
+                preds[k].append(head(f, f_loc).argmax(1).cpu())
+        labels.append(y)
+    y = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return {k: (torch.cat(v) if v else torch.empty(0, dtype=torch.long), y) for k, v in preds.items()}, bad
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """(top-1 %, mean per-class accuracy %) over the classes present in `labels`."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    correct = (pred == labels).float()
+    per_class = [correct[labels == c].mean().item() for c in range(num_classes) if (labels == c).any()]
+    return 100.0 * correct.mean().item(), 100.0 * float(np.mean(per_class))
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def trainable_state(student: Student) -> dict:
+    """Only what training changes: the trainable parameters by name (small, even for ViT-L)."""
+    return {n: p.detach().cpu().clone() for n, p in student.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, epoch: int, rows: list,
+                    state: dict, config_digest: str) -> None:
+    """Full training state after `epoch`, written atomically."""
+    blob = {
+        "epoch": epoch, "trainable": trainable_state(student), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rows": rows,
+        "running_pbar": state.get("running_pbar"), "config_digest": config_digest,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, config_digest: str) -> dict:
+    """Restore a checkpoint into the live objects; returns it (epoch, rows, running_pbar)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise FairError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); delete it to restart "
+                        f"the run or restore it from storage") from None
+    if blob.get("config_digest") != config_digest:
+        raise FairError(f"checkpoint {str(path)!r} was made with a different config; resume with the same "
+                        f"config, or start a new run (run.name=... or run.overwrite=true)")
+    params = dict(student.named_parameters())
+    with torch.no_grad():
+        for n, t in blob["trainable"].items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    scaler.load_state_dict(blob["scaler"])
+    return blob

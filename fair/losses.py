@@ -1,0 +1,64 @@
+"""The student loss (spec §6): weighted cross-entropy + lambda * fairness term, process-count invariant.
+
+With P processes (DDP averages gradients over P), each process returns
+    P * [ sum_local w CE / W_global ]  +  lambda * P * L_fair(pbar_global)
+where W_global and pbar_global are summed over all processes, and only the local samples carry
+gradient into pbar (the others enter detached). The averaged gradient is then exactly the gradient of
+the single-process objective on the concatenated batch, whatever P is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (no gradient); identity in a single process."""
+    if world_size() == 1:
+        return t.detach()
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t
+
+
+def fairness_term(pbar: torch.Tensor) -> torch.Tensor:
+    """L_fair = -(1/C) sum_c log pbar_c (minimal when predictions are balanced over classes)."""
+    return -torch.log(pbar.clamp_min(1e-8)).mean()
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor          # what to backpropagate (scaled for DDP averaging)
+    value: float                # the global objective's value
+    ce: float
+    fair: float
+    pbar: torch.Tensor          # the (running) global mean prediction, detached
+
+
+def student_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lambda_fair: float,
+                 running_pbar: torch.Tensor | None = None, momentum: float = 0.0) -> LossParts:
+    """The FAIR objective for one step; see the module docstring for the multi-process scaling."""
+    P = world_size()
+    logits = logits.float()
+    ce = F.cross_entropy(logits, y, reduction="none")
+    sums = all_reduce_sum(torch.stack([w.sum(), (w * ce).sum(), torch.tensor(float(len(y)), device=w.device)]))
+    W, ce_sum, N = sums[0], sums[1], sums[2]
+    loss_ce = P * (w * ce).sum() / W.clamp_min(1e-12)
+
+    probs = torch.softmax(logits, dim=-1)
+    local_sum = probs.sum(0)
+    pbar = (local_sum + (all_reduce_sum(local_sum) - local_sum.detach())) / N
+    if running_pbar is not None and momentum > 0:
+        pbar = momentum * running_pbar + (1 - momentum) * pbar
+    l_fair = fairness_term(pbar)
+    loss = loss_ce + lambda_fair * P * l_fair
+    ce_value = float(ce_sum / W.clamp_min(1e-12))
+    fair_value = l_fair.item()
+    return LossParts(loss, ce_value + lambda_fair * fair_value, ce_value, fair_value, pbar.detach())

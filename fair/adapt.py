@@ -30,7 +30,7 @@ from fair.errors import FairError
 from fair.io import sha256_json, write_json
 from fair.local import mix
 from fair.losses import world_size
-from fair.models import load_clip, resolve_device, trainable_visual_parameters, weights_id
+from fair.models import load_clip, resolve_device, resolve_pretrained, trainable_visual_parameters, weights_id
 from fair.precision import grad_scaler
 from fair.text import build_text_embeddings, load_descriptions
 
@@ -77,8 +77,9 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
 
     # --- set-up: data, model, text embeddings (then the text tower is dropped) -------------------------
     data = prepare_data(cfg.data)
-    clip, tokenizer, pp = load_clip(cfg.model, device)
-    wid = weights_id(cfg.model)
+    model_cfg = resolve_pretrained(cfg.model, cfg.run.cache_root)
+    clip, tokenizer, pp = load_clip(model_cfg, device)
+    wid = weights_id(model_cfg)
     needs_desc = cfg.method in ("fair", "wca")
     descriptions = load_descriptions(data.descriptions_path if (needs_desc or data.descriptions_path) else None,
                                      data.classnames, fallback=cfg.data.description_fallback or not needs_desc)

@@ -26,10 +26,13 @@ def crop_boxes(batch: int, k: int, height: int, width: int, crop_min: float, cro
 
 def random_crops(images: torch.Tensor, k: int, crop_min: float, crop_max: float,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, C, H, W] -> [B*K, C, H, W]: K crops per image, each resized back to the input size (bilinear)."""
+    """[B, C, H, W] -> [B*K, C, H, W]: K crops per image, each resized back to the input size (bilinear).
+
+    One sample per output pixel is exact because a crop is never larger than the image (upsampling).
+    """
     B, _, H, W = images.shape
     boxes = crop_boxes(B, k, H, W, crop_min, crop_max, generator, images.device).to(images.dtype)
-    return roi_align(images, boxes, output_size=(H, W), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return roi_align(images, boxes, output_size=(H, W), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def encode(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -59,8 +62,11 @@ def token_features(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
                         f"{type(visual).__name__}; use local.source=crops")
     last = blocks[-1]
     captured = {}
-    handle = last.register_forward_pre_hook(lambda m, args, kwargs: captured.setdefault("x", args[0] if args else kwargs["q_x"]),
-                                            with_kwargs=True)
+
+    def grab(module, args, kwargs):
+        captured["x"] = args[0] if args else kwargs["q_x"]
+
+    handle = last.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         glob = visual(images)
     finally:

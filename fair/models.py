@@ -82,6 +82,19 @@ def _check_name_and_weights(cfg: ModelConfig) -> None:
                         f"{', '.join(tags) or 'none'}; or pass a local checkpoint path")
 
 
+def resolve_pretrained(cfg: ModelConfig, cache_root: str) -> ModelConfig:
+    """`pretrained: standin` (or `standin-small`) -> the offline stand-in's checkpoint, built on first use."""
+    if cfg.pretrained not in ("standin", "standin-small"):
+        return cfg
+    if not cfg.name.startswith("fair-standin"):
+        raise FairError(f"model.pretrained={cfg.pretrained} needs a stand-in architecture (model.name=fair-standin-...), "
+                        f"not {cfg.name}")
+    from dataclasses import replace
+    from fair.standin import build_standin
+    size = "small" if cfg.pretrained == "standin-small" else "full"
+    return replace(cfg, pretrained=str(build_standin(Path(cache_root).expanduser(), size=size)))
+
+
 def load_clip(cfg: ModelConfig, device: torch.device):
     """(model, tokenizer, preprocess_cfg) for an open_clip model with a tag, a checkpoint, or random init.
 

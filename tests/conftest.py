@@ -1,0 +1,64 @@
+"""Shared fixtures: offline environment, a synthetic image-folder dataset, a tiny-model config."""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+CLASSES = ["red square", "green circle", "blue triangle", "yellow cross"]
+COLORS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
+
+
+def _draw(c: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """A noisy image of class c: a coloured shape on a grey background at a random offset."""
+    img = np.full((size, size, 3), 120, np.uint8) + rng.integers(0, 30, (size, size, 3), dtype=np.uint8)
+    cx, cy = rng.integers(12, size - 12, 2)
+    yy, xx = np.mgrid[:size, :size]
+    shape = [np.maximum(abs(xx - cx), abs(yy - cy)) < 8, (xx - cx) ** 2 + (yy - cy) ** 2 < 64,
+             (yy - cy > -8) & (yy - cy < 8) & (abs(xx - cx) < (yy - cy + 8) / 2),
+             (abs(xx - cx) < 3) | (abs(yy - cy) < 3)][c] & (abs(xx - cx) < 9) & (abs(yy - cy) < 9)
+    img[shape] = COLORS[c]
+    return img
+
+
+@pytest.fixture(scope="session")
+def imagefolder(tmp_path_factory):
+    """<root>/{train,test}/<class>/*.png (4 classes, 16 train + 6 test each) and a CuPL descriptions file."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 16), ("test", 6)):
+        for c, name in enumerate(CLASSES):
+            d = root / part / name.replace(" ", "_")
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_draw(c, rng)).save(d / f"{i:03d}.png")
+    desc = {name: [f"a {name.split()[0]} {name.split()[1]} shape.", f"a picture of a {name}.",
+                   f"a {name.split()[1]} painted {name.split()[0]}."] for name in CLASSES}
+    (root / "descriptions.json").write_text(json.dumps(desc))
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(imagefolder, tmp_path):
+    """A nested config dict for a 2-epoch FAIR run of the tiny random model on the synthetic folder."""
+    return {
+        "method": "fair", "seed": 0,
+        "model": {"name": "fair-tiny-vit", "pretrained": "", "device": "cpu"},
+        "data": {"dataset": "imagefolder", "root": str(imagefolder),
+                 "descriptions": str(imagefolder / "descriptions.json"), "val_per_class": 3, "num_workers": 0},
+        "train": {"epochs": 2, "batch_size": 16},
+        "local": {"num_crops": 3, "top_k": 2},
+        "eval": {"local_views": 3, "batch_size": 32},
+        "run": {"out_dir": str(tmp_path / "runs"), "cache_root": str(tmp_path / "cache"), "progress": False},
+    }

@@ -1,0 +1,224 @@
+"""`fair adapt` end to end on a tiny model: the record, the run folder, exact resume, every bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fair.adapt import adapt
+from fair.cli import main as fair_main
+from fair.commands import run_adapt
+from fair.config import from_dict, load_config
+
+
+def _cfg(d, **over):
+    cfg = dict(d)
+    for k, v in over.items():
+        sec, key = k.split("__")
+        cfg[sec] = {**cfg.get(sec, {}), key: v}
+    return from_dict(cfg)
+
+
+def test_adapt_writes_run_folder_and_complete_record(tiny_cfg):
+    cfg = _cfg(tiny_cfg)
+    record = run_adapt(cfg)
+    run_dir = cfg.run.out_dir + "/" + record["run_id"]
+    on_disk = json.loads(open(run_dir + "/record.json").read())
+    assert on_disk["metrics"] == pytest.approx(record["metrics"], nan_ok=True)
+    m = record["metrics"]
+    for k in ("test_top1", "test_mean_per_class", "zeroshot_top1", "wca_top1", "val_top1", "gain_over_zeroshot",
+              "test_top1_global", "test_top1_las", "pseudo_label_acc", "head_agreement"):
+        assert m[k] is not None, k
+    assert 0 <= m["test_top1"] <= 100 and m["predictor"] in ("global", "las")
+    assert m["gain_over_zeroshot"] == pytest.approx(m["test_top1"] - m["zeroshot_top1"])
+    assert m["val_size"] == 12 and m["val_stderr"] > 0
+    assert record["provenance"]["descriptions_sha256"] and record["provenance"]["split_sha256"]
+    assert record["hparams"]["anchors.mode"] == "set" and record["timings"]["epochs"] == 2
+    rows = [json.loads(ln) for ln in open(run_dir + "/epochs.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("loss", "pseudo_label_acc", "mean_weight", "frac_kept", "val_top1", "images_per_s", "lr"):
+        assert rows[-1][key] is not None
+    assert open(run_dir + "/config.yaml").read().startswith("method: fair")
+    assert (torch.load(run_dir + "/checkpoints/last.pt", weights_only=False)["epoch"]) == 2
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "wca", "selftrain"])
+def test_every_method_runs_through_the_same_code(tiny_cfg, method):
+    over = {"method": method, "train": {**tiny_cfg["train"], "epochs": 1}}
+    record = run_adapt(from_dict({**tiny_cfg, **over}))
+    m = record["metrics"]
+    if method == "zeroshot":
+        assert m["test_top1"] == pytest.approx(m["zeroshot_top1"])
+    if method == "wca":
+        assert m["test_top1"] == pytest.approx(m["wca_top1"])
+    if method == "selftrain":
+        assert record["timings"]["epochs"] == 1 and "test_top1_las" not in m
+
+
+def test_tokens_and_prototype_variants_run(tiny_cfg):
+    d = {**tiny_cfg, "local": {"source": "tokens", "top_k": 3}, "anchors": {"mode": "prototype"},
+         "weighting": {"mode": "margin", "min": 0.1}, "pseudo": {"gamma_schedule": "cosine"},
+         "train": {**tiny_cfg["train"], "epochs": 1, "lambda_fair": 0.5, "fair_momentum": 0.9}}
+    record = run_adapt(from_dict(d))
+    assert record["metrics"]["test_top1_las"] is not None
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_cfg, tmp_path):
+    straight = _cfg(tiny_cfg, run__name="straight")
+    adapt(straight, tmp_path / "straight")
+
+    def crash_after_first_epoch(row, ckpt_dir):
+        if row["epoch"] == 1:
+            raise _Crash()
+
+    interrupted = _cfg(tiny_cfg, run__name="interrupted")
+    with pytest.raises(_Crash):
+        adapt(interrupted, tmp_path / "interrupted", report=crash_after_first_epoch)
+    assert torch.load(tmp_path / "interrupted/checkpoints/last.pt", weights_only=False)["epoch"] == 1
+    rec = adapt(interrupted, tmp_path / "interrupted")
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)
+    b = torch.load(tmp_path / "interrupted/checkpoints/last.pt", weights_only=False)
+    assert a["trainable"].keys() == b["trainable"].keys()
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]), k
+    assert [r["loss"] for r in a["rows"]] == [r["loss"] for r in b["rows"]]
+    assert rec["timings"]["epochs"] == 2
+
+
+def test_existing_run_folder_is_refused_then_resumed(tiny_cfg, tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    import yaml
+    tiny = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}}
+    cfg_path.write_text(yaml.safe_dump(tiny))
+    assert fair_main(["adapt", "-c", str(cfg_path), "--quiet"]) == 0
+    assert "test top-1" in capsys.readouterr().out
+    assert fair_main(["adapt", "-c", str(cfg_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and "--resume" in err and len(err.splitlines()) == 1
+    assert fair_main(["adapt", "-c", str(cfg_path), "--quiet", "--resume"]) == 0   # complete: returns its record
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _run_cli(tmp_path, d, capsys) -> str:
+    import yaml
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    rc = fair_main(["adapt", "-c", str(p), "--quiet", "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_missing_dataset_folder(tiny_cfg, tmp_path, capsys):
+    d = {**tiny_cfg, "data": {**tiny_cfg["data"], "root": str(tmp_path / "nowhere")}}
+    assert "nowhere" in _run_cli(tmp_path, d, capsys)
+
+
+def test_missing_split_file(tiny_cfg, tmp_path, capsys):
+    (tmp_path / "data/dtd/images").mkdir(parents=True)
+    d = {**tiny_cfg, "data": {**tiny_cfg["data"], "dataset": "dtd", "root": str(tmp_path / "data")}}
+    err = _run_cli(tmp_path, d, capsys)
+    assert "split_zhou_DescribableTextures.json" in err and "data.root" in err
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{}", ["empty"]),
+    ('{"red square": ["a', ["not valid JSON"]),
+    ('{"red square": ["red."], "green circle": ["green."]}', ["blue triangle", "description_fallback"]),
+])
+def test_bad_descriptions(tiny_cfg, tmp_path, capsys, content, words):
+    p = tmp_path / "desc.json"
+    p.write_text(content)
+    d = {**tiny_cfg, "data": {**tiny_cfg["data"], "descriptions": str(p)}}
+    err = _run_cli(tmp_path, d, capsys)
+    for w in words:
+        assert w in err
+
+
+def test_description_fallback_is_recorded(tiny_cfg, tmp_path):
+    p = tmp_path / "desc.json"
+    p.write_text('{"red square": ["a red square."], "green circle": ["a green circle."]}')
+    d = {**tiny_cfg, "data": {**tiny_cfg["data"], "descriptions": str(p), "description_fallback": True},
+         "train": {**tiny_cfg["train"], "epochs": 1}}
+    rec = run_adapt(from_dict(d))
+    assert rec["fallback_classes"] == ["blue triangle", "yellow cross"]
+
+
+def test_unknown_model_and_bad_tag(tiny_cfg, tmp_path, capsys):
+    d = {**tiny_cfg, "model": {**tiny_cfg["model"], "name": "ViT-B-33"}}
+    assert "ViT-B-32" in _run_cli(tmp_path, d, capsys)
+    d = {**tiny_cfg, "model": {**tiny_cfg["model"], "name": "ViT-B-32", "pretrained": "opnai"}}
+    assert "openai" in _run_cli(tmp_path, d, capsys)
+
+
+def test_checkpoint_that_does_not_match_the_architecture(tiny_cfg, tmp_path, capsys):
+    import open_clip
+    from fair.models import register_builtin_configs
+    register_builtin_configs()
+    sd = open_clip.create_model("fair-tiny-vit").state_dict()
+    sd["visual.proj"] = torch.zeros(64, 32)
+    torch.save(sd, tmp_path / "other.pt")
+    d = {**tiny_cfg, "model": {**tiny_cfg["model"], "pretrained": str(tmp_path / "other.pt")}}
+    err = _run_cli(tmp_path, d, capsys)
+    assert "does not match" in err and "fair-tiny-vit" in err
+    d["model"]["pretrained"] = str(tmp_path / "missing.pt")
+    assert "does not exist" in _run_cli(tmp_path, d, capsys)
+
+
+def test_good_checkpoint_path_loads(tiny_cfg, tmp_path):
+    import open_clip
+    from fair.models import register_builtin_configs
+    register_builtin_configs()
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model("fair-tiny-vit").state_dict(), tmp_path / "tiny.pt")
+    d = {**tiny_cfg, "model": {**tiny_cfg["model"], "pretrained": str(tmp_path / "tiny.pt")}, "method": "zeroshot"}
+    rec = run_adapt(from_dict(d))
+    assert rec["pretrained"].endswith("tiny.pt")
+
+
+def test_corrupt_images_are_skipped_and_counted_or_fail_past_the_threshold(tiny_cfg, imagefolder, tmp_path, capsys):
+    root = tmp_path / "folder"
+    shutil.copytree(imagefolder, root)
+    (root / "train/red_square/000.png").write_bytes(b"not a png")
+    d = {**tiny_cfg, "data": {**tiny_cfg["data"], "root": str(root), "max_bad_images": 0.1},
+         "train": {**tiny_cfg["train"], "epochs": 1}}
+    rec = run_adapt(from_dict(d))
+    assert rec["epochs"][0]["bad_images"] in (0, 1)          # the bad file may be in val or train
+    (root / "test/red_square/000.png").write_bytes(b"")
+    d["data"]["max_bad_images"] = 0.0
+    err = _run_cli(tmp_path, d, capsys)
+    assert "unreadable" in err and "max_bad_images" in err
+
+
+def test_unknown_key_and_wrong_type_from_the_cli(tiny_cfg, tmp_path, capsys):
+    import yaml
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(tiny_cfg))
+    assert fair_main(["adapt", "-c", str(p), "--set", "train.epocs=2"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert fair_main(["adapt", "-c", str(p), "--set", "train.batch_size=big"]) == 2
+    assert "train.batch_size" in capsys.readouterr().err
+
+
+def test_data_check_names_what_is_missing(tmp_path, capsys):
+    (tmp_path / "CUB_200_2011/images").mkdir(parents=True)
+    (tmp_path / "CUB_200_2011/classes.txt").write_text("1 001.Black_footed_Albatross\n")
+    assert fair_main(["data", "check", "cub200", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "images.txt" in err and "train_test_split.txt" in err and "classes.txt" not in err.split("missing")[1].split(";")[0]
+    assert fair_main(["data", "list"]) == 0
+    assert "resisc45" in capsys.readouterr().out
+
+
+def test_load_config_defaults_are_runnable():
+    cfg = load_config(None)
+    assert cfg.method == "fair" and cfg.train.epochs == 15 and cfg.train.batch_size == 64

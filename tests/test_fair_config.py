@@ -1,0 +1,54 @@
+"""Typed config: YAML + --set overrides, errors that name the key, the resolved config saved with a run."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fair.config import FairConfig, load_config, save_config, to_dict
+from fair.errors import FairError
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: wca\ntrain: {epochs: 3, lr: 1e-4}\nanchors: {mode: prototype}\n")
+    cfg = load_config(p, ["train.epochs=5", "weighting.mode=margin", "data.templates=['a {}.', 'the {}.']"])
+    assert isinstance(cfg, FairConfig)
+    assert cfg.method == "wca" and cfg.train.epochs == 5 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.anchors.mode == "prototype" and cfg.weighting.mode == "margin"
+    assert cfg.data.templates == ["a {}.", "the {}."]
+    assert cfg.local.top_k == FairConfig().local.top_k          # untouched keys keep their defaults
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lrr=0.1", ["train.lrr", "train.lr"]),
+    ("trian.epochs=2", ["trian"]),
+    ("train.epochs=three", ["train.epochs", "integer"]),
+    ("weighting.mode=margins", ["weighting.mode", "margin"]),
+    ("anchors.tau_text=true", ["anchors.tau_text", "number"]),
+    ("local.crop_min=0.9", ["crop_min"]),
+    ("train.epochs", ["section.key=value"]),
+])
+def test_bad_keys_and_values_name_the_key(override, words):
+    with pytest.raises(FairError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(FairError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: [1,\n")
+    with pytest.raises(FairError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.epochs=7", "anchors.mode=prototype", "data.val_per_class=4"])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved == to_dict(cfg)
+    assert load_config(tmp_path / "config.yaml") == cfg

@@ -1,0 +1,186 @@
+"""Each formula of the specification pinned on small hand-computed cases."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fair.anchors import LearnableAnchors, description_weights, fixed_head, set_score
+from fair.local import crop_boxes, mix, pool_locals, random_crops, token_features
+from fair.losses import fairness_term, student_loss
+from fair.pseudo_labels import gamma_at, pseudo_labels
+from fair.weighting import ambiguity_weights
+
+
+def test_agreement_weight_is_one_when_both_heads_agree():
+    p_fix = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    p_las = torch.tensor([[0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
+    y = torch.tensor([0, 2])
+    w, keep = ambiguity_weights("agreement", p_fix, p_las, (p_fix + p_las) / 2, y)
+    assert torch.allclose(w, torch.ones(2)) and keep.all()
+
+
+def test_agreement_weight_by_hand_when_heads_disagree():
+    p_fix = torch.tensor([[0.6, 0.3, 0.1]])
+    p_las = torch.tensor([[0.2, 0.5, 0.3]])
+    w, _ = ambiguity_weights("agreement", p_fix, p_las, p_fix, torch.tensor([0]))
+    assert w.item() == pytest.approx((0.6 / 0.6) * (0.2 / 0.5))
+
+
+def test_margin_weight_is_zero_for_a_tie_and_power_and_minimum_apply():
+    p = torch.tensor([[0.45, 0.45, 0.10], [0.8, 0.1, 0.1]])
+    y = p.argmax(1)
+    w, keep = ambiguity_weights("margin", p, p, p, y, power=2.0, minimum=0.5)
+    assert w[0].item() == pytest.approx(0.0)
+    assert keep.tolist() == [False, True]
+    assert w[1].item() == pytest.approx((1 - 0.1 / 0.8) ** 2)
+    w_none, _ = ambiguity_weights("none", p, p, p, y)
+    assert torch.equal(w_none, torch.ones(2))
+
+
+def test_description_weights_and_fixed_head():
+    t_c = F.normalize(torch.tensor([[1.0, 0.0]]), dim=-1)
+    d = F.normalize(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]), dim=-1)
+    mask = torch.tensor([[True, True, False]])
+    v0 = description_weights(d, mask, t_c, 0.0)
+    assert torch.allclose(v0, torch.tensor([[0.5, 0.5, 0.0]]))          # tau = 0: plain average
+    v = description_weights(d, mask, t_c, 2.0)                          # cos = 1 and 0
+    assert v[0, 0].item() == pytest.approx(math.exp(2) / (math.exp(2) + 1))
+    W = fixed_head(d, mask, t_c, 0.0)
+    assert torch.allclose(W, F.normalize(torch.tensor([[1.0, 1.0]]), dim=-1))
+
+
+def test_set_anchors_with_one_description_equal_prototype_before_and_after_a_step():
+    torch.manual_seed(0)
+    C, D = 5, 8
+    t = F.normalize(torch.randn(C, 1, D), dim=-1)
+    mask = torch.ones(C, 1, dtype=torch.bool)
+    W = fixed_head(t, mask, t[:, 0], tau_text=3.0)
+    proto, st = LearnableAnchors("prototype", W), LearnableAnchors("set", t, mask, tau_anchor=7.0)
+    z = F.normalize(torch.randn(4, D), dim=-1)
+    assert torch.allclose(proto(z), st(z), atol=1e-6)
+    y = torch.tensor([0, 1, 2, 3])
+    for m in (proto, st):
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        F.cross_entropy(10 * m(z), y).backward()
+        opt.step()
+    assert torch.allclose(proto(z), st(z.clone()), atol=1e-5)
+
+
+def test_set_score_attends_to_the_matching_description():
+    A = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])                       # one class, two descriptions
+    mask = torch.tensor([[True, True]])
+    z = torch.tensor([[1.0, 0.0]])
+    s_sharp = set_score(z, A, mask, tau_anchor=100.0)
+    s_flat = set_score(z, A, mask, tau_anchor=0.0)
+    assert s_sharp.item() == pytest.approx(1.0, abs=1e-6)               # picks the description it matches
+    assert s_flat.item() == pytest.approx(0.5)                          # plain average of 1 and 0
+    masked = set_score(z, A, torch.tensor([[False, True]]), tau_anchor=100.0)
+    assert masked.item() == pytest.approx(0.0, abs=1e-6)                # padding never counts
+
+
+def test_pseudo_labels_mix_both_heads_with_gamma():
+    s_fix = torch.tensor([[0.3, 0.1]])
+    s_las = torch.tensor([[0.1, 0.2]])
+    t1 = pseudo_labels(s_fix, s_las, scale=100.0, gamma=1.0)
+    t0 = pseudo_labels(s_fix, s_las, scale=100.0, gamma=0.0)
+    assert t1.y.item() == 0 and t0.y.item() == 1
+    t = pseudo_labels(s_fix, s_las, scale=10.0, gamma=0.25)
+    p_fix, p_las = torch.softmax(10 * s_fix, -1), torch.softmax(10 * s_las, -1)
+    assert torch.allclose(t.p, 0.25 * p_fix + 0.75 * p_las)
+
+
+def test_gamma_schedules():
+    assert gamma_at(1.0, 0.5, "constant", 0.7) == 1.0
+    assert gamma_at(1.0, 0.5, "linear", 0.5) == pytest.approx(0.75)
+    assert gamma_at(1.0, 0.5, "cosine", 0.0) == pytest.approx(1.0)
+    assert gamma_at(1.0, 0.5, "cosine", 1.0) == pytest.approx(0.5)
+    assert gamma_at(1.0, 0.0, "cosine", 0.5) == pytest.approx(0.5)
+
+
+def test_pool_locals_top_k_and_mix():
+    f = torch.tensor([[1.0, 0.0]])
+    locs = F.normalize(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]), dim=-1)
+    one = pool_locals(f, locs, top_k=1, tau_local=5.0)
+    assert torch.allclose(one, torch.tensor([[1.0, 0.0]]))              # only the most similar local
+    two = pool_locals(f, locs, top_k=2, tau_local=0.0)                  # plain mean of the top two
+    assert torch.allclose(two, F.normalize(locs[0, 0] + locs[0, 2], dim=-1).unsqueeze(0), atol=1e-6)
+    assert torch.allclose(mix(f, one, 0.0), one) and torch.allclose(mix(f, locs[:, 1], 1.0), f)
+
+
+def test_crops_stay_inside_the_image_and_have_the_input_size():
+    g = torch.Generator().manual_seed(0)
+    boxes = crop_boxes(3, 5, 32, 48, 0.4, 0.8, g)
+    side = boxes[:, 3] - boxes[:, 1]
+    assert torch.all(boxes[:, 1] >= 0) and torch.all(boxes[:, 3] <= 48) and torch.all(boxes[:, 4] <= 32)
+    assert torch.allclose(side, boxes[:, 4] - boxes[:, 2])
+    assert torch.all(side >= 0.4 * 32 - 1e-4) and torch.all(side <= 0.8 * 32 + 1e-4)
+    img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    crops = random_crops(img, 4, 1.0, 1.0, g)                           # full-size crops reproduce the image
+    assert crops.shape == (8, 3, 8, 8)
+    assert torch.allclose(crops[0], img[0], atol=1e-3) and torch.allclose(crops[4], img[1], atol=1e-3)
+
+
+def test_token_features_are_maskclip_value_tokens():
+    import open_clip
+    from fair.models import register_builtin_configs
+    register_builtin_configs()
+    torch.manual_seed(0)
+    visual = open_clip.create_model("fair-tiny-vit").visual.eval()
+    x = torch.randn(2, 3, 32, 32)
+    f, toks = token_features(visual, x)
+    assert torch.allclose(f, F.normalize(visual(x), dim=-1), atol=1e-6)
+    assert toks.shape == (2, 16, f.shape[1])                            # one per 8x8 patch
+    # by hand: the last block's input, its value projection, out_proj, ln_post, proj
+    h = visual._embeds(x)  # conv, class token, positions, ln_pre
+    for blk in visual.transformer.resblocks[:-1]:
+        h = blk(h)
+    last = visual.transformer.resblocks[-1]
+    D = h.shape[-1]
+    v = last.ln_1(h) @ last.attn.in_proj_weight[2 * D:].t() + last.attn.in_proj_bias[2 * D:]
+    ref = F.normalize(visual.ln_post(last.attn.out_proj(v)[:, 1:]) @ visual.proj, dim=-1)
+    assert torch.allclose(toks, ref, atol=1e-5)
+
+
+def test_fairness_term_is_minimal_for_balanced_predictions():
+    C = 4
+    assert fairness_term(torch.full((C,), 1 / C)).item() == pytest.approx(math.log(C))
+    assert fairness_term(torch.tensor([0.7, 0.1, 0.1, 0.1])).item() > math.log(C)
+
+
+def _loss_and_param_grad(x, theta, y, w):
+    """The student loss of logits x @ theta, and its gradient w.r.t. the shared parameter theta."""
+    theta = theta.clone().requires_grad_(True)
+    parts = student_loss(x @ theta, y, w, lambda_fair=0.7)
+    parts.loss.backward()
+    return parts, theta.grad
+
+
+def _worker(rank, port, x, theta, y, w, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    sl = slice(4 * rank, 4 * rank + 4)
+    parts, g = _loss_and_param_grad(x[sl], theta, y[sl], w[sl])
+    dist.all_reduce(g)       # what DDP does to parameter gradients: average over processes
+    out[rank] = {"value": parts.value, "grad": g / 2}
+    dist.destroy_process_group()
+
+
+def test_loss_is_the_same_for_one_batch_of_8_and_two_processes_of_4():
+    torch.manual_seed(0)
+    x, theta = torch.randn(8, 6), torch.randn(6, 5)
+    y, w = torch.randint(0, 5, (8,)), torch.rand(8)
+    single, grad = _loss_and_param_grad(x, theta, y, w)
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(port, x, theta, y, w, out), nprocs=2, join=True)
+    for r in range(2):
+        assert out[r]["value"] == pytest.approx(single.value, rel=1e-5)
+        assert torch.allclose(out[r]["grad"], grad, atol=1e-6)

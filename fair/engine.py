@@ -63,11 +63,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False):
-    """A DataLoader whose order and worker seeds depend only on `seed` (sharded under torch.distributed)."""
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False,
+                shard: bool = True):
+    """A DataLoader whose order and worker seeds depend only on `seed`.
+
+    Under torch.distributed a training loader is sharded across processes; evaluation loaders are not
+    (shard=False), so every process computes the same metrics.
+    """
     g = torch.Generator().manual_seed(seed)
     sampler = None
-    if world_size() > 1:
+    if shard and world_size() > 1:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         shuffle = False
@@ -160,7 +165,7 @@ def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConf
     """
     visual.eval()
     loader = make_loader(ViewDataset(images, [views["test"]]), cfg.eval.batch_size, False,
-                         cfg.data.num_workers, seed=cfg.seed)
+                         cfg.data.num_workers, seed=cfg.seed, shard=False)
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, salt=2))
     preds = {k: [] for k in heads}
     labels, bad = [], 0

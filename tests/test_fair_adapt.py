@@ -222,3 +222,33 @@ def test_data_check_names_what_is_missing(tmp_path, capsys):
 def test_load_config_defaults_are_runnable():
     cfg = load_config(None)
     assert cfg.method == "fair" and cfg.train.epochs == 15 and cfg.train.batch_size == 64
+
+
+def _ddp_worker(rank, port, cfg_dict, run_dir, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rec = adapt(from_dict(cfg_dict), run_dir)
+    out[rank] = rec["metrics"]["test_top1"], rec["provenance"]["num_processes"], len(rec["epochs"])
+    dist.destroy_process_group()
+
+
+def test_two_processes_run_one_adaptation_with_ddp(tiny_cfg, tmp_path):
+    """The path Ray Train workers take: torch.distributed initialised, the library shards and wraps DDP."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    cfg = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}}
+    mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path / "ddp"), out), nprocs=2, join=True)
+    assert out[0] == out[1]                       # unsharded evaluation: both processes report the same
+    assert out[0][1] == 2 and out[0][2] == 1
+    assert json.loads((tmp_path / "ddp/record.json").read_text())["provenance"]["num_processes"] == 2
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_cfg):
+    d = {**tiny_cfg, "model": {**tiny_cfg["model"], "precision": "bf16"},
+         "train": {**tiny_cfg["train"], "epochs": 1}}
+    rec = run_adapt(from_dict(d))
+    assert rec["config"]["model"]["precision"] == "bf16" and rec["metrics"]["test_top1"] is not None

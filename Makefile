@@ -1,4 +1,6 @@
 # The two commands of this project: `make demo` and `make test`. Each creates or updates .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,10 +21,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
 	# torch first: 2.14.1 + torchvision 0.29.1 come from this machine's disk (see constraints.txt)
-	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	$(PY) -m pip install -q -c constraints.txt torch torchvision 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]' 2>&1 | { grep -vE '^WARNING: Location|^ +|^\*+$$|!!|^$$' || true; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -91,6 +91,37 @@ def teacher_features(visual, images, cfg: FairConfig, heads: Heads, generator, l
     return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
 
 
+def train_step(student: nn.Module, ddp_student: nn.Module, weak, strong, optimizer, scheduler, scaler,
+               cfg: FairConfig, heads: Heads, gamma: float, generator, state: dict) -> dict:
+    """One FAIR step: teacher on the weak view (no gradient), weights, student on the strong view."""
+    device = weak.device
+    with torch.no_grad(), autocast(cfg.model.precision, device):
+        f, f_loc = teacher_features(student.visual, weak, cfg, heads, generator, cfg.local.num_crops)
+        s_fix = f_loc @ heads.w_fix.t()
+        f_mix = local.mix(f, f_loc, cfg.local.beta) if heads.use_locals else f
+        s_las = student.anchors(f_mix)
+    t = pseudo_labels(s_fix, s_las, heads.scale, gamma)
+    w, keep = ambiguity_weights(cfg.weighting.mode, t.p_fix, t.p_las, t.p, t.y, cfg.weighting.power,
+                                cfg.weighting.min)
+    with autocast(cfg.model.precision, device):
+        logits = heads.scale * ddp_student(strong)
+    parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"),
+                         cfg.train.fair_momentum)
+    if cfg.train.fair_momentum > 0:
+        state["running_pbar"] = parts.pbar
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.loss).backward()
+    if cfg.train.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    # Statistics stay on the device as tensors: no per-step host synchronisation.
+    return {"loss": parts.value, "ce": parts.ce, "fair": parts.fair, "w_sum": w.sum(), "kept": keep.sum(),
+            "agree": (t.p_fix.argmax(1) == t.p_las.argmax(1)).sum(), "y": t.y}
+
+
 def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimizer, scheduler, scaler,
                     cfg: FairConfig, heads: Heads, epoch: int, total_steps: int, device, state: dict,
                     progress: bool = True) -> dict:
@@ -99,7 +130,7 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, salt=1))
     steps_per_epoch = len(loader) if cfg.train.max_steps_per_epoch is None else \
         min(len(loader), cfg.train.max_steps_per_epoch)
-    sums = torch.zeros(8, dtype=torch.float64)  # loss, ce, fair, w, kept, pl_correct, agree, n
+    sums = torch.zeros(8, dtype=torch.float64, device=device)  # loss, ce, fair, w, kept, pl_correct, agree, n
     bad, n_img, t0 = 0, 0, time.perf_counter()
     gamma = cfg.pseudo.gamma_start
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False)
@@ -114,36 +145,15 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
         global_step = (epoch - 1) * steps_per_epoch + step
         gamma = gamma_at(cfg.pseudo.gamma_start, cfg.pseudo.gamma_end, cfg.pseudo.gamma_schedule,
                          global_step / max(total_steps - 1, 1))
-        with torch.no_grad(), autocast(cfg.model.precision, device):
-            f, f_loc = teacher_features(student.visual, weak, cfg, heads, gen, cfg.local.num_crops)
-            s_fix = f_loc @ heads.w_fix.t()
-            f_mix = local.mix(f, f_loc, cfg.local.beta) if heads.use_locals else f
-            s_las = student.anchors(f_mix)
-        t = pseudo_labels(s_fix, s_las, heads.scale, gamma)
-        w, keep = ambiguity_weights(cfg.weighting.mode, t.p_fix, t.p_las, t.p, t.y, cfg.weighting.power,
-                                    cfg.weighting.min)
-        with autocast(cfg.model.precision, device):
-            logits = heads.scale * ddp_student(strong)
-        parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"),
-                             cfg.train.fair_momentum)
-        if cfg.train.fair_momentum > 0:
-            state["running_pbar"] = parts.pbar
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(parts.loss).backward()
-        if cfg.train.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        B = len(t.y)
-        sums += torch.tensor([parts.value * B, parts.ce * B, parts.fair * B, float(w.sum()), float(keep.sum()),
-                              float((t.y == labels).sum()), float((t.p_fix.argmax(1) == t.p_las.argmax(1)).sum()), B],
-                             dtype=torch.float64)
+        stats = train_step(student, ddp_student, weak, strong, optimizer, scheduler, scaler, cfg, heads, gamma,
+                           gen, state)
+        B = len(labels)
+        sums += torch.stack([stats["loss"] * B, stats["ce"] * B, stats["fair"] * B, stats["w_sum"], stats["kept"],
+                             (stats["y"] == labels).sum(), stats["agree"], torch.tensor(B, device=device)]).double()
         n_img += B
         bar.update(1)
     bar.close()
-    sums = all_reduce_sum(sums.to(device)).cpu() if world_size() > 1 else sums
+    sums = (all_reduce_sum(sums) if world_size() > 1 else sums).cpu()
     n = max(sums[7].item(), 1.0)
     has_labels = bool((loader.dataset.images.labels >= 0).all())
     elapsed = time.perf_counter() - t0

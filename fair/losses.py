@@ -36,9 +36,9 @@ def fairness_term(pbar: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LossParts:
     loss: torch.Tensor          # what to backpropagate (scaled for DDP averaging)
-    value: float                # the global objective's value
-    ce: float
-    fair: float
+    value: torch.Tensor         # the global objective's value (detached, on the device: no host sync)
+    ce: torch.Tensor
+    fair: torch.Tensor
     pbar: torch.Tensor          # the (running) global mean prediction, detached
 
 
@@ -59,6 +59,6 @@ def student_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lambda_
         pbar = momentum * running_pbar + (1 - momentum) * pbar
     l_fair = fairness_term(pbar)
     loss = loss_ce + lambda_fair * P * l_fair
-    ce_value = float(ce_sum / W.clamp_min(1e-12))
-    fair_value = l_fair.item()
+    ce_value = ce_sum / W.clamp_min(1e-12)
+    fair_value = l_fair.detach()
     return LossParts(loss, ce_value + lambda_fair * fair_value, ce_value, fair_value, pbar.detach())

@@ -166,7 +166,7 @@ def _worker(rank, port, x, theta, y, w, out):
     sl = slice(4 * rank, 4 * rank + 4)
     parts, g = _loss_and_param_grad(x[sl], theta, y[sl], w[sl])
     dist.all_reduce(g)       # what DDP does to parameter gradients: average over processes
-    out[rank] = {"value": parts.value, "grad": g / 2}
+    out[rank] = {"value": parts.value.item(), "grad": g / 2}
     dist.destroy_process_group()
 
 
@@ -182,5 +182,5 @@ def test_loss_is_the_same_for_one_batch_of_8_and_two_processes_of_4():
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(port, x, theta, y, w, out), nprocs=2, join=True)
     for r in range(2):
-        assert out[r]["value"] == pytest.approx(single.value, rel=1e-5)
+        assert out[r]["value"] == pytest.approx(single.value.item(), rel=1e-5)
         assert torch.allclose(out[r]["grad"], grad, atol=1e-6)

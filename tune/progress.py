@@ -1,0 +1,99 @@
+"""Readable progress on the driver: one log line per trial event, and a summary table every so often.
+
+Ray's own console output is switched off (RunConfig(verbose=0), RAY_AIR_NEW_OUTPUT=0); this callback is
+what a person watching `fair sweep` reads.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from ray.tune import Callback
+
+log = logging.getLogger("tune.progress")
+_SHOWN_FINAL = ("final_val_top1", "final_test_top1", "final_head_agreement", "final_gain_over_zeroshot")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _hp(config: dict) -> str:
+    hp = config.get("hparams") or {}
+    return " ".join(f"{k}={_fmt(v)}" for k, v in hp.items())
+
+
+class ProgressLog(Callback):
+    """Trial started / epoch N objective / completed / errored, plus a per-dataset summary table."""
+
+    def __init__(self, objective: str, mode: str, total: int, summary_every_s: float = 60.0):
+        self.objective, self.mode, self.total = objective, mode, total
+        self.every = summary_every_s
+        self._last_summary = time.monotonic()
+        self.best: dict[str, tuple[float, str]] = {}     # dataset -> (objective, trial id)
+
+    @staticmethod
+    def _name(trial) -> str:
+        return f"{trial.trial_id} [{trial.config.get('study', '?')}]"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        log.info("trial %s started: %s", self._name(trial), _hp(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if any(k in result for k in _SHOWN_FINAL):
+            return   # the final report; on_trial_complete says it
+        resumed = result.get("resumed_from_epoch") or 0
+        log.info("trial %s epoch %s %s=%s loss=%s%s", self._name(trial), result.get("epoch"), self.objective,
+                 _fmt(result.get("objective")), _fmt(result.get("loss")),
+                 f" (resumed after epoch {resumed})" if resumed else "")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        obj = r.get("objective")
+        d = trial.config.get("study", "?")
+        if obj is not None:
+            better = d not in self.best or (obj > self.best[d][0] if self.mode == "max" else obj < self.best[d][0])
+            if better:
+                self.best[d] = (obj, trial.trial_id)
+        extras = " ".join(f"{k[6:]}={_fmt(r.get(k))}" for k in _SHOWN_FINAL
+                          if k in r and k != f"final_{self.objective}")
+        stopped = "" if "final_val_top1" in r or "final_test_top1" in r else " (stopped early)"
+        log.info("trial %s completed%s: %s=%s %s", self._name(trial), stopped, self.objective, _fmt(obj), extras)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        err = (trial.error_file or "").strip()
+        log.warning("trial %s errored%s", self._name(trial), f"; see {err}" if err else "")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        log.warning("trial %s failed and is retried", self._name(trial))
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._last_summary >= self.every:
+            self._last_summary = time.monotonic()
+            log.info("\n%s", self.summary(trials))
+
+    def on_experiment_end(self, trials, **info):
+        log.info("\n%s", self.summary(trials))
+
+    def summary(self, trials) -> str:
+        """A plain-text table: per dataset, trials by state and the best objective so far."""
+        rows: dict[str, dict] = {}
+        for t in trials:
+            d = t.config.get("study", "?")
+            row = rows.setdefault(d, {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0})
+            row[t.status] = row.get(t.status, 0) + 1
+            obj = (t.last_result or {}).get("objective") if t.status == "TERMINATED" else None
+            if obj is not None:
+                cur: Optional[tuple] = row.get("best")
+                if cur is None or (obj > cur[0] if self.mode == "max" else obj < cur[0]):
+                    row["best"] = (obj, t.trial_id)
+        head = f"{'dataset':24s} {'done':>5s} {'run':>4s} {'wait':>5s} {'err':>4s}  best {self.objective}"
+        lines = [f"sweep progress: {sum(r['TERMINATED'] for r in rows.values())}/{self.total} trials done", head]
+        for d, r in sorted(rows.items()):
+            best = r.get("best")
+            lines.append(f"{d:24s} {r['TERMINATED']:5d} {r['RUNNING']:4d} {r['PENDING'] + r['PAUSED']:5d} "
+                         f"{r['ERROR']:4d}  {_fmt(best[0]) + ' (' + best[1] + ')' if best else '-'}")
+        return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""One Optuna study per dataset inside a single Tuner, so every dataset's trials share the cluster.
+
+`StudySearcher` holds one `OptunaSearch` (own study, own seed, define-by-run space) per dataset and hands
+out suggestions round-robin among the datasets that still have budget; results and completions are routed
+back to the owning study by trial id. Its whole state (the studies included) is pickled with the Tune
+experiment, so `fair sweep --resume` continues every study where it stopped.
+
+`PerStudyASHA` does the same for early stopping: accuracies of different datasets are not comparable, so
+each dataset gets its own ASHA rungs.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Dict, Optional
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger("tune.searcher")
+METRIC = "objective"   # what every report carries: the sweep's objective (val_top1 or head_agreement)
+
+
+def make_sampler(kind: str, seed: int):
+    import optuna
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # multivariate TPE with group=True models conditional subspaces jointly; plain TPE is the default
+    if kind == "tpe-multivariate":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+class StudySearcher(Searcher):
+    """Round-robin over per-dataset Optuna studies with a trial budget each."""
+
+    def __init__(self, space, datasets: list[str], trials_per_dataset: int, mode: str,
+                 sampler: str = "tpe", seeds: Optional[Dict[str, int]] = None):
+        super().__init__(metric=METRIC, mode=mode)
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        seeds = seeds or {}
+        self.datasets = list(datasets)
+        self.budget = {d: trials_per_dataset for d in self.datasets}
+        self.suggested = {d: 0 for d in self.datasets}
+        self.studies = {d: OptunaSearch(space=space, metric=METRIC, mode=mode, study_name=f"fair-{d}",
+                                        sampler=make_sampler(sampler, seeds.get(d, 0)))
+                        for d in self.datasets}
+        self.owner: Dict[str, str] = {}     # trial_id -> dataset
+        self._next = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True   # metric and mode are fixed by the sweep file; the space lives in the studies
+
+    def suggest(self, trial_id: str) -> Optional[Dict]:
+        if trial_id in self.owner:       # Tune may ask again for a trial it already has a config for
+            d = self.owner[trial_id]
+            return {"study": d, "hparams": self.studies[d].suggest(trial_id)}
+        n = len(self.datasets)
+        for i in range(n):
+            d = self.datasets[(self._next + i) % n]
+            if self.suggested[d] < self.budget[d]:
+                self._next = (self._next + i + 1) % n
+                self.suggested[d] += 1
+                self.owner[trial_id] = d
+                return {"study": d, "hparams": self.studies[d].suggest(trial_id)}
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: Dict) -> None:
+        d = self.owner.get(trial_id)
+        if d is not None and result.get(METRIC) is not None:
+            self.studies[d].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        d = self.owner.get(trial_id)
+        if d is None:
+            return
+        if result is not None and result.get(METRIC) is None:
+            result = None                 # no objective: Optuna records FAIL / PRUNED, not a crash
+        self.studies[d].on_trial_complete(trial_id, result=result, error=error)
+
+    def remaining(self) -> Dict[str, int]:
+        return {d: self.budget[d] - self.suggested[d] for d in self.datasets}
+
+    # Tune saves this with the experiment state and restores it on Tuner.restore
+    def get_state(self) -> Dict:
+        return {"budget": self.budget, "suggested": self.suggested, "owner": self.owner, "next": self._next,
+                "datasets": self.datasets, "studies": {d: s.__dict__.copy() for d, s in self.studies.items()}}
+
+    def set_state(self, state: Dict) -> None:
+        self.budget, self.suggested, self.owner = state["budget"], state["suggested"], state["owner"]
+        self._next, self.datasets = state["next"], state["datasets"]
+        for d, st in state["studies"].items():
+            self.studies[d].__dict__.update(st)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.get_state(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.set_state(pickle.load(fh))
+
+
+class PerStudyASHA(FIFOScheduler):
+    """ASHA with separate rungs per dataset (`trial.config["study"]`), stopping on the epoch counter.
+
+    The epoch (not training_iteration) is the time axis: a worker restarted from a checkpoint reports some
+    epochs twice, which would push training_iteration past max_t and cut the trial before its final report.
+    """
+
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float):
+        super().__init__()
+        self.kw = dict(time_attr="epoch", max_t=max_t, grace_period=grace_period,
+                       reduction_factor=reduction_factor)
+        self.by_study: Dict[str, AsyncHyperBandScheduler] = {}
+        self._metric, self._mode = METRIC, "max"
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        self._metric, self._mode = metric or self._metric, mode or self._mode
+        return True
+
+    def _asha(self, trial) -> AsyncHyperBandScheduler:
+        d = trial.config.get("study", "?")
+        if d not in self.by_study:
+            self.by_study[d] = AsyncHyperBandScheduler(metric=self._metric, mode=self._mode, **self.kw)
+        return self.by_study[d]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        if trial.trial_id not in self._asha(trial)._trial_info:   # e.g. after a restore
+            self._asha(trial).on_trial_add(tune_controller, trial)
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: Dict) -> None:
+        if trial.trial_id in self._asha(trial)._trial_info:
+            self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
+
+
+__all__ = ["StudySearcher", "PerStudyASHA", "METRIC", "TrialScheduler"]

@@ -1,0 +1,160 @@
+"""Run (or resume) a sweep: checks first, then one Tuner over every dataset's study.
+
+Rerunning the same sweep, or `fair sweep --resume NAME`, restores the Tuner from storage: finished trials
+are kept, unfinished and errored ones continue (from their last Train checkpoint), and the Optuna studies
+come back from the searcher state; each trial id keeps one record key, so nothing is lost or duplicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+from fair.errors import FairError
+from tune import storage as st
+from tune.sweep_config import SweepConfig, check_datasets, from_mapping
+
+log = logging.getLogger("tune.sweep")
+SWEEP_FILE = "sweep.json"   # the resolved sweep config, beside the Tune experiment (for --resume NAME)
+
+
+@dataclass
+class SweepResult:
+    name: str
+    storage: str
+    trials: int
+    errored: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)          # dataset -> {"trial_id", "objective", metrics...}
+    records: dict = field(default_factory=dict)       # dataset -> [trial ids]
+
+    def table(self, objective: str) -> str:
+        lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored; records in "
+                 f"{st.join(self.storage, self.name, 'records')}",
+                 f"{'dataset':24s} {'records':>7s}  {'best trial':12s} {objective:>10s} {'test_top1':>9s}"]
+        for d in sorted(set(self.best) | set(self.records)):
+            b = self.best.get(d, {})
+            obj, test = b.get("objective"), b.get("final_test_top1")
+            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d}  {b.get('trial_id', '-'):12s} "
+                         f"{'-' if obj is None else f'{obj:.4g}':>10s} {'-' if test is None else f'{test:.2f}':>9s}")
+        return "\n".join(lines)
+
+
+def _snapshot(cfg: SweepConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d.pop("source", None)
+    return d
+
+
+def saved_config(storage: str, name: str) -> dict | None:
+    try:
+        return st.read_json(storage, f"{name}/{SWEEP_FILE}")
+    except (OSError, FileNotFoundError):
+        return None
+
+
+def load_saved(storage: str, name: str) -> SweepConfig:
+    """The sweep config a previous `fair sweep` stored (for --resume NAME without the sweep file)."""
+    data = saved_config(storage, name)
+    if data is None:
+        raise FairError(f"no sweep named {name!r} in {storage} (looked for {name}/{SWEEP_FILE}); "
+                        f"check --storage or start it with --config")
+    return from_mapping(data)
+
+
+def _same_search(a: dict, b: dict) -> bool:
+    """Whether a stored sweep and this one define the same experiment (Ray/progress options may change)."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("ray", "faults")}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
+    """Checks that need the storage and the data (after the offline ones of load_sweep): the resolved
+    storage URI, probed with a marker write."""
+    uri = st.resolve(cfg.storage)
+    st.probe(uri, cfg.name)
+    if data_check:
+        check_datasets(cfg)
+    return uri
+
+
+def build_plan(cfg: SweepConfig, uri: str):
+    from tune.trainable import TrialPlan
+    r = cfg.resources
+    return TrialPlan(
+        sweep=cfg.name, storage=uri, study_configs={d: cfg.study_config(d) for d in cfg.datasets},
+        objective=cfg.objective.metric, num_workers=r.num_workers, per_worker=dict(r.per_worker),
+        use_gpu=r.use_gpu, backend=r.backend, worker_max_failures=cfg.ray.worker_max_failures,
+        controller_failure_limit=cfg.ray.controller_failure_limit,
+        checkpoints_to_keep=cfg.ray.checkpoints_to_keep, crash_worker_in_epoch=cfg.faults.crash_worker_in_epoch)
+
+
+def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
+    """Run the sweep on the Ray this process is connected to. `resume=None`: restore when the storage
+    already holds this sweep; True: must restore; False: refuse an existing sweep."""
+    from ray import tune
+    from tune.cluster import max_concurrent
+    from tune.progress import ProgressLog
+    from tune.searcher import METRIC, PerStudyASHA, StudySearcher
+    from tune.trainable import run_trial
+
+    exp_path = st.join(uri, cfg.name)
+    exists = tune.Tuner.can_restore(exp_path)
+    stored = saved_config(uri, cfg.name)
+    if exists and stored is not None and not _same_search(stored, _snapshot(cfg)):
+        raise FairError(f"sweep {cfg.name!r} already exists in {uri} with a different configuration; "
+                        f"use another name (--set name=...) or resume it unchanged (--resume {cfg.name})")
+    if resume and not exists:
+        raise FairError(f"sweep {cfg.name!r} has no saved state in {uri} to resume; start it without --resume")
+    if resume is False and exists:
+        raise FairError(f"sweep {cfg.name!r} already exists in {uri}; rerun to resume it or pick another name")
+    st.write_json(uri, f"{cfg.name}/{SWEEP_FILE}", _snapshot(cfg))
+
+    conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)
+    plan = build_plan(cfg, uri)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
+                                    {"cpu": cfg.resources.trial_driver_cpu})
+    mode = cfg.objective.mode
+    if exists:
+        log.info("resuming sweep %s from %s (%d trials in flight at most)", cfg.name, exp_path, conc)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        space = cfg.search_space()
+        searcher = StudySearcher(space, cfg.datasets, cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
+                                 {d: cfg.search.seed_for(d) for d in cfg.datasets})
+        es = cfg.budget.early_stopping
+        scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
+        if scheduler is not None:
+            scheduler.set_search_properties(METRIC, mode)
+        log.info("sweep %s: %d datasets x %d trials, %d epochs, %d trials in flight at most; space: %s",
+                 cfg.name, len(cfg.datasets), cfg.budget.trials_per_dataset, cfg.budget.epochs, conc,
+                 space.describe())
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.total_trials,
+                                        max_concurrent_trials=conc),
+            run_config=tune.RunConfig(
+                name=cfg.name, storage_path=uri, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=cfg.ray.trial_max_failures),
+                callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s)],
+            ),
+        )
+    grid = tuner.fit()
+    return _summarize(cfg, uri, grid, METRIC)
+
+
+def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
+    res = SweepResult(cfg.name, uri, len(grid))
+    sign = 1 if cfg.objective.mode == "max" else -1
+    for r in grid:
+        m = r.metrics or {}
+        d = (r.config or {}).get("study", "?")
+        if r.error is not None:
+            res.errored.append(m.get("trial_id") or str(r.path))
+            continue
+        obj = m.get(metric)
+        if obj is not None and (d not in res.best or sign * obj > sign * res.best[d]["objective"]):
+            res.best[d] = {"trial_id": m.get("trial_id"), "objective": obj,
+                           **{k: v for k, v in m.items() if k.startswith("final_")},
+                           "hparams": (r.config or {}).get("hparams")}
+    res.records = st.list_records(uri, cfg.name)
+    return res

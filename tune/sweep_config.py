@@ -1,0 +1,297 @@
+"""The sweep file: datasets, base FAIR config, search space, budget, resources, storage, objective.
+
+    name: demo                                  # a plain path segment: <storage>/<name>/...
+    datasets: [fashion_mnist, fashion_mnist_shifted]
+    base: {model: {...}, data: {...}}           # inline FAIR config, or a path to a FAIR YAML (relative to
+                                                # the sweep file)
+    per_dataset: {fashion_mnist_shifted: {data: {val_per_class: 5}}}   # merged over base for one dataset
+    space: default                              # or a mapping, see tune.space
+    search: {sampler: tpe, seed: 0}             # tpe | tpe-multivariate | random
+    budget: {trials_per_dataset: 8, epochs: 10, early_stopping: {grace_period: 2, reduction_factor: 3},
+             max_concurrent: null}              # null: as many trials as the resources allow
+    resources: {num_workers: 1, per_worker: {CPU: 1}, trial_driver_cpu: 0.01, backend: auto,
+                check_cluster: true}            # false on an autoscaling cluster that starts small
+    objective: {metric: val_top1, mode: max}    # or head_agreement (label-free)
+    storage: ./sweeps                           # or s3://bucket/prefix (AWS_ENDPOINT_URL honoured)
+    ray: {num_cpus: null, worker_start_timeout_s: 60, controller_failure_limit: -1,
+          worker_max_failures: 2, trial_max_failures: 1, summary_every_s: 60}
+
+Loading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, then
+checks everything that can be checked without Ray (FairError, one line, naming the key).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from fair.errors import FairError
+from tune.space import SearchSpace, parse_space, validate_against
+
+OBJECTIVES = {"val_top1": "max", "head_agreement": "max"}
+SAMPLERS = ("tpe", "tpe-multivariate", "random")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class EarlyStopping:
+    """ASHA, one instance per dataset (accuracies of different datasets are not comparable)."""
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass
+class Budget:
+    trials_per_dataset: int = 8
+    epochs: int = 15                       # sets train.epochs of every trial
+    max_steps_per_epoch: Optional[int] = None
+    early_stopping: Optional[EarlyStopping] = None
+    max_concurrent: Optional[int] = None   # None: bounded by resources only
+
+
+@dataclass
+class Resources:
+    num_workers: int = 1                   # DDP processes per trial
+    per_worker: dict = field(default_factory=lambda: {"CPU": 1})   # e.g. {CPU: 4, GPU: 0.25}
+    trial_driver_cpu: float = 0.01         # the Tune function that drives a TorchTrainer (must be > 0)
+    backend: str = "auto"                  # auto (nccl with GPUs, else gloo) | gloo | nccl
+    check_cluster: bool = True             # refuse requests the cluster cannot hold right now
+
+    @property
+    def use_gpu(self) -> bool:
+        return float(self.per_worker.get("GPU", 0) or 0) > 0
+
+    def per_trial(self) -> dict[str, float]:
+        """Everything one trial holds: its driver plus its workers (what decides concurrency)."""
+        out = {k: float(v) * self.num_workers for k, v in self.per_worker.items() if v}
+        out["CPU"] = out.get("CPU", 0.0) + self.trial_driver_cpu
+        return out
+
+
+@dataclass
+class Objective:
+    metric: str = "val_top1"
+    mode: str = "max"
+
+
+@dataclass
+class Search:
+    sampler: str = "tpe"
+    seed: int = 0
+
+    def seed_for(self, dataset: str) -> int:
+        """Each study its own seed, stable when datasets are added or reordered."""
+        return (self.seed * 1_000_003 + zlib.crc32(dataset.encode())) % (2**31)
+
+
+@dataclass
+class RayOptions:
+    num_cpus: Optional[float] = None       # local clusters only; None: all cores
+    worker_start_timeout_s: float = 60.0   # RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+    controller_failure_limit: int = -1     # Train controller retries of worker-group start (-1: forever)
+    worker_max_failures: int = 2           # a trial's workers restarted from the last checkpoint
+    trial_max_failures: int = 1            # Tune retries of a whole trial
+    summary_every_s: float = 60.0          # progress summary table period
+    checkpoints_to_keep: int = 2
+
+
+@dataclass
+class Faults:
+    """Fault injection for tests: kill rank 0 once, during epoch `crash_worker_in_epoch` (after the
+    previous epoch's checkpoint was reported)."""
+    crash_worker_in_epoch: Optional[int] = None
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    datasets: list
+    base: dict = field(default_factory=dict)
+    per_dataset: dict = field(default_factory=dict)
+    space: Any = "default"
+    search: Search = field(default_factory=Search)
+    budget: Budget = field(default_factory=Budget)
+    resources: Resources = field(default_factory=Resources)
+    objective: Objective = field(default_factory=Objective)
+    storage: str = "./sweeps"
+    ray: RayOptions = field(default_factory=RayOptions)
+    faults: Faults = field(default_factory=Faults)
+    source: Optional[str] = None           # the sweep file (set by load_sweep)
+
+    def study_config(self, dataset: str) -> dict:
+        """The nested FAIR config of one dataset's trials, before the searched values."""
+        from fair.config import _deep_merge
+        d = _deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
+        d = _deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
+                            "run": {"progress": False}})
+        if self.budget.max_steps_per_epoch is not None:
+            d["train"]["max_steps_per_epoch"] = self.budget.max_steps_per_epoch
+        return d
+
+    @property
+    def total_trials(self) -> int:
+        return self.budget.trials_per_dataset * len(self.datasets)
+
+    def search_space(self) -> SearchSpace:
+        return parse_space(self.space)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+_SECTIONS = {"search": Search, "budget": Budget, "resources": Resources, "objective": Objective,
+             "ray": RayOptions, "faults": Faults, "early_stopping": EarlyStopping}
+
+
+def _build(cls, data: Any, key: str):
+    """A dataclass from a mapping; unknown keys are errors that suggest the close one."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise FairError(f"sweep key '{key}' must be a mapping, got {data!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            import difflib
+            close = difflib.get_close_matches(k, list(names), n=1)
+            hint = f"; did you mean '{key}.{close[0]}'?" if close else f"; known: {', '.join(names)}"
+            raise FairError(f"unknown sweep key '{key}.{k}'{hint}")
+        if k in _SECTIONS and (v is not None):
+            v = _build(_SECTIONS[k], v, f"{key}.{k}")
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _load_base(raw: Any, sweep_file: Optional[Path]) -> dict:
+    from fair.config import read_yaml
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        p = Path(raw).expanduser()
+        if not p.is_absolute() and sweep_file is not None:
+            p = sweep_file.parent / p
+        return read_yaml(p)
+    if not isinstance(raw, dict):
+        raise FairError("sweep key 'base' must be a FAIR config mapping or the path of a FAIR YAML file")
+    return raw
+
+
+def from_mapping(data: dict, sweep_file: Optional[Path] = None) -> SweepConfig:
+    """A SweepConfig from the sweep file's mapping (after overrides); structural checks only."""
+    data = copy.deepcopy(data)
+    known = {f.name for f in dataclasses.fields(SweepConfig)} - {"source"}
+    for k in data:
+        if k not in known:
+            import difflib
+            close = difflib.get_close_matches(str(k), list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"
+            raise FairError(f"unknown sweep key '{k}'{hint}")
+    for req in ("name", "datasets"):
+        if not data.get(req):
+            raise FairError(f"sweep file needs '{req}'")
+    name = str(data["name"])
+    if not _NAME.match(name):
+        raise FairError(f"sweep name {name!r} must be a plain path segment (letters, digits, _ . -)")
+    datasets = data["datasets"]
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if not isinstance(datasets, list) or len(set(datasets)) != len(datasets):
+        raise FairError("sweep key 'datasets' must be a list of distinct dataset names")
+    per = data.get("per_dataset") or {}
+    if not isinstance(per, dict) or any(k not in datasets for k in per):
+        bad = next((k for k in per if k not in datasets), None) if isinstance(per, dict) else per
+        raise FairError(f"sweep key 'per_dataset' names {bad!r}, which is not in 'datasets'")
+    cfg = SweepConfig(
+        name=name, datasets=list(datasets), base=_load_base(data.get("base"), sweep_file), per_dataset=per,
+        space=data.get("space", "default"),
+        **{k: _build(cls, data.get(k), k) for k, cls in _SECTIONS.items() if k in known},
+        storage=str(data.get("storage") or "./sweeps"),
+        source=str(sweep_file) if sweep_file else None)
+    return cfg
+
+
+def load_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_test: bool = False,
+               mapping: Optional[dict] = None) -> SweepConfig:
+    """Read a sweep file (or take `mapping`), apply overrides and --smoke-test, validate offline."""
+    from fair.config import merge_overrides, read_yaml
+    sweep_file = Path(path).expanduser().resolve() if path else None
+    data = read_yaml(sweep_file) if sweep_file else copy.deepcopy(mapping or {})
+    cfg = from_mapping(merge_overrides(data, overrides), sweep_file)
+    if smoke_test:
+        shrink_for_smoke_test(cfg)
+    validate(cfg)
+    return cfg
+
+
+def shrink_for_smoke_test(cfg: SweepConfig) -> None:
+    """About a minute on a laptop: 1 trial per dataset, 1 epoch, a few steps, small data caps, no ASHA."""
+    cfg.name = f"{cfg.name}-smoke"
+    cfg.budget.trials_per_dataset = 1
+    cfg.budget.epochs = 1
+    cfg.budget.max_steps_per_epoch = 2
+    cfg.budget.early_stopping = None
+    caps = {"train_per_class": 4, "test_per_class": 4, "val_per_class": 2}
+    for d in [cfg.base, *[v for v in cfg.per_dataset.values() if v]]:
+        data = d.setdefault("data", {})
+        for k, v in caps.items():
+            data[k] = min(v, data.get(k) or v)
+    cfg.base.setdefault("eval", {})["local_views"] = 2
+
+
+def validate(cfg: SweepConfig) -> None:
+    """Every check that needs neither Ray nor the storage (those are in tune.cluster / tune.storage)."""
+    from fair.config import from_dict
+    b, r, o = cfg.budget, cfg.resources, cfg.objective
+    if not isinstance(b.trials_per_dataset, int) or b.trials_per_dataset < 1:
+        raise FairError("sweep key 'budget.trials_per_dataset' must be an integer >= 1")
+    if not isinstance(b.epochs, int) or b.epochs < 1:
+        raise FairError("sweep key 'budget.epochs' must be an integer >= 1")
+    if b.max_concurrent is not None and (not isinstance(b.max_concurrent, int) or b.max_concurrent < 1):
+        raise FairError("sweep key 'budget.max_concurrent' must be an integer >= 1 or null")
+    es = b.early_stopping
+    if es is not None and (es.grace_period < 1 or es.grace_period > b.epochs or es.reduction_factor <= 1):
+        raise FairError("sweep key 'budget.early_stopping' needs 1 <= grace_period <= budget.epochs and "
+                        "reduction_factor > 1")
+    if not isinstance(r.num_workers, int) or r.num_workers < 1:
+        raise FairError("sweep key 'resources.num_workers' must be an integer >= 1")
+    if not isinstance(r.per_worker, dict) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in r.per_worker.values()):
+        raise FairError("sweep key 'resources.per_worker' must map resource names to numbers >= 0, "
+                        "e.g. {CPU: 2, GPU: 0.25}")
+    gpu = float(r.per_worker.get("GPU", 0) or 0)
+    if gpu > 1 and gpu != int(gpu):
+        raise FairError("sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a whole number")
+    if r.trial_driver_cpu <= 0:
+        raise FairError("sweep key 'resources.trial_driver_cpu' must be > 0 (Ray refuses a zero request); "
+                        "use 0.01")
+    if r.backend not in ("auto", "gloo", "nccl"):
+        raise FairError(f"sweep key 'resources.backend' must be auto, gloo or nccl, got {r.backend!r}")
+    if r.backend == "nccl" and not r.use_gpu:
+        raise FairError("sweep key 'resources.backend' is nccl but resources.per_worker has no GPU")
+    if o.metric not in OBJECTIVES:
+        raise FairError(f"sweep key 'objective.metric' must be one of {', '.join(OBJECTIVES)} "
+                        f"(test accuracy never drives the search), got {o.metric!r}")
+    if o.mode not in ("max", "min"):
+        raise FairError(f"sweep key 'objective.mode' must be max or min, got {o.mode!r}")
+    if cfg.search.sampler not in SAMPLERS:
+        raise FairError(f"sweep key 'search.sampler' must be one of {', '.join(SAMPLERS)}, got {cfg.search.sampler!r}")
+    space = cfg.search_space()
+    for ds in cfg.datasets:
+        base = cfg.study_config(ds)
+        fcfg = from_dict(base)          # the dataset's base config itself must be valid
+        if o.metric == "val_top1" and fcfg.data.val_per_class < 1:
+            raise FairError(f"objective val_top1 needs a validation split, but data.val_per_class is 0 for {ds}; "
+                            f"raise it or use objective.metric=head_agreement")
+        validate_against(space, base, ds)
+
+
+def check_datasets(cfg: SweepConfig) -> None:
+    """`fair data check` for every dataset of the sweep (on the driver's machine)."""
+    from fair.config import from_dict
+    from fair.data.catalog import check_dataset
+    for ds in cfg.datasets:
+        check_dataset(ds, from_dict(cfg.study_config(ds)).data.root)

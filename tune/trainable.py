@@ -1,0 +1,204 @@
+"""A sweep trial: a Tune function (`run_trial`, the trial driver) that builds and fits a Ray Train
+TorchTrainer whose workers (`train_worker`) each call `fair.adapt.adapt`.
+
+Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; this driver-builds-trainer shape is the
+supported one. The library does DDP and data sharding itself under torch.distributed, so the workers call
+adapt() directly (no prepare_model / prepare_data_loader).
+
+Reports: every epoch on every rank (Train requires all ranks to report the same number of times), rank 0
+attaches the epoch's checkpoint. The last epoch's report is held back until the final evaluation is done,
+so the last result Tune and Optuna see carries the trial's real objective (the record's) plus `final_*`
+copies of the record's metrics, and the epoch counter never passes budget.epochs (ASHA's max_t).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("tune.trainable")
+
+
+@dataclass
+class TrialPlan:
+    """Everything a trial needs besides its sampled values; shipped to the trial and its workers."""
+    sweep: str
+    storage: str                     # resolved storage URI
+    study_configs: dict              # dataset -> nested FAIR config (before the searched values)
+    objective: str
+    num_workers: int
+    per_worker: dict
+    use_gpu: bool
+    backend: str
+    worker_max_failures: int
+    controller_failure_limit: int
+    checkpoints_to_keep: int
+    crash_worker_in_epoch: Optional[int] = None
+
+
+def scratch_dir(sweep: str, trial_id: str) -> Path:
+    """Node-local working folder of a trial (run folders, downloaded checkpoints); never the storage."""
+    return Path(tempfile.gettempdir()) / "fair-sweeps" / sweep / trial_id
+
+
+# ----------------------------------------------------------------------------------- per-worker side
+
+
+class EpochReporter:
+    """The `report` callback given to adapt(): epoch rows -> ray.train.report."""
+
+    def __init__(self, objective: str, study: str, epochs: int, resumed_from_epoch: int,
+                 crash_in_epoch: Optional[int], crash_marker: Optional[Path]):
+        self.objective, self.study, self.epochs = objective, study, epochs
+        self.resumed_from_epoch = resumed_from_epoch
+        self.crash_in_epoch, self.crash_marker = crash_in_epoch, crash_marker
+        self.held: Optional[tuple[dict, Optional[Path]]] = None
+
+    def metrics(self, row: dict) -> dict:
+        out = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        out.update(study=self.study, resumed_from_epoch=self.resumed_from_epoch)
+        if row.get(self.objective) is not None:      # absent rather than None: searchers read it as a number
+            out["objective"] = row[self.objective]
+        return out
+
+    def __call__(self, row: dict, checkpoint_dir: Optional[Path]) -> None:
+        self._maybe_crash(row["epoch"])
+        if row["epoch"] >= self.epochs:
+            self.held = (row, checkpoint_dir)        # reported by finish() with the final record's metrics
+            return
+        self._report(self.metrics(row), checkpoint_dir)
+
+    def finish(self, record: dict) -> None:
+        row, ckpt = self.held if self.held else ({"epoch": self.epochs}, None)
+        out = self.metrics(row)
+        m = record.get("metrics") or {}
+        out.update({f"final_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None})
+        if m.get(self.objective) is not None:
+            out["objective"] = m[self.objective]     # the record's objective: val split picks the predictor
+        self._report(out, ckpt)
+
+    @staticmethod
+    def _report(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        import ray.train
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        # keep adapt's checkpoints folder: it is adapt's own state, Ray only copies it to storage
+        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=False)
+
+    def _maybe_crash(self, epoch: int) -> None:
+        """Fault injection (tests): rank 0 dies hard once, in epoch `crash_in_epoch`, before reporting it."""
+        if self.crash_in_epoch is None or epoch != self.crash_in_epoch or self.crash_marker is None:
+            return
+        if self.crash_marker.exists():
+            return
+        self.crash_marker.parent.mkdir(parents=True, exist_ok=True)
+        self.crash_marker.write_text("crashed\n")
+        # ray.train.report only queues a result; the controller picks it up (and registers the checkpoint)
+        # at its next poll. Tiny test epochs are shorter than that, so give the previous report time to land,
+        # as it would have in any real epoch.
+        import time
+        time.sleep(max(2.0, 5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2"))))
+        log.warning("fault injection: worker exits in epoch %d", epoch)
+        os._exit(1)
+
+
+def _restore_checkpoint(work: Path) -> tuple[Optional[Path], int]:
+    """Download the latest reported checkpoint (if any) into `work`; (path of last.pt, its epoch)."""
+    import ray.train
+    import torch
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, 0
+    shutil.rmtree(work, ignore_errors=True)
+    ckpt.to_directory(str(work))
+    path = work / "last.pt"
+    if not path.is_file():
+        raise RuntimeError(f"checkpoint {ckpt.path} holds no last.pt")
+    epoch = int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    return path, epoch
+
+
+def train_worker(payload: dict) -> None:
+    """Runs in every RayTrainWorker: one adapt() of the trial's config, resumed from the latest checkpoint."""
+    import ray.train
+    from fair.adapt import adapt
+    from fair.config import from_dict, set_by_path
+    from tune import storage
+    plan: TrialPlan = payload["plan"]
+    trial_id, study = payload["trial_id"], payload["study"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    scratch = scratch_dir(plan.sweep, trial_id)
+    # Each rank has its own run folder: adapt() looks for checkpoints/last.pt there, and a leftover from a
+    # failed attempt must not be picked up instead of the checkpoint Ray Train hands us.
+    run_dir = scratch / f"rank{rank}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    resume_from, resumed_epoch = _restore_checkpoint(scratch / f"resume-rank{rank}")
+    if resume_from:
+        log.info("trial %s rank %d resumes after epoch %d", trial_id, rank, resumed_epoch)
+
+    cfg_dict = payload["config"]
+    set_by_path(cfg_dict, "run.name", trial_id)
+    set_by_path(cfg_dict, "run.out_dir", str(scratch))
+    if plan.use_gpu:
+        import ray.train.torch
+        set_by_path(cfg_dict, "model.device", str(ray.train.torch.get_device()))
+    else:
+        set_by_path(cfg_dict, "model.device", "cpu")
+    cfg = from_dict(cfg_dict)
+
+    reporter = EpochReporter(plan.objective, study, cfg.train.epochs, resumed_epoch,
+                             plan.crash_worker_in_epoch if rank == 0 else None,
+                             scratch / "crash.marker")
+    record = adapt(cfg, run_dir, report=reporter, resume_from=resume_from)
+    if rank == 0:
+        record["run_id"] = trial_id
+        record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
+        path = storage.write_json(plan.storage, storage.record_key(plan.sweep, study, trial_id), record)
+        log.info("trial %s: record %s", trial_id, path)
+    reporter.finish(record)
+    # the record is in storage and the checkpoints are Ray's: the node-local copies can go
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(scratch / f"resume-rank{rank}", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- trial driver
+
+
+def run_trial(config: dict, plan: TrialPlan) -> None:
+    """The Tune trial: build the FAIR config from the sampled values and fit a TorchTrainer with it."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from tune.space import apply
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    study = config["study"]
+    cfg_dict = apply(plan.study_configs[study], config.get("hparams") or {})
+    backend = plan.backend if plan.backend != "auto" else ("nccl" if plan.use_gpu else "gloo")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"plan": plan, "trial_id": trial_id, "study": study, "config": cfg_dict},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                               resources_per_worker=dict(plan.per_worker)),
+        run_config=ray.train.RunConfig(
+            # no timestamp: a resumed sweep reruns this trial under the same name, and Train finds the
+            # checkpoints of the interrupted attempt there
+            name=f"train-{trial_id}",
+            storage_path=_join(plan.storage, plan.sweep),
+            failure_config=ray.train.FailureConfig(max_failures=plan.worker_max_failures,
+                                                   controller_failure_limit=plan.controller_failure_limit),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _join(uri: str, name: str) -> str:
+    return f"{uri.rstrip('/')}/{name}"

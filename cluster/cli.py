@@ -1,0 +1,293 @@
+"""`fair cluster`: submit sweeps to a running Ray cluster and manage them; check and plan clusters.
+
+    fair cluster submit --config configs/sweeps/paper13-vitb32.yaml [--set k=v ...] [--follow]
+    fair cluster status JOB | logs JOB [--follow] | stop JOB | list
+    fair cluster validate cluster/aws-gpu.yaml [...]           # Ray's own schema, offline
+    fair cluster plan --config SWEEP.yaml [--records DIR ...]  # trials, GPU-hours, wall time, cost
+
+--address: the cluster's dashboard / Jobs API (default $RAY_ADDRESS if it is an http URL, else
+http://127.0.0.1:8265, where `ray dashboard cluster/aws-gpu.yaml` forwards it). Exit codes: 0 ok (a
+followed job SUCCEEDED), 1 a followed job FAILED or was STOPPED, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+from cluster.errors import ClusterError
+
+log = logging.getLogger("cluster")
+
+_EPILOG = "Walkthrough from an AWS account to a results table: cluster/README.md"
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the cluster's dashboard URL (default: $RAY_ADDRESS if http..., "
+                                     "else http://127.0.0.1:8265)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fair cluster", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{submit,status,logs,stop,list,validate,plan}")
+
+    s = sub.add_parser("submit", help="submit a sweep as a Ray job (prints the job id)")
+    s.add_argument("--config", "-c", required=True, help="sweep YAML inside the working dir (e.g. configs/sweeps/...)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="sweep-file override, passed on to `fair sweep`")
+    s.add_argument("--storage", help="sweep storage (s3://bucket/prefix on a cloud cluster)")
+    s.add_argument("--smoke-test", action="store_true", help="`fair sweep --smoke-test`: about a minute")
+    s.add_argument("--data-check", action="store_true",
+                   help="run `fair data check` on the head too (off: data lives on the GPU nodes only)")
+    s.add_argument("--runtime-env", type=Path, metavar="FILE",
+                   help="runtime env YAML like `ray job submit --runtime-env` (default cluster/runtime_env.yaml)")
+    s.add_argument("--working-dir", type=Path, help="folder shipped to the cluster (default: the project root)")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra non-secret env var")
+    s.add_argument("--submission-id", help="job id to use (default: Ray picks raysubmit_...)")
+    s.add_argument("--cluster-config", type=Path, metavar="LAUNCHER.yaml",
+                   help="the cluster's launcher config: check the sweep's resources against its node types")
+    s.add_argument("--no-check", action="store_true", help="skip the resource check against the cluster")
+    wait = s.add_mutually_exclusive_group()
+    wait.add_argument("--follow", "-f", action="store_true", help="stream the job's logs until it ends")
+    wait.add_argument("--no-wait", action="store_true", help="return after submitting (the default)")
+    s.add_argument("sweep_args", nargs=argparse.REMAINDER,
+                   help="after --: more `fair sweep` arguments, passed through")
+    _add_address(s)
+
+    for name, text in (("status", "a job's status"), ("logs", "a job's logs"), ("stop", "stop a job")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("job", help="job / submission id (from submit or list)")
+        _add_address(c)
+        if name == "logs":
+            c.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        if name == "stop":
+            c.add_argument("--no-wait", action="store_true", help="do not wait for the job to stop")
+            c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    _add_address(sub.add_parser("list", help="jobs on the cluster"))
+
+    v = sub.add_parser("validate", help="check launcher YAMLs against Ray's cluster config schema (offline)")
+    v.add_argument("configs", nargs="+", type=Path)
+
+    pl = sub.add_parser("plan", help="estimate trials, GPU-hours, wall time and cost of a sweep")
+    pl.add_argument("--config", "-c", required=True, help="sweep YAML")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--records", nargs="+", default=[], metavar="PATH",
+                    help="record JSON files / folders of earlier runs: measured costs instead of the table")
+    pl.add_argument("--gpu-fraction", type=float, default=1.0,
+                    help="GPU share the --records runs had (1 for fair adapt, 0.25 for 4 trials per GPU)")
+    pl.add_argument("--cluster-config", type=Path, metavar="LAUNCHER.yaml",
+                    help="node types and prices from this launcher config (default cluster/aws-gpu.yaml)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def read_sweep(path: str, overrides: list[str]) -> dict:
+    """The sweep file with `--set` overrides applied (the same semantics as `fair sweep`)."""
+    from fair.config import merge_overrides, read_yaml
+    data = merge_overrides(read_yaml(path), overrides)
+    if not isinstance(data, dict) or not data.get("name"):
+        raise ClusterError(f"{path}: not a sweep file (needs at least 'name' and 'datasets')")
+    return data
+
+
+def _launcher_nodes(path: Path):
+    from cluster import validate
+    validate.validate_file(path)
+    return validate.node_types(validate.read_yaml(path))
+
+
+def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
+    """Refuse a sweep whose trial workers fit no node (Ray would queue it forever, silently).
+
+    Against the launcher's node types when given (authoritative: what the autoscaler may add); else
+    against the live nodes: a warning on a cluster whose autoscaler reports node types (it may add the
+    missing GPUs as trials queue), an error otherwise (a hang is worse than a flag to pass).
+    """
+    from cluster.resources import missing_resources, trial_request
+    req = trial_request(sweep)
+    if launcher is not None:
+        workers = [n for n in _launcher_nodes(launcher) if n.max_workers > 0]
+        missing = missing_resources(req, workers)
+        if missing:
+            raise ClusterError(f"the sweep asks {req.describe()} per trial, but no node type of {launcher} "
+                               f"has {'; '.join(missing)}; change resources.per_worker or the node types")
+        return
+    nodes = cluster.nodes()
+    if not nodes:
+        return
+    missing = missing_resources(req, nodes)
+    if not missing:
+        return
+    if not cluster.autoscaling():
+        raise ClusterError(f"the cluster at {cluster.address} cannot hold one trial worker "
+                           f"({req.describe()}): {'; '.join(missing)}, and it does not autoscale; lower "
+                           f"resources.per_worker, or if it does autoscale pass --cluster-config LAUNCHER.yaml "
+                           f"(or --no-check)")
+    log.warning("no node of the cluster holds a trial worker now (%s); an autoscaler must add one "
+                "(pass --cluster-config LAUNCHER.yaml to check its node types)", "; ".join(missing))
+
+
+def entrypoint(config_rel: str, a) -> str:
+    """`python -m fair.cli sweep ...` run by the cluster's own python (its PATH on the head)."""
+    args = ["python", "-m", "fair.cli", "sweep", "--config", config_rel, "--address", "auto"]
+    for o in a.overrides:
+        args += ["--set", o]
+    if a.storage:
+        args += ["--storage", a.storage]
+    if a.smoke_test:
+        args.append("--smoke-test")
+    if not a.data_check:
+        args.append("--no-data-check")
+    extra = list(a.sweep_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return shlex.join(args + extra)
+
+
+def _pairs(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ClusterError(f"{flag} {item!r} must look like KEY=VALUE")
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+def cmd_submit(a) -> int:
+    from cluster import runtime_env
+    from cluster.jobs import Cluster
+    root = (a.working_dir.resolve() if a.working_dir else runtime_env.project_root())
+    config = Path(a.config).expanduser().resolve()
+    try:
+        config_rel = config.relative_to(root).as_posix()
+    except ValueError:
+        raise ClusterError(f"sweep file {config} is outside the folder shipped to the cluster ({root}); "
+                           f"put it there (e.g. configs/sweeps/) or pass --working-dir") from None
+    sweep = read_sweep(str(config), a.overrides)
+    env_file = a.runtime_env or runtime_env.default_file(root)
+    renv = runtime_env.build(root, env_file, _pairs(a.env, "--env"))
+    cluster = Cluster(a.address)
+    if not a.no_check:
+        check_resources(cluster, sweep, a.cluster_config)
+    storage = a.storage or sweep.get("storage") or "./sweeps"
+    if "://" not in str(storage) and not Path(str(storage)).is_absolute():
+        log.warning("storage %s is relative: it lands in the job's folder on the head node and is lost with "
+                    "it; pass --storage s3://bucket/prefix", storage)
+    name = f"{sweep['name']}-smoke" if a.smoke_test else sweep["name"]
+    ep = entrypoint(config_rel, a)
+    job_id = cluster.submit(ep, renv, a.submission_id, metadata={"sweep": str(name)})
+    log.info("submitted sweep %s as %s to %s: %s", name, job_id, cluster.address, ep)
+    log.info("records: %s/%s/records/dataset=*/<trial>.json; `fair cluster logs %s --follow`",
+             str(storage).rstrip("/"), name, job_id)
+    print(job_id, flush=True)
+    if not a.follow:
+        return 0
+    return _follow(cluster, job_id)
+
+
+def _follow(cluster, job_id: str) -> int:
+    """Stream a job's logs to its end: 0 when it SUCCEEDED, 1 otherwise; Ctrl-C leaves the job running."""
+    try:
+        status = cluster.follow(job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} keeps running on the cluster "
+              f"(`fair cluster stop {job_id}` stops it)", file=sys.stderr)
+        return 130
+    msg = getattr(cluster.info(job_id), "message", "") or ""
+    print(f"job {job_id} {status}{': ' + msg.splitlines()[0] if msg else ''}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_status(a) -> int:
+    from cluster.jobs import Cluster
+    c = Cluster(a.address)
+    info = c.info(a.job)
+    status = getattr(info.status, "value", info.status)
+    print(f"{a.job} {status}" + (f": {info.message}" if info.message else ""))
+    return 0
+
+
+def cmd_logs(a) -> int:
+    from cluster.jobs import Cluster
+    c = Cluster(a.address)
+    if a.follow:
+        return _follow(c, a.job)
+    sys.stdout.write(c.logs(a.job))
+    return 0
+
+
+def cmd_stop(a) -> int:
+    from cluster.jobs import TERMINAL, Cluster
+    c = Cluster(a.address)
+    status = c.status(a.job)
+    if status in TERMINAL:
+        print(f"{a.job} already {status}")
+        return 0
+    c.stop(a.job)
+    if a.no_wait:
+        print(f"{a.job} stop requested")
+        return 0
+    status = c.wait(a.job, timeout_s=a.timeout)
+    print(f"{a.job} {status}")
+    return 0 if status in TERMINAL else 1
+
+
+def cmd_list(a) -> int:
+    import datetime as dt
+    from cluster.jobs import Cluster
+    jobs = Cluster(a.address).list()
+    if not jobs:
+        print("no jobs")
+    for j in jobs:
+        started = dt.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M") if j.start_time else "-"
+        ep = j.entrypoint if len(j.entrypoint) <= 80 else j.entrypoint[:77] + "..."
+        print(f"{j.submission_id or j.job_id:<28} {getattr(j.status, 'value', j.status):<10} {started}  {ep}")
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from cluster.validate import validate_file
+    for path in a.configs:
+        validate_file(path)
+        print(f"{path}: ok (Ray's cluster config schema, image pins Ray {__import__('ray').__version__})")
+    return 0
+
+
+def cmd_plan(a) -> int:
+    from cluster.plan import calibration_from_records, load_records, plan
+    sweep = read_sweep(a.config, a.overrides)
+    calibration = None
+    if a.records:
+        recs = load_records(a.records)
+        if not recs:
+            raise ClusterError(f"no run records (*.json with schema_version) under {', '.join(a.records)}")
+        calibration = calibration_from_records(recs, a.gpu_fraction)
+    nodes = _launcher_nodes(a.cluster_config) if a.cluster_config else None
+    print(plan(sweep, calibration, nodes, str(a.cluster_config or "")))
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "stop": cmd_stop, "list": cmd_list,
+            "validate": cmd_validate, "plan": cmd_plan}
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `fair cluster` (argv without "cluster")."""
+    a = parser().parse_args(argv)
+    # Ray's own INFO lines (config defaults filled in, client connected) are noise on this command line.
+    for name in ("ray", "ray.autoscaler", "ray.dashboard"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return COMMANDS[a.command](a)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main(sys.argv[1:]))

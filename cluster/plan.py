@@ -1,0 +1,372 @@
+"""What a sweep will cost before it runs: trials, concurrency, GPU-hours, wall time, dollars, node types.
+
+    from cluster.plan import plan, estimate, calibration_from_records
+    print(plan(sweep_mapping))                                  # built-in cost table (cluster/costs.py)
+    print(plan(sweep_mapping, calibration_from_records(recs)))  # measured costs of earlier runs
+
+The cost model, per trial (all in GPU-seconds at full use of one GPU):
+    setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
+with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 + eval.local_views)
+(see costs.py), or t_train measured (1 / timings.images_per_s of earlier records, times the GPU share
+they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
+GPU-hours do not depend on the packing while the wall time does: wall ~ total / (trials at once x g).
+ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
+Everything printed is an estimate; the sweep's own records give the measured numbers afterwards.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from cluster import costs
+from cluster.errors import ClusterError
+from cluster.resources import NodeType, TrialRequest, missing_resources, trial_request
+
+log = logging.getLogger("cluster.plan")
+
+SETUP_S = 60.0                 # model load, text encoding of the class prompts, dataset index (per trial)
+NODE_START_S = 600.0           # a cold GPU node: boot, image pull, setup_commands (autoscaler)
+DEFAULT_LAUNCHER = Path(__file__).with_name("aws-gpu.yaml")
+_FAIR_DEFAULTS = {"val_per_class": 10, "num_crops": 8, "local_views": 8, "batch_size": 64, "epochs": 15,
+                  "model": "ViT-B-32"}
+
+
+# ------------------------------------------------------------------------------------------- sweep file
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _get(d: dict, dotted: str, default=None):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or d.get(part) is None:
+            return default
+        d = d[part]
+    return d
+
+
+@dataclass
+class DatasetWork:
+    """One dataset's share of a sweep: image counts and per-trial GPU-seconds."""
+    name: str
+    train_images: int               # per epoch (after caps and max_steps_per_epoch)
+    val_images: int
+    test_images: int
+    trials: int
+    trial_gpu_s: float              # one trial with the full epoch budget
+    trial_gpu_s_asha: float         # one trial, ASHA-expected epochs
+    source: str                     # "table" | "measured"
+    note: str = ""
+
+
+def _datasets(sweep: dict) -> list[str]:
+    raw = sweep.get("datasets") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    names = [d if isinstance(d, str) else (d or {}).get("name") for d in raw]
+    if not names or any(not n for n in names):
+        raise ClusterError("sweep needs 'datasets': a list of dataset names (or mappings with 'name')")
+    return [str(n) for n in names]
+
+
+def _base(sweep: dict) -> dict:
+    base = sweep.get("base") or {}
+    if isinstance(base, str):      # a path to a FAIR YAML: best effort, the plan only needs a few keys
+        try:
+            import yaml
+            base = yaml.safe_load(Path(base).expanduser().read_text()) or {}
+        except OSError:
+            log.warning("base config %s not readable here; planning with FAIR's defaults", base)
+            base = {}
+    return base if isinstance(base, dict) else {}
+
+
+def asha_epochs(epochs: int, early_stopping: Optional[dict]) -> float:
+    """Expected epochs per trial under ASHA in the ideal case: a 1/rf fraction passes each rung
+    (rungs at grace_period x rf^k below the epoch budget)."""
+    if not early_stopping:
+        return float(epochs)
+    grace = max(1, int(early_stopping.get("grace_period", 1)))
+    rf = float(early_stopping.get("reduction_factor", 2))
+    if rf <= 1 or grace >= epochs:
+        return float(epochs)
+    total, reached, start, rung = 0.0, 1.0, 0, grace
+    while rung < epochs:
+        total += reached * (rung - start)
+        reached /= rf
+        start, rung = rung, int(round(rung * rf))
+    return total + reached * (epochs - start)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+def load_records(paths: Iterable[str | Path]) -> list[dict]:
+    """Run records (record.json / <trial_id>.json, docs/record.md) from files or folders (recursively)."""
+    out = []
+    for p in map(Path, paths):
+        files = sorted(p.rglob("*.json")) if p.is_dir() else [p]
+        for f in files:
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(rec, dict) and "schema_version" in rec and "timings" in rec:
+                out.append(rec)
+    return out
+
+
+def calibration_from_records(records: Iterable[dict], gpu_fraction: float = 1.0) -> dict:
+    """Measured per-image training cost per backbone from earlier records.
+
+    GPU-seconds per training image = gpu_fraction / timings.images_per_s, where gpu_fraction is the GPU
+    share those runs had (1 for `fair adapt` on a GPU, 0.25 for trials packed four to a GPU). Medians over
+    completed records; setup seconds likewise.
+    """
+    per_image: dict[str, list[float]] = {}
+    setup: dict[str, list[float]] = {}
+    devices = set()
+    n = 0
+    for rec in records:
+        t = rec.get("timings") or {}
+        ips = t.get("images_per_s")
+        if rec.get("status") != "completed" or not ips:
+            continue
+        backbone = rec.get("backbone") or _get(rec, "config.model.name") or "unknown"
+        per_image.setdefault(backbone, []).append(gpu_fraction / float(ips))
+        if t.get("setup_s") is not None:
+            setup.setdefault(backbone, []).append(float(t["setup_s"]))
+        devices.add(_get(rec, "provenance.device", "unknown"))
+        n += 1
+    return {"train_image_s": {k: statistics.median(v) for k, v in per_image.items()},
+            "setup_s": {k: statistics.median(v) for k, v in setup.items()},
+            "source": f"{n} record(s) measured on {', '.join(sorted(map(str, devices))) or 'unknown'}"}
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+@dataclass
+class NodeUse:
+    node: NodeType
+    trials_per_node: float
+    nodes: int = 0
+
+    @property
+    def price(self) -> tuple[float, float]:
+        inst = costs.instance(self.node.instance)
+        return (inst.on_demand, inst.spot) if inst else (float("nan"), float("nan"))
+
+
+@dataclass
+class Estimate:
+    """All numbers of a plan (what `plan` prints)."""
+    name: str
+    backbone: str
+    accelerator: str
+    request: TrialRequest
+    datasets: list[DatasetWork]
+    epochs: int
+    asha_epochs: float
+    trials: int
+    concurrency: int
+    node_use: list[NodeUse] = field(default_factory=list)
+    unfit: list[str] = field(default_factory=list)
+    calibration_source: Optional[str] = None
+    head: Optional[NodeType] = None
+
+    @property
+    def trials_per_gpu(self) -> float:
+        g = self.request.gpus
+        return 1.0 / g if 0 < g <= 1 else 0.0
+
+    def gpu_hours(self, asha: bool = False) -> float:
+        """Busy GPU-hours (independent of packing)."""
+        return sum((d.trial_gpu_s_asha if asha else d.trial_gpu_s) * d.trials for d in self.datasets) / 3600
+
+    def wall_hours(self, asha: bool = False) -> float:
+        """Estimated wall time with `concurrency` trials at once, plus one cold node start."""
+        g = self.request.gpus or 1.0          # CPU-only trials: per-trial cost counted as one "GPU"
+        # The best trials of a dataset run the full budget even under ASHA: the longest one bounds the wall.
+        longest = max((d.trial_gpu_s / g for d in self.datasets), default=0)
+        spread = self.gpu_hours(asha) * 3600 / (max(1, self.concurrency) * g)
+        return (max(spread, longest) + (NODE_START_S if self.node_use else 0)) / 3600
+
+    def dollars(self, asha: bool = False, spot: Optional[bool] = None) -> float:
+        """Node-hours x price for the nodes holding `concurrency` trials, head included. spot=None: each
+        node type as configured; True/False: all workers spot / on-demand."""
+        wall = self.wall_hours(asha)
+        total = 0.0
+        for u in self.node_use:
+            on_demand, spot_price = u.price
+            use_spot = u.node.spot if spot is None else spot
+            total += u.nodes * wall * (spot_price if use_spot else on_demand)
+        head = costs.instance(self.head.instance) if self.head else None
+        return total + (head.on_demand * wall if head else 0.0)
+
+
+def _accelerator(nodes: list[NodeType], req: TrialRequest) -> str:
+    for n in nodes:
+        if n.accelerator and n.workers_per_node(req) >= 1:
+            return n.accelerator
+    return costs.DEFAULT_GPU
+
+
+def _image_costs(backbone: str, accelerator: str, num_crops: int, views: int,
+                 calibration: Optional[dict]) -> tuple[float, float, float, str]:
+    """(GPU-s per train image, per evaluated image, setup s, source)."""
+    ratio = (1 + views) / (4 + num_crops)
+    measured = ((calibration or {}).get("train_image_s") or {}).get(backbone)
+    setup = ((calibration or {}).get("setup_s") or {}).get(backbone, SETUP_S)
+    if measured:
+        return measured, measured * ratio, setup, "measured"
+    fwd = costs.forward_ms(backbone, accelerator)
+    if fwd is None:
+        log.warning("no cost for backbone %s on %s in the built-in table; using ViT-B-32's", backbone, accelerator)
+        fwd = costs.forward_ms("ViT-B-32", accelerator) or costs.forward_ms("ViT-B-32", costs.DEFAULT_GPU)
+    return fwd * (4 + num_crops) / 1000, fwd * (1 + views) / 1000, setup, "table"
+
+
+def _fill_nodes(req: TrialRequest, nodes: list[NodeType], wanted: int) -> tuple[list[NodeUse], int]:
+    """Spread `wanted` concurrent trials over the worker node types, cheapest per trial slot first (what
+    the autoscaler roughly does for pending bundles); returns the uses and how many trials fit at once."""
+    uses = [NodeUse(n, n.trials_per_node(req)) for n in nodes if n.max_workers > 0]
+    uses = [u for u in uses if u.trials_per_node > 0]
+    uses.sort(key=lambda u: (u.price[1] if u.node.spot else u.price[0]) / u.trials_per_node
+              if not math.isnan(u.price[0]) else float("inf"))
+    left = wanted
+    placed = 0.0
+    for u in uses:
+        if left <= 0:
+            break
+        u.nodes = min(u.node.max_workers, math.ceil(left / u.trials_per_node - 1e-9))
+        cap = u.nodes * u.trials_per_node
+        placed += min(cap, left)
+        left -= cap
+    return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9))
+
+
+def estimate(sweep: dict, calibration: Optional[dict] = None,
+             node_types: Optional[list[NodeType]] = None) -> Estimate:
+    """The numbers behind `plan` (see the module docstring)."""
+    if not isinstance(sweep, dict):
+        raise ClusterError("a sweep must be a mapping (the sweep YAML)")
+    if node_types is None:
+        node_types = default_node_types()
+    name = str(sweep.get("name") or "sweep")
+    datasets = _datasets(sweep)
+    base = _base(sweep)
+    budget = sweep.get("budget") or {}
+    req = trial_request(sweep)
+    epochs = int(budget.get("epochs") or _get(base, "train.epochs", _FAIR_DEFAULTS["epochs"]))
+    per_ds_trials = int(budget.get("trials_per_dataset") or 8)
+    if epochs < 1 or per_ds_trials < 1:
+        raise ClusterError("sweep budget needs epochs >= 1 and trials_per_dataset >= 1")
+    es = budget.get("early_stopping")
+    e_asha = asha_epochs(epochs, es if isinstance(es, dict) else None)
+    steps_cap = budget.get("max_steps_per_epoch")
+    backbone = str(_get(base, "model.name", _FAIR_DEFAULTS["model"]))
+    accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
+
+    works = []
+    for ds in datasets:
+        cfg = _merge(base, (sweep.get("per_dataset") or {}).get(ds) or {})
+        size = costs.DATASETS.get(ds, costs.UNKNOWN_DATASET)
+        val_pc = int(_get(cfg, "data.val_per_class", _FAIR_DEFAULTS["val_per_class"]))
+        val = val_pc * size.classes
+        train = max(0, size.pool - val)
+        if _get(cfg, "data.train_per_class"):
+            train = min(train, int(cfg["data"]["train_per_class"]) * size.classes)
+        test = size.test
+        if _get(cfg, "data.test_per_class"):
+            test = min(test, int(cfg["data"]["test_per_class"]) * size.classes)
+        if steps_cap:
+            train = min(train, int(steps_cap) * int(_get(cfg, "train.batch_size", _FAIR_DEFAULTS["batch_size"])))
+        crops = int(_get(cfg, "local.num_crops", _FAIR_DEFAULTS["num_crops"]))
+        views = int(_get(cfg, "eval.local_views", _FAIR_DEFAULTS["local_views"]))
+        t_train, t_eval, setup, source = _image_costs(backbone, accelerator if accelerator != "CPU"
+                                                      else costs.DEFAULT_GPU, crops, views, calibration)
+        share = req.gpus if req.gpus > 0 else 1.0
+        per_epoch = train * t_train + val * t_eval
+        fixed = setup * share + test * t_eval
+        works.append(DatasetWork(ds, train, val, test, per_ds_trials, fixed + epochs * per_epoch,
+                                 fixed + e_asha * per_epoch, source, size.note))
+
+    trials = per_ds_trials * len(datasets)
+    wanted = min(trials, int(budget["max_concurrent"]) if budget.get("max_concurrent") else trials)
+    workers = [n for n in node_types if n.max_workers > 0]
+    head = next((n for n in node_types if n.max_workers == 0), None)
+    uses, fit = _fill_nodes(req, workers, wanted)
+    unfit = missing_resources(req, workers) if workers else ["no worker node types"]
+    concurrency = min(wanted, fit) if uses else 0
+    return Estimate(name, backbone, accelerator, req, works, epochs, e_asha, trials, concurrency, uses, unfit,
+                    (calibration or {}).get("source"), head)
+
+
+def default_node_types() -> list[NodeType]:
+    """The worker types of cluster/aws-gpu.yaml (the plan's default cluster)."""
+    from cluster.validate import node_types, read_yaml
+    return node_types(read_yaml(DEFAULT_LAUNCHER))
+
+
+def _hours(h: float) -> str:
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
+
+
+def format_estimate(e: Estimate, launcher: str = "") -> str:
+    """The human-readable plan."""
+    lines = [f"Plan for sweep '{e.name}' -- ESTIMATES, not measurements "
+             f"({'per-image costs measured: ' + e.calibration_source if e.calibration_source else 'built-in per-image costs, cluster/costs.py'}).",
+             f"  backbone {e.backbone} on {e.accelerator}; datasets {len(e.datasets)}"]
+    asha = e.asha_epochs < e.epochs
+    lines.append(f"  trials: {len(e.datasets)} datasets x {e.datasets[0].trials if e.datasets else 0} = {e.trials}, "
+                 f"{e.epochs} epochs each" + (f" (ASHA: ~{e.asha_epochs:.1f} epochs/trial expected)" if asha else ""))
+    per_gpu = f"; {e.trials_per_gpu:g} trials per GPU" if e.trials_per_gpu else ""
+    lines.append(f"  per trial: {e.request.describe()} = {e.request.gpus:g} GPU{per_gpu}")
+    lines.append(f"  node types{' (' + launcher + ')' if launcher else ''}:")
+    for u in e.node_use:
+        od, sp = u.price
+        lines.append(f"    {u.node.name:<10} {u.node.instance:<14} {u.node.resources}  {u.trials_per_node:g} trials/node  "
+                     f"x{u.nodes} (max {u.node.max_workers})  ${od:.2f}/h on-demand, ~${sp:.2f}/h spot"
+                     f"{'  [spot]' if u.node.spot else ''}")
+    if not e.node_use:
+        lines.append(f"    none can hold one trial: {'; '.join(e.unfit)}")
+    lines.append(f"  concurrency: {e.concurrency} trials at once (the autoscaler starts the nodes above from zero "
+                 f"as trials queue; idle nodes go after idle_timeout_minutes)")
+    lines.append("")
+    unit = "GPU" if e.request.gpus > 0 else "trial"     # CPU-only trials: hours of one whole trial
+    w = max([16] + [len(d.name) + 2 for d in e.datasets])
+    lines.append(f"  {'dataset':<{w}}{'train img':>10}{'test img':>10}{unit + '-min/trial':>16}{'trials':>8}"
+                 f"{unit + '-h':>9}{'  cost source'}")
+    for d in e.datasets:
+        lines.append(f"  {d.name:<{w}}{d.train_images:>10}{d.test_images:>10}{d.trial_gpu_s / 60:>16.1f}{d.trials:>8}"
+                     f"{d.trial_gpu_s * d.trials / 3600:>9.1f}  {d.source}")
+    lines.append("")
+    scen = [("full budget", False)] + ([("with ASHA (ideal)", True)] if asha else [])
+    for label, a in scen:
+        line = f"  {label:<18} {unit}-hours {e.gpu_hours(a):7.1f}   wall ~{_hours(e.wall_hours(a))}"
+        if e.node_use:
+            line += (f"   ~${e.dollars(a, spot=False):,.0f} on-demand / ~${e.dollars(a, spot=True):,.0f} spot"
+                     f" (as configured: ~${e.dollars(a):,.0f})")
+        lines.append(line)
+    lines.append("  Estimates: dataset sizes, per-image costs and prices are approximate (cluster/costs.py); "
+                 "measure with a few trials and re-plan with their records.")
+    return "\n".join(lines)
+
+
+def plan(sweep: dict, calibration: Optional[dict] = None, node_types: Optional[list[NodeType]] = None,
+         launcher: str = "") -> str:
+    """Printable plan of a sweep mapping: trials, concurrency, GPU-hours, wall time, cost, node types.
+
+    `calibration`: from `calibration_from_records` (measured costs); None uses the built-in table.
+    `node_types`: a launcher config's (cluster.validate.node_types); None uses cluster/aws-gpu.yaml's.
+    """
+    if node_types is None and not launcher:
+        launcher = str(DEFAULT_LAUNCHER.relative_to(DEFAULT_LAUNCHER.parents[1]))
+    return format_estimate(estimate(sweep, calibration, node_types), launcher)

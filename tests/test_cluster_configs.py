@@ -1,0 +1,238 @@
+"""cluster/: launcher YAMLs against Ray's own schema, KubeRay manifests, Dockerfile, runtime env, CLI input
+errors that need no cluster. Offline and fast (no Ray instance)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+LAUNCHERS = sorted(CLUSTER.glob("*.yaml"))
+LAUNCHERS = [p for p in LAUNCHERS if p.name != "runtime_env.yaml"]
+KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
+
+
+def _fair(argv, capsys):
+    from fair.cli import main
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def ray_version():
+    import ray
+    return ray.__version__
+
+
+def test_launchers_exist():
+    assert {p.name for p in LAUNCHERS} >= {"aws-gpu.yaml", "gcp-gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_launcher_passes_ray_schema_and_pins_ray(path, ray_version):
+    from cluster import validate
+    raw = validate.read_yaml(path)
+    prepared = validate.validate_file(path)                  # prepare_config + validate_config
+    assert prepared["available_node_types"][raw["head_node_type"]]["max_workers"] == 0
+    imgs = validate.images(raw)
+    assert imgs and all(f":{ray_version}-" in i or f"ray{ray_version}" in i for i in imgs), imgs
+    # The project is installed at a pinned tag equal to the package version, with the pinned constraints.
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    setup = " ".join(raw["setup_commands"])
+    assert f"@v{version}" in setup and "constraints.txt" in setup
+    # No credentials in the file: identities only.
+    text = path.read_text()
+    assert not re.search(r"AKIA[0-9A-Z]{12,}|aws_secret_access_key|AWS_SECRET_ACCESS_KEY\s*[:=]", text)
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_launcher_node_types(path):
+    """CPU-0 head; GPU workers autoscale from zero; declared resources match the instance table (which
+    prices the plan); at least one spot and one multi-GPU type; storage through an identity."""
+    from cluster import costs, validate
+    raw = validate.read_yaml(path)
+    nodes = {n.name: n for n in validate.node_types(raw)}
+    head = nodes[raw["head_node_type"]]
+    assert head.resources.get("CPU") == 0 and not head.gpus
+    workers = [n for n in nodes.values() if n.max_workers > 0]
+    assert workers and all(raw["available_node_types"][n.name]["min_workers"] == 0 for n in workers)
+    for n in workers:
+        inst = costs.instance(n.instance)
+        assert inst is not None, f"{n.instance} missing from cluster/costs.py INSTANCES"
+        assert (n.resources["CPU"], n.resources["GPU"]) == (inst.cpus, inst.gpus)
+    assert any(n.spot for n in workers) and any(n.gpus >= 4 for n in workers)
+    nc = [raw["available_node_types"][n.name]["node_config"] for n in workers]
+    assert all("IamInstanceProfile" in c or "serviceAccounts" in c for c in nc)
+
+
+def test_plan_default_node_types_are_the_aws_launchers():
+    from cluster import plan, validate
+    assert [n.name for n in plan.default_node_types()] == \
+        [n.name for n in validate.node_types(validate.read_yaml(CLUSTER / "aws-gpu.yaml"))]
+
+
+def test_validate_rejects_typo_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text((CLUSTER / "aws-gpu.yaml").read_text().replace("min_workers: 0", "min_workerz: 0", 1))
+    rc, out, err = _fair(["cluster", "validate", str(bad)], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "min_workerz" in err and "schema" in err
+
+
+def test_validate_rejects_wrong_ray_image(tmp_path, capsys):
+    bad = tmp_path / "old.yaml"
+    bad.write_text((CLUSTER / "aws-gpu.yaml").read_text().replace("ray:2.60.0-py311", "ray:2.9.0-py311"))
+    rc, _, err = _fair(["cluster", "validate", str(bad)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "does not pin Ray" in err
+
+
+def test_validate_ok_prints_per_file(capsys):
+    rc, out, _ = _fair(["cluster", "validate", *map(str, LAUNCHERS)], capsys)
+    assert rc == 0 and out.count(": ok") == len(LAUNCHERS)
+
+
+# ------------------------------------------------------------------------------------------------ KubeRay
+
+def _docs(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _cluster_specs():
+    for path in KUBERAY:
+        for doc in _docs(path):
+            if doc.get("kind") == "RayCluster":
+                yield path.name, doc["spec"]
+            elif doc.get("kind") == "RayJob":
+                yield path.name, doc["spec"]["rayClusterSpec"]
+
+
+def test_kuberay_files():
+    assert {p.name for p in KUBERAY} == {"raycluster.yaml", "rayjob.yaml"}
+    kinds = {d["kind"] for p in KUBERAY for d in _docs(p)}
+    assert {"RayCluster", "RayJob"} <= kinds
+
+
+@pytest.mark.parametrize("name,spec", list(_cluster_specs()), ids=lambda x: x if isinstance(x, str) else "")
+def test_kuberay_cluster_spec(name, spec, ray_version):
+    assert spec["rayVersion"] == ray_version
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"]["mode"] == "token"
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    containers = head["template"]["spec"]["containers"]
+    assert containers and all(ray_version in c["image"] for c in containers)
+    groups = spec["workerGroupSpecs"]
+    assert groups
+    for g in groups:
+        assert g["groupName"] and g["minReplicas"] == 0 and g["maxReplicas"] >= 1
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        assert isinstance(g["rayStartParams"], dict)
+        cs = g["template"]["spec"]["containers"]
+        assert cs and all(ray_version in c["image"] for c in cs)
+        assert all(int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1 for c in cs)
+
+
+def test_kuberay_rayjob_runs_a_sweep():
+    job = next(d for d in _docs(CLUSTER / "kuberay" / "rayjob.yaml") if d["kind"] == "RayJob")
+    assert job["apiVersion"] == "ray.io/v1" and job["metadata"]["name"]
+    spec = job["spec"]
+    assert spec["entrypoint"].startswith("python -m fair.cli sweep --config ")
+    assert "--address auto" in spec["entrypoint"]
+    config = re.search(r"--config (\S+)", spec["entrypoint"]).group(1)
+    assert (ROOT / config.replace("/home/ray/fair-sweeps/", "")).is_file()
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert isinstance(env["env_vars"], dict)
+    from cluster.runtime_env import check_no_secrets
+    check_no_secrets(env["env_vars"])
+    for path in KUBERAY:
+        for doc in _docs(path):
+            assert doc["apiVersion"] in ("ray.io/v1", "v1") and doc["metadata"]["name"]
+
+
+def test_dockerfile_pins_ray_and_constraints(ray_version):
+    text = (CLUSTER / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert base == f"rayproject/ray:{ray_version}-py311-gpu"
+    assert "-c constraints.txt" in text
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))
+    assert pins["ray"] == ray_version
+    images = {c["image"] for p in KUBERAY for d in _docs(p) for c in _containers(d)}
+    assert all(i.endswith(f"-ray{ray_version}-py311-gpu") for i in images), images
+
+
+def _containers(doc):
+    spec = doc.get("spec") or {}
+    spec = spec.get("rayClusterSpec", spec)
+    groups = [spec.get("headGroupSpec")] + list(spec.get("workerGroupSpecs") or []) if "headGroupSpec" in spec else []
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+# ------------------------------------------------------------------------------------------ runtime env
+
+def test_runtime_env_build(tmp_path):
+    from cluster import runtime_env
+    env = runtime_env.build(ROOT, CLUSTER / "runtime_env.yaml", {"EXTRA": "1"},
+                            environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_SECRET_ACCESS_KEY": "x",
+                                     "HOME": "/root"})
+    assert env["working_dir"] == str(ROOT)
+    assert {"/.venv", "/.git", "/runs", "/sweeps", "/results_out", "/.cache"} <= set(env["excludes"])
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["env_vars"]["EXTRA"] == "1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"] and "HOME" not in env["env_vars"]
+    secret = tmp_path / "env.yaml"
+    secret.write_text("env_vars: {AWS_SECRET_ACCESS_KEY: abc}\n")
+    from cluster.errors import ClusterError
+    with pytest.raises(ClusterError, match="AWS_SECRET_ACCESS_KEY"):
+        runtime_env.build(ROOT, secret)
+
+
+def test_excludes_keep_sweep_configs():
+    """Unanchored 'sweeps' would also drop configs/sweeps/ (gitignore semantics, as Ray applies them)."""
+    from ray._private.runtime_env.packaging import _get_excludes
+    from cluster.runtime_env import DEFAULT_EXCLUDES
+    match = _get_excludes(ROOT, DEFAULT_EXCLUDES)
+    assert not match(ROOT / "configs" / "sweeps")
+    assert match(ROOT / "sweeps") and match(ROOT / ".venv")
+
+
+def test_entrypoint_uses_relative_config_and_cluster_python():
+    from cluster.cli import entrypoint, parser
+    a = parser().parse_args(["submit", "--config", "configs/sweeps/demo.yaml", "--set", "budget.epochs=3",
+                             "--storage", "s3://b/p", "--smoke-test"])
+    ep = entrypoint("configs/sweeps/demo.yaml", a)
+    assert ep == ("python -m fair.cli sweep --config configs/sweeps/demo.yaml --address auto "
+                  "--set budget.epochs=3 --storage s3://b/p --smoke-test --no-data-check")
+
+
+def test_submit_config_outside_working_dir(tmp_path, capsys):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("name: x\ndatasets: [dtd]\n")
+    rc, _, err = _fair(["cluster", "submit", "--config", str(cfg), "--address", "http://127.0.0.1:9"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "outside the folder shipped" in err
+
+
+def test_unreachable_address_is_one_line(capsys):
+    import socket
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        addr = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for argv in (["status", "raysubmit_x"], ["list"],
+                 ["submit", "--config", str(ROOT / "configs/sweeps/demo.yaml")]):
+        rc, _, err = _fair(["cluster", *argv, "--address", addr], capsys)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"cannot reach a Ray cluster at {addr}" in err and "ray up cluster/aws-gpu.yaml" in err
+
+
+def test_autoscaler_status_node_types():
+    """How submit tells an autoscaling cluster (configured node types) from a hand-started head."""
+    from cluster.jobs import _READONLY_TYPE, node_type_names
+    legacy = ("Cluster status: 2 nodes\n - ResourceUsage: 0.0/4.0 CPU\n - NodeIdleSeconds: Min=7\n"
+              "Worker node types:\n - gpu-small: 1 (1 pending)\n - head: 1\n")
+    assert node_type_names(legacy) == {"gpu-small", "head"}
+    assert node_type_names("Cluster status: 0 nodes\n - ResourceUsage: 0.0/4.0 CPU\nWorker node types:") == set()
+    readonly = node_type_names("Active:\n 1 node_5e777cad2c366b82fabc5b1dc6e7a9b0137dd4020adeca9a542d8848\n")
+    assert readonly and all(_READONLY_TYPE.match(t) for t in readonly)

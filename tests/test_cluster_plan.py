@@ -1,0 +1,135 @@
+"""cluster.plan: the arithmetic behind `fair cluster plan` / `fair sweep --plan` (offline, no Ray)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.errors import ClusterError
+from cluster.plan import asha_epochs, calibration_from_records, estimate, load_records, plan
+from cluster.resources import NodeType, trial_request
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER13 = ["caltech101", "dtd", "eurosat", "fgvc_aircraft", "flowers102", "food101", "oxford_pets",
+           "stanford_cars", "sun397", "ucf101", "cub200", "birdsnap", "resisc45"]
+
+
+def sweep(**budget) -> dict:
+    return {"name": "t", "datasets": PAPER13,
+            "base": {"model": {"name": "ViT-B-32"}, "data": {"val_per_class": 5}},
+            "budget": {"trials_per_dataset": 10, "epochs": 10, **budget},
+            "resources": {"num_workers": 1, "per_worker": {"CPU": 2, "GPU": 0.25}, "trial_driver_cpu": 0.01}}
+
+
+def test_trials_and_packing():
+    e = estimate(sweep())
+    assert e.trials == 13 * 10 == sum(d.trials for d in e.datasets)
+    assert e.request.gpus == 0.25 and e.trials_per_gpu == 4
+    small = next(u for u in e.node_use if u.node.name == "gpu-small")
+    assert small.trials_per_node == 4          # 1 GPU / 0.25; 16 CPUs hold 4 x 2.01
+    assert e.concurrency == sum(u.nodes * u.trials_per_node for u in e.node_use) <= e.trials
+
+
+def test_gpu_hours_linear_in_epochs():
+    a, b = estimate(sweep(epochs=5)), estimate(sweep(epochs=10))
+    fixed = [d.trial_gpu_s - 5 * (b.datasets[i].trial_gpu_s - d.trial_gpu_s) / 5 for i, d in enumerate(a.datasets)]
+    for i, d in enumerate(b.datasets):      # trial = fixed + epochs x per-epoch
+        per_epoch = (d.trial_gpu_s - a.datasets[i].trial_gpu_s) / 5
+        assert d.trial_gpu_s == pytest.approx(fixed[i] + 10 * per_epoch)
+    c = estimate(sweep(epochs=20))
+    assert c.gpu_hours() - b.gpu_hours() == pytest.approx(2 * (b.gpu_hours() - a.gpu_hours()))
+    assert b.gpu_hours() == pytest.approx(2 * estimate(sweep(trials_per_dataset=5)).gpu_hours())
+
+
+def test_gpu_hours_independent_of_packing_wall_time_not():
+    quarter = estimate(sweep())
+    whole = copy.deepcopy(sweep())
+    whole["resources"]["per_worker"] = {"CPU": 2, "GPU": 1}
+    whole = estimate(whole)
+    # Only the per-trial setup, during which a trial holds its GPU share idle, depends on the share.
+    from cluster.plan import SETUP_S
+    assert whole.gpu_hours() - quarter.gpu_hours() == pytest.approx(130 * SETUP_S * (1 - 0.25) / 3600)
+    assert whole.wall_hours() != pytest.approx(quarter.wall_hours())
+    assert whole.trials_per_gpu == 1
+    small = next(u for u in whole.node_use if u.node.name == "gpu-small")
+    assert small.trials_per_node == 1
+
+
+def test_cpu_bound_packing_and_flat_schema():
+    """g5.2xlarge-like node (8 CPUs): four {CPU 2} trials + drivers (8.04) do not fit, three do."""
+    node = NodeType("n", {"CPU": 8, "GPU": 1}, max_workers=2, instance="g5.2xlarge", accelerator="A10G")
+    flat = {"name": "f", "datasets": ["dtd"], "budget": {"trials_per_dataset": 4},
+            "resources": {"workers_per_trial": 1, "gpus_per_worker": 0.25, "cpus_per_worker": 2}}
+    req = trial_request(flat)
+    assert req.per_worker == {"GPU": 0.25, "CPU": 2.0}
+    assert node.trials_per_node(req) == 3
+    e = estimate(flat, node_types=[node])
+    assert e.concurrency == 4 and e.node_use[0].nodes == 2
+
+
+def test_ddp_trials_span_nodes():
+    ddp = sweep()
+    ddp["resources"] = {"num_workers": 4, "per_worker": {"CPU": 8, "GPU": 1}}
+    e = estimate(ddp)
+    assert e.request.gpus == 4
+    assert {u.node.name: u.trials_per_node for u in e.node_use} .get("gpu-large") == 1
+
+
+def test_max_concurrent_and_unfit():
+    assert estimate(sweep(max_concurrent=6)).concurrency == 6
+    big = sweep()
+    big["resources"]["per_worker"] = {"GPU": 8}
+    e = estimate(big)
+    assert e.concurrency == 0 and e.unfit and "GPU 8" in e.unfit[0]
+    assert "none can hold one trial" in plan(big)
+
+
+def test_asha_expected_epochs():
+    assert asha_epochs(15, None) == 15
+    assert asha_epochs(15, {"grace_period": 3, "reduction_factor": 3}) == pytest.approx(3 + 6 / 3 + 6 / 9)
+    e_full, e_asha = estimate(sweep(epochs=15)), estimate(sweep(epochs=15, early_stopping={"grace_period": 3,
+                                                                                              "reduction_factor": 3}))
+    assert e_asha.gpu_hours(asha=True) < e_asha.gpu_hours() == pytest.approx(e_full.gpu_hours())
+
+
+def test_calibration_from_records(tmp_path):
+    rec = {"schema_version": 1, "status": "completed", "backbone": "ViT-B-32", "dataset": "dtd",
+           "timings": {"images_per_s": 100.0, "setup_s": 30.0, "train_s": 10, "epochs": 2},
+           "provenance": {"device": "cuda"}}
+    d = tmp_path / "records" / "dataset=dtd"
+    d.mkdir(parents=True)
+    (d / "a.json").write_text(json.dumps(rec))
+    (d / "b.json").write_text(json.dumps({**rec, "timings": {**rec["timings"], "images_per_s": 300.0}}))
+    (d / "junk.json").write_text("{}")
+    recs = load_records([tmp_path])
+    assert len(recs) == 2
+    cal = calibration_from_records(recs, gpu_fraction=0.25)
+    assert cal["train_image_s"]["ViT-B-32"] == pytest.approx((0.25 / 100 + 0.25 / 300) / 2)   # median
+    e = estimate(sweep(), cal)
+    assert all(w.source == "measured" for w in e.datasets)
+    assert "measured" in plan(sweep(), cal).splitlines()[0]
+
+
+def test_plan_text_says_estimates_and_totals():
+    text = plan(sweep())
+    assert "ESTIMATES" in text and "13 datasets x 10 = 130" in text and "4 trials per GPU" in text
+    assert "GPU-hours" in text and "on-demand" in text and "spot" in text
+    for ds in PAPER13:
+        assert f"\n  {ds} " in text
+
+
+def test_bad_sweeps():
+    with pytest.raises(ClusterError, match="datasets"):
+        estimate({"name": "x"})
+    with pytest.raises(ClusterError, match="num_workers"):
+        estimate({"name": "x", "datasets": ["dtd"], "resources": {"num_workers": 0}})
+
+
+def test_real_sweep_files_plan(capsys):
+    """Every shipped sweep file plans through the CLI (tolerant of the tune helper's schema)."""
+    from fair.cli import main
+    for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
+        assert main(["cluster", "plan", "--config", str(path)]) == 0
+        assert "ESTIMATES" in capsys.readouterr().out

@@ -14,8 +14,9 @@ commands:
   data      check a dataset root:           fair data check DATASET [--root DIR]
   demo      the main job on embedded defaults (what `make demo` runs)
   sweep     a Ray Tune + Optuna sweep:      fair sweep --config SWEEP.yaml [--set k=v ...]
+            what it will cost, first:       fair sweep --config SWEEP.yaml --plan [--records DIR]
   results   collect / table / plot:         fair results {collect,table,plot} ...
-  cluster   submit to a Ray cluster:        fair cluster {submit,status,logs,stop} ...
+  cluster   a Ray cluster:                  fair cluster {submit,status,logs,stop,list,validate,plan} ...
 
 `fair <command> --help` for a command's options.
 """
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     from fair.errors import FairError
     try:
+        if argv[0] == "sweep" and "--plan" in argv:
+            # `fair sweep --plan` is the planner of cluster/ (tune/ never imports cluster/).
+            argv = ["cluster", "plan"] + [a for a in argv[1:] if a != "--plan"]
         fn = _dispatch(argv[0])
         if fn is None:
             print(f"fair: unknown command {argv[0]!r}; run `fair --help` for the list", file=sys.stderr)

@@ -25,7 +25,8 @@ from fair import __version__, engine
 from fair.anchors import LearnableAnchors, fixed_head
 from fair.config import FairConfig, flatten, save_config, to_dict
 from fair.data import PreparedData, prepare_data
-from fair.data.views import ViewDataset, build_views
+from fair.data.device_views import DevicePipeline
+from fair.data.views import PilPipeline, build_views
 from fair.errors import FairError
 from fair.io import sha256_json, write_json
 from fair.local import mix
@@ -49,6 +50,12 @@ def config_digest(cfg: FairConfig) -> str:
     d.pop("run")
     d["eval"].pop("val_every_epoch", None)
     d["data"].pop("num_workers", None)
+    d["train"].pop("compile", None)          # the same computation, compiled or not
+    # Keys added after runs existed: left out at their old behaviour, so those runs' digests still match.
+    if d["data"].get("pipeline") == "pil":
+        d["data"].pop("pipeline")
+    if d["data"].get("cache_size") is None:
+        d["data"].pop("cache_size", None)
     return sha256_json(d)
 
 
@@ -89,7 +96,7 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     scale = float(clip.logit_scale.exp().item())
     del clip  # frees the text tower
     size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
-    views = build_views(int(size), pp["mean"], pp["std"])
+    views = build_pipeline(cfg, int(size), pp["mean"], pp["std"], progress)
 
     class_emb = te.class_emb.to(device)
     have_desc = descriptions.sha256 is not None
@@ -103,6 +110,7 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
         anchors = LearnableAnchors("prototype", w_fix.cpu()) if cfg.anchors.mode == "prototype" else \
             LearnableAnchors("set", te.desc_emb, te.desc_mask, cfg.anchors.tau_anchor)
     visual_params = trainable_visual_parameters(visual, cfg.train.trainable)
+    maybe_compile(visual, cfg.train.compile, device)
     student = engine.Student(visual, anchors).to(device)
     setup_s = time.perf_counter() - t_start
 
@@ -193,6 +201,26 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     return record
 
 
+def build_pipeline(cfg: FairConfig, size: int, mean, std, progress: bool = True):
+    """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device)."""
+    if cfg.data.pipeline == "device":
+        return DevicePipeline(size, mean, std, cfg.run.cache_root, cfg.data.cache_size, progress)
+    return PilPipeline(build_views(size, mean, std))
+
+
+def maybe_compile(visual: torch.nn.Module, enabled: bool, device: torch.device) -> None:
+    """train.compile: torch.compile the image tower in place (parameter names, so checkpoints, unchanged).
+
+    CUDA only: on the CPU inductor needs a C++ toolchain and gains little, so the flag is ignored there.
+    """
+    if not enabled:
+        return
+    if device.type != "cuda":
+        log.info("train.compile ignored on %s (CUDA only)", device.type)
+        return
+    visual.compile()
+
+
 def _train(cfg, student, visual_params, heads, data: PreparedData, views, device, run_dir: Path,
            report: Report | None, resume_from, progress):
     """The epoch loop with per-epoch rows, validation, checkpoints and resume."""
@@ -205,7 +233,7 @@ def _train(cfg, student, visual_params, heads, data: PreparedData, views, device
         {"params": visual_params, "lr": cfg.train.lr},
         {"params": list(student.anchors.parameters()), "lr": cfg.train.lr * cfg.anchors.lr_mult},
     ], weight_decay=cfg.train.weight_decay)
-    train_set = ViewDataset(data.train, [views["weak"], views["strong"]])
+    train_set = views.dataset(data.train, train=True)
     per_proc_batch = max(1, cfg.train.batch_size // world_size())
     drop_last = len(data.train) // world_size() >= per_proc_batch
     n_batches = len(engine.make_loader(train_set, per_proc_batch, True, 0, 0, drop_last))
@@ -238,11 +266,12 @@ def _train(cfg, student, visual_params, heads, data: PreparedData, views, device
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         seed = engine.epoch_seed(cfg.seed, epoch)
         engine.seed_everything(seed)
-        loader = engine.make_loader(train_set, per_proc_batch, True, cfg.data.num_workers, seed, drop_last)
+        loader = engine.make_loader(train_set, per_proc_batch, True, views.loader_workers(cfg.data.num_workers),
+                                    seed, drop_last)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         row = engine.train_one_epoch(student, ddp_student, loader, optimizer, scheduler, scaler, cfg, heads,
-                                     epoch, total, device, state, progress)
+                                     epoch, total, device, state, progress, pipeline=views)
         _check_bad(row["bad_images"], len(data.train), cfg, "train")
         train_s += row["epoch_s"]
         row["val_top1"] = None

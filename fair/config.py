@@ -40,6 +40,9 @@ class DataConfig:
     test_per_class: Optional[int] = None   # cap on test images per class (None: all)
     num_workers: int = 2                   # DataLoader workers
     max_bad_images: float = 0.01           # fraction of unreadable images tolerated (skipped and counted)
+    pipeline: Literal["pil", "device"] = "pil"   # pil: PIL + torchvision per image (reference); device:
+                                           # decoded cache + batched views on the device (docs/speed.md)
+    cache_size: Optional[int] = None       # device pipeline: side S of the cached squares (None: input * 8/7)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class TrainConfig:
     trainable: Literal["norm", "norm+proj"] = "norm"   # visual LayerNorms (+ projection) and the anchors
     grad_clip: float = 0.0                 # 0: off
     max_steps_per_epoch: Optional[int] = None   # cap for smoke tests
+    compile: bool = False                  # torch.compile the image tower (CUDA only; ignored on the CPU)
 
 
 @dataclass
@@ -325,3 +329,4 @@ def validate(cfg: FairConfig) -> None:
     need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
     need(0 <= cfg.train.fair_momentum < 1, "config key 'train.fair_momentum' must lie in [0, 1)")
     need(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")
+    need(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from fair import local
 from fair.config import FairConfig
-from fair.data.views import ViewDataset, collate
+from fair.data.views import as_pipeline, collate
 from fair.errors import FairError
 from fair.io import atomic_write_bytes
 from fair.losses import all_reduce_sum, student_loss, world_size
@@ -68,7 +68,8 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
     """A DataLoader whose order and worker seeds depend only on `seed`.
 
     Under torch.distributed a training loader is sharded across processes; evaluation loaders are not
-    (shard=False), so every process computes the same metrics.
+    (shard=False), so every process computes the same metrics. A dataset with `batched = True` (the
+    decoded cache) is indexed by a whole batch of indices at once and returns the batch itself.
     """
     g = torch.Generator().manual_seed(seed)
     sampler = None
@@ -76,27 +77,54 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         shuffle = False
+    if getattr(dataset, "batched", False):
+        base = sampler or (RandomSampler(dataset, generator=g) if shuffle else SequentialSampler(dataset))
+        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last),
+                          num_workers=num_workers, collate_fn=dataset.collate, generator=g,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, generator=g, drop_last=drop_last, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
 
-def teacher_features(visual, images, cfg: FairConfig, heads: Heads, generator, local_k: int):
-    """Global features and (for fair/wca) the pooled local feature f_loc of a batch of views."""
+def teacher_features(visual, images, cfg: FairConfig, heads: Heads, generator, local_k: int,
+                     crops: torch.Tensor | None = None):
+    """Global features and (for fair/wca) the pooled local feature f_loc of a batch of views.
+
+    `crops` [B, K, 3, H, W]: local crops the data pipeline already made (the device pipeline cuts them
+    from the decoded cache); else fair.local cuts them from `images`.
+    """
     if not heads.use_locals:
         f = local.encode(visual, images)
         return f, f
-    f, locs = local.local_features(visual, images, cfg.local.source, local_k, cfg.local.crop_min,
-                                   cfg.local.crop_max, generator)
+    return pooled_local_features(visual, images, cfg, generator, local_k, crops)
+
+
+def pooled_local_features(visual, images, cfg: FairConfig, generator, local_k: int,
+                          crops: torch.Tensor | None = None):
+    """(f [B, D], f_loc [B, D]): global and pooled local features, from given crops or fair.local's."""
+    if crops is not None and cfg.local.source == "crops":
+        B, K = crops.shape[:2]
+        feats = local.encode(visual, torch.cat([images, crops.flatten(0, 1)]))   # one batched forward pass
+        f, locs = feats[:B], feats[B:].view(B, K, -1)
+    else:
+        f, locs = local.local_features(visual, images, cfg.local.source, local_k, cfg.local.crop_min,
+                                       cfg.local.crop_max, generator)
     return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
 
 
+def pipeline_crops(cfg: FairConfig, need_locals: bool, k: int) -> int:
+    """How many local crops a pipeline must make per image (0: none needed)."""
+    return k if need_locals and cfg.local.source == "crops" else 0
+
+
 def train_step(student: nn.Module, ddp_student: nn.Module, weak, strong, optimizer, scheduler, scaler,
-               cfg: FairConfig, heads: Heads, gamma: float, generator, state: dict) -> dict:
+               cfg: FairConfig, heads: Heads, gamma: float, generator, state: dict,
+               crops: torch.Tensor | None = None) -> dict:
     """One FAIR step: teacher on the weak view (no gradient), weights, student on the strong view."""
     device = weak.device
     with torch.no_grad(), autocast(cfg.model.precision, device):
-        f, f_loc = teacher_features(student.visual, weak, cfg, heads, generator, cfg.local.num_crops)
+        f, f_loc = teacher_features(student.visual, weak, cfg, heads, generator, cfg.local.num_crops, crops)
         s_fix = f_loc @ heads.w_fix.t()
         f_mix = local.mix(f, f_loc, cfg.local.beta) if heads.use_locals else f
         s_las = student.anchors(f_mix)
@@ -124,10 +152,15 @@ def train_step(student: nn.Module, ddp_student: nn.Module, weak, strong, optimiz
 
 def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimizer, scheduler, scaler,
                     cfg: FairConfig, heads: Heads, epoch: int, total_steps: int, device, state: dict,
-                    progress: bool = True) -> dict:
-    """One epoch of FAIR self-training; returns the flat metric row (without validation)."""
+                    progress: bool = True, pipeline=None) -> dict:
+    """One epoch of FAIR self-training; returns the flat metric row (without validation).
+
+    `pipeline` turns the loader's batches into views on the device (default: the pil pipeline's batches).
+    """
     student.train()
-    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, salt=1))
+    pipeline = pipeline or as_pipeline({})
+    gen = pipeline.generator(epoch_seed(cfg.seed, epoch, salt=1), device)
+    k = pipeline_crops(cfg, heads.use_locals, cfg.local.num_crops)
     steps_per_epoch = len(loader) if cfg.train.max_steps_per_epoch is None else \
         min(len(loader), cfg.train.max_steps_per_epoch)
     sums = torch.zeros(8, dtype=torch.float64, device=device)  # loss, ce, fair, w, kept, pl_correct, agree, n
@@ -140,16 +173,17 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
         bad += len(bad_idx)
         if batch is None:
             continue
-        weak, strong, labels, _ = batch
-        weak, strong, labels = weak.to(device, non_blocking=True), strong.to(device, non_blocking=True), labels.to(device)
+        weak, strong, labels, crops = pipeline.train_batch(batch, device, gen, k, cfg.local.crop_min,
+                                                           cfg.local.crop_max)
         global_step = (epoch - 1) * steps_per_epoch + step
         gamma = gamma_at(cfg.pseudo.gamma_start, cfg.pseudo.gamma_end, cfg.pseudo.gamma_schedule,
                          global_step / max(total_steps - 1, 1))
         stats = train_step(student, ddp_student, weak, strong, optimizer, scheduler, scaler, cfg, heads, gamma,
-                           gen, state)
+                           gen, state, crops)
         B = len(labels)
         sums += torch.stack([stats["loss"] * B, stats["ce"] * B, stats["fair"] * B, stats["w_sum"], stats["kept"],
-                             (stats["y"] == labels).sum(), stats["agree"], torch.tensor(B, device=device)]).double()
+                             (stats["y"] == labels).sum(), stats["agree"],
+                             torch.full((), B, device=device)]).double()   # a fill, not a host copy
         n_img += B
         bar.update(1)
     bar.close()
@@ -172,24 +206,26 @@ def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConf
     """Run `visual` over an ImageSet once; returns {head: (pred, labels)} and the bad-image count.
 
     Each head maps (f_global, f_loc) -> scores. Crops use a fixed generator so evaluation is repeatable.
+    `views`: a pipeline (fair.data.views.PilPipeline, fair.data.device_views.DevicePipeline) or a
+    build_views() dict.
     """
     visual.eval()
-    loader = make_loader(ViewDataset(images, [views["test"]]), cfg.eval.batch_size, False,
-                         cfg.data.num_workers, seed=cfg.seed, shard=False)
-    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, salt=2))
+    pipeline = as_pipeline(views)
+    loader = make_loader(pipeline.dataset(images, train=False), cfg.eval.batch_size, False,
+                         pipeline.loader_workers(cfg.data.num_workers), seed=cfg.seed, shard=False)
+    gen = pipeline.generator(epoch_seed(cfg.seed, 0, salt=2), device)
+    n_crops = pipeline_crops(cfg, need_locals, cfg.eval.local_views)
     preds = {k: [] for k in heads}
     labels, bad = [], 0
     for batch, bad_idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
         bad += len(bad_idx)
         if batch is None:
             continue
-        x, y, _ = batch
-        x = x.to(device, non_blocking=True)
+        x, y, crops = pipeline.test_batch(batch, device, gen, n_crops, cfg.local.crop_min,
+                                          cfg.local.crop_max)
         with autocast(cfg.model.precision, device):
             if need_locals:
-                f, locs = local.local_features(visual, x, cfg.local.source, cfg.eval.local_views,
-                                               cfg.local.crop_min, cfg.local.crop_max, gen)
-                f_loc = local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
+                f, f_loc = pooled_local_features(visual, x, cfg, gen, cfg.eval.local_views, crops)
             else:
                 f = local.encode(visual, x)
                 f_loc = f

@@ -53,3 +53,42 @@ def collate(items):
     if not good:
         return None, bad
     return default_collate(good), bad
+
+
+class PilPipeline:
+    """The reference data path: PIL decode and torchvision transforms per image, in DataLoader workers.
+
+    The same interface as fair.data.device_views.DevicePipeline, so the training and evaluation loops
+    do not care which one feeds them. Local crops are cut later on the device by fair.local.
+    """
+    name = "pil"
+
+    def __init__(self, views: dict):
+        self.views = views
+
+    def loader_workers(self, num_workers: int) -> int:
+        return num_workers
+
+    def dataset(self, images: ImageSet, train: bool) -> ViewDataset:
+        return ViewDataset(images, [self.views["weak"], self.views["strong"]] if train else [self.views["test"]])
+
+    @staticmethod
+    def generator(seed: int, device) -> torch.Generator:
+        """The crops' generator (fair.local draws on the host)."""
+        return torch.Generator().manual_seed(seed)
+
+    def train_batch(self, batch, device, generator, num_crops: int, crop_min: float, crop_max: float):
+        """(weak, strong, labels, None) on `device`: fair.local cuts the crops from the weak view."""
+        weak, strong, labels, _ = batch
+        return (weak.to(device, non_blocking=True), strong.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+                None)
+
+    def test_batch(self, batch, device, generator, num_crops: int, crop_min: float, crop_max: float):
+        x, labels, _ = batch
+        return x.to(device, non_blocking=True), labels, None
+
+
+def as_pipeline(views) -> "PilPipeline":
+    """A pipeline object from either a pipeline or a build_views() dict (the older call style)."""
+    return PilPipeline(views) if isinstance(views, dict) else views

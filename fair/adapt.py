@@ -203,9 +203,11 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
 
 def build_pipeline(cfg: FairConfig, size: int, mean, std, progress: bool = True):
     """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device)."""
+    strong = {"strong_scale": (cfg.data.strong_scale_min, 1.0), "randaug_magnitude": cfg.data.randaug_magnitude,
+              "randaug_ops": cfg.data.randaug_ops}
     if cfg.data.pipeline == "device":
-        return DevicePipeline(size, mean, std, cfg.run.cache_root, cfg.data.cache_size, progress)
-    return PilPipeline(build_views(size, mean, std))
+        return DevicePipeline(size, mean, std, cfg.run.cache_root, cfg.data.cache_size, progress, **strong)
+    return PilPipeline(build_views(size, mean, std, **strong))
 
 
 def maybe_compile(visual: torch.nn.Module, enabled: bool, device: torch.device) -> None:

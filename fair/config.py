@@ -42,6 +42,9 @@ class DataConfig:
     max_bad_images: float = 0.01           # fraction of unreadable images tolerated (skipped and counted)
     pipeline: Literal["pil", "device"] = "pil"   # pil: PIL + torchvision per image (reference); device:
                                            # decoded cache + batched views on the device (docs/speed.md)
+    strong_scale_min: float = 0.3          # strong view: RandomResizedCrop scale (strong_scale_min, 1)
+    randaug_ops: int = 2                   # strong view: RandAugment ops per image (0: none)
+    randaug_magnitude: int = 9             # strong view: RandAugment magnitude (0..30)
     cache_size: Optional[int] = None       # device pipeline: side S of the cached squares (None: input * 8/7)
 
 
@@ -329,4 +332,7 @@ def validate(cfg: FairConfig) -> None:
     need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
     need(0 <= cfg.train.fair_momentum < 1, "config key 'train.fair_momentum' must lie in [0, 1)")
     need(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")
+    need(0 < cfg.data.strong_scale_min <= 1, "config key 'data.strong_scale_min' must lie in (0, 1]")
+    need(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")
+    need(cfg.data.randaug_ops >= 0, "config key 'data.randaug_ops' must be >= 0")
     need(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")

@@ -197,6 +197,8 @@ class BatchRandAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
+        if self.num_ops == 0:
+            return x
         ops = [torch.randint(len(OPS), (n,), generator=generator, device=generator.device) for _ in range(self.num_ops)]
         signs = [torch.where(_rand(n, generator) < 0.5, -1.0, 1.0) for _ in range(self.num_ops)]
         # Geometry: output -> input coordinates = inverse(slot 1) @ inverse(slot 2) @ ...; one resampling.
@@ -305,8 +307,9 @@ class DevicePipeline:
     name = "device"
 
     def __init__(self, size: int, mean, std, cache_root: str | Path, cache_size: int | None = None,
-                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9):
-        self.views = DeviceViews(size, mean, std, strong_scale, randaug_magnitude=randaug_magnitude)
+                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9, randaug_ops: int = 2):
+        self.views = DeviceViews(size, mean, std, strong_scale, randaug_magnitude=randaug_magnitude,
+                                 randaug_ops=randaug_ops)
         self.cache_root, self.cache_size, self.progress = cache_root, cache_size, progress
         self._caches: dict[int, CachedBatches] = {}
 

@@ -16,13 +16,15 @@ def _finish(mean, std):
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
-def build_views(size: int, mean, std, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9) -> dict:
+def build_views(size: int, mean, std, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9,
+                randaug_ops: int = 2) -> dict:
     """weak / strong / test transforms for PIL images at the model's input size, with its normalisation."""
     bicubic = T.InterpolationMode.BICUBIC
     return {
         "weak": T.Compose([T.Resize(size, interpolation=bicubic), T.RandomCrop(size), *_finish(mean, std)]),
         "strong": T.Compose([T.RandomResizedCrop(size, scale=strong_scale, interpolation=bicubic),
-                             T.RandAugment(magnitude=randaug_magnitude), *_finish(mean, std)]),
+                             *([T.RandAugment(num_ops=randaug_ops, magnitude=randaug_magnitude)] if randaug_ops else []),
+                             *_finish(mean, std)]),
         "test": T.Compose([T.Resize(size, interpolation=bicubic), T.CenterCrop(size), *_finish(mean, std)]),
     }
 

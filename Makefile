@@ -27,8 +27,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]' 2>&1 | { grep -vE '^WARNING: Location|^ +|^\*+$$|!!|^$$' || true; }
 	touch $(STAMP)
 
+# The whole product, offline: build the stand-in (cached), sweep it on local Ray, tabulate and plot.
+DEMO_SWEEP ?= configs/sweeps/standin.yaml
+DEMO_NAME ?= standin-demo
 demo: $(STAMP)
-	$(VENV)/bin/fair demo
+	$(PY) -m fair.standin --cache-root .cache/fair --size small
+	$(VENV)/bin/fair sweep --config $(DEMO_SWEEP)
+	$(VENV)/bin/fair results collect sweeps/$(DEMO_NAME) --store results_out
+	$(VENV)/bin/fair results table --store results_out --sweep $(DEMO_NAME)
+	$(VENV)/bin/fair results plot --store results_out --sweep $(DEMO_NAME) --out results_out/plots
+	@echo "tables: results_out/ (parquet), plots: results_out/plots/"
 
 test: $(STAMP)
 	$(PY) -m pytest --timeout=900 tests

@@ -293,14 +293,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- `base` dict <- YAML file <- `--set` overrides, validated."""
     data = dict(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     return from_dict(merge_overrides(data, overrides))
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
+    """`b` merged into `a`, section by section (a new dict; values of `b` win)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -32,7 +32,7 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _standin(done: pd.DataFrame) -> str:
-    return f" — {STANDIN_NOTE}" if done["backbone"].astype(str).str.startswith("fair-standin").any() else ""
+    return f"\n({STANDIN_NOTE})" if done["backbone"].astype(str).str.startswith("fair-standin").any() else ""
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -124,12 +124,17 @@ class SweepConfig:
 
     def study_config(self, dataset: str) -> dict:
         """The nested FAIR config of one dataset's trials, before the searched values."""
-        from fair.config import _deep_merge
-        d = _deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
-        d = _deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
+        from fair.config import deep_merge
+        d = deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
+        d = deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
                             "run": {"progress": False}})
         if self.budget.max_steps_per_epoch is not None:
             d["train"]["max_steps_per_epoch"] = self.budget.max_steps_per_epoch
+        # Trials run in Ray's own working folders: a relative cache root would be a new, empty cache per
+        # trial (decoded images, text embeddings, the stand-in rebuilt each time). Anchor it at the driver.
+        root = (d.get("run") or {}).get("cache_root")
+        if isinstance(root, str) and root and not root.startswith(("~", "/", "s3://")):
+            d["run"]["cache_root"] = str(Path(root).resolve())
         return d
 
     @property

@@ -166,7 +166,7 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
     sums = torch.zeros(8, dtype=torch.float64, device=device)  # loss, ce, fair, w, kept, pl_correct, agree, n
     bad, n_img, t0 = 0, 0, time.perf_counter()
     gamma = cfg.pseudo.gamma_start
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=None if progress else True, leave=False)
     for step, (batch, bad_idx) in enumerate(loader):
         if step >= steps_per_epoch:
             break
@@ -217,7 +217,7 @@ def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConf
     n_crops = pipeline_crops(cfg, need_locals, cfg.eval.local_views)
     preds = {k: [] for k in heads}
     labels, bad = [], 0
-    for batch, bad_idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch, bad_idx in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
         bad += len(bad_idx)
         if batch is None:
             continue

@@ -385,7 +385,7 @@ def pretrain(size: str = "full", seed: int = 0, progress: bool = True) -> tuple[
                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98))
     model.visual.train()
     losses, order, pos = [], torch.randperm(n, generator=g), 0
-    bar = tqdm(range(total), desc=f"stand-in {size}", disable=not progress, leave=False)
+    bar = tqdm(range(total), desc=f"stand-in {size}", disable=None if progress else True, leave=False)
     for step in bar:
         if pos + s.batch_size > n:
             order, pos = torch.randperm(n, generator=g), 0

@@ -117,7 +117,7 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
         # Threads: PIL releases the GIL while decoding and resizing.
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for _ in tqdm(pool.map(one, range(n), chunksize=16 if n > 1024 else 1), total=n, desc=desc,
-                          disable=not progress, leave=False):
+                          disable=None if progress else True, leave=False):
                 pass
         out.flush()
         del out

@@ -27,18 +27,13 @@ _VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
 
 
 def read_yaml(path: str | Path) -> dict:
-    p = Path(path).expanduser()
+    """A YAML mapping from `path`; fair's reader, with its one-line errors raised as ClusterError."""
+    from fair.config import read_yaml as fair_read_yaml
+    from fair.errors import FairError
     try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ClusterError(f"no such file: {p}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ClusterError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ClusterError(f"{p}: expected a mapping at the top level")
-    return data
+        return fair_read_yaml(path)
+    except FairError as e:
+        raise ClusterError(str(e).replace("config file", "file").replace(" to --config", "")) from None
 
 
 def _schema_error(e: Exception) -> str:

@@ -52,3 +52,12 @@ def test_saved_config_round_trips(tmp_path):
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved == to_dict(cfg)
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_the_library_never_imports_ray_and_the_cli_is_lazy():
+    import subprocess
+    import sys
+    code = ("import sys, fair.adapt, fair.cli, fair.commands; "
+            "bad = [m for m in ('ray', 'pyarrow', 'boto3', 'optuna') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

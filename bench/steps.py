@@ -1,6 +1,6 @@
 """Step time of FAIR's local-feature sources, measured side by side in one run: `crops` vs `tokens`.
 
-    python -m bench.steps                          # tiny model, CPU
+    python -m bench.steps --threads 1              # tiny model, CPU
     python -m bench.steps --model ViT-B-32 --batch 64 --device cuda
 
 Prints per-step milliseconds (median of interleaved repeats) and the ratio crops/tokens. Random weights
@@ -54,7 +54,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids thread thrashing on a busy 2-core box)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     steps = {s: build(a.model, s, a.batch, device, a.precision) for s in ("crops", "tokens")}
     times = {s: [] for s in steps}

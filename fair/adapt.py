@@ -6,6 +6,7 @@ from a checkpoint file when one is given or found in the run folder.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from fair.data import PreparedData, prepare_data
 from fair.data.device_views import DevicePipeline
 from fair.data.views import PilPipeline, build_views
 from fair.errors import FairError
-from fair.io import sha256_json, write_json
+from fair.io import atomic_write_text, sha256_json, write_json
 from fair.local import mix
 from fair.losses import world_size
 from fair.models import load_clip, resolve_device, resolve_pretrained, trainable_visual_parameters, weights_id
@@ -286,9 +287,8 @@ def _train(cfg, student, visual_params, heads, data: PreparedData, views, device
                  _fmt(row["pseudo_label_acc"]), _fmt(row["val_top1"]), row["mean_weight"], row["images_per_s"])
         ckpt_dir = None
         if is_main:
-            with open(run_dir / "epochs.jsonl", "w") as fh:  # rewritten whole: a resumed run never duplicates
-                import json
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
+            # rewritten whole (atomically): a resumed run never duplicates or half-writes a row
+            atomic_write_text(run_dir / "epochs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             if epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.train.epochs:
                 engine.save_checkpoint(ckpt_path, student, optimizer, scheduler, scaler, epoch, rows, state, digest)
                 ckpt_dir = ckpt_path.parent

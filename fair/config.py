@@ -140,6 +140,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+def parse_number(value: Any) -> float | int | None:
+    """A YAML number, or a string YAML 1.1 left unparsed (it reads 1e-4, with no dot, as text); else None."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert where lossless (int -> float). Errors name `key`."""
     origin = get_origin(tp)
@@ -160,14 +172,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise FairError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = parse_number(value)
+        if number is None:
             raise FairError(f"config key '{key}' must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        return float(number)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():

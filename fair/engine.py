@@ -1,7 +1,6 @@
 """The loop and nothing else: one training epoch, evaluation of heads, checkpoints with exact resume."""
 from __future__ import annotations
 
-import io
 import logging
 import random
 import time
@@ -11,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
@@ -20,7 +18,7 @@ from fair import local
 from fair.config import FairConfig
 from fair.data.views import as_pipeline, collate
 from fair.errors import FairError
-from fair.io import atomic_write_bytes
+from fair.io import atomic_torch_save
 from fair.losses import all_reduce_sum, student_loss, world_size
 from fair.precision import autocast
 from fair.pseudo_labels import gamma_at, pseudo_labels
@@ -263,9 +261,7 @@ def save_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, 
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_torch_save(blob, path)
 
 
 def load_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, config_digest: str) -> dict:

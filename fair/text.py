@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fair.errors import FairError
-from fair.io import sha256_bytes, sha256_json
+from fair.io import atomic_torch_save, sha256_bytes, sha256_json
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -135,9 +135,5 @@ def build_text_embeddings(model, tokenizer, classnames: list[str], templates: li
         desc_mask[c, : len(dd)] = True
         i += len(dd)
     te = TextEmbeddings(class_emb, desc_emb, desc_mask)
-    from fair.io import atomic_write_bytes
-    import io
-    buf = io.BytesIO()
-    torch.save({"class_emb": class_emb, "desc_emb": desc_emb, "desc_mask": desc_mask}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_torch_save({"class_emb": class_emb, "desc_emb": desc_emb, "desc_mask": desc_mask}, path)
     return te

@@ -95,14 +95,11 @@ class SearchSpace:
 
 
 def _num(v: Any, name: str, what: str) -> float:
-    if isinstance(v, str):          # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    from fair.config import parse_number
+    number = parse_number(v)
+    if number is None:
         raise FairError(f"search space '{name}': {what} must be a number, got {v!r}")
-    return v
+    return number
 
 
 def parse_param(name: str, spec: Any) -> Param:

@@ -41,7 +41,8 @@ class TrialRequest:
 
     def describe(self) -> str:
         bundle = ", ".join(f"{k}: {v:g}" for k, v in self.per_worker.items())
-        return f"{self.num_workers} worker(s) x {{{bundle}}} + driver {{CPU: {self.driver_cpu:g}}}"
+        driver = f" + driver {{CPU: {self.driver_cpu:g}}}" if self.driver_cpu else " (runner direct)"
+        return f"{self.num_workers} worker(s) x {{{bundle}}}{driver}"
 
 
 def _number(value: Any, key: str) -> float:
@@ -70,7 +71,8 @@ def trial_request(sweep: dict) -> TrialRequest:
     gpu = per_worker.get("GPU", 0.0)
     if gpu > 1 and gpu != int(gpu):
         raise ClusterError("sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a whole number")
-    driver = _number(r.get("trial_driver_cpu", 0.01), "trial_driver_cpu")
+    # under the `direct` runner the Tune trial is the worker: no separate driver request
+    driver = 0.0 if r.get("runner") == "direct" else _number(r.get("trial_driver_cpu", 0.01), "trial_driver_cpu")
     return TrialRequest(workers, {k: v for k, v in per_worker.items() if v > 0} or {"CPU": 1.0}, driver)
 
 

@@ -12,6 +12,8 @@ USAGE = """usage: fair <command> [options]
 commands:
   adapt     run one FAIR adaptation:        fair adapt --config FILE [--set k=v ...]
   data      check a dataset root:           fair data check DATASET [--root DIR]
+            get datasets (or `all` 13):     fair data prepare NAME|all [--root DIR] [--mirror URL]
+  descriptions  class descriptions (CuPL):  fair descriptions {import,generate,show} --dataset NAME ...
   demo      the main job on embedded defaults (what `make demo` runs)
   sweep     a Ray Tune + Optuna sweep:      fair sweep --config SWEEP.yaml [--set k=v ...]
             what it will cost, first:       fair sweep --config SWEEP.yaml --plan [--records DIR]
@@ -23,7 +25,7 @@ commands:
 
 
 def _dispatch(command: str):
-    if command in ("adapt", "data", "demo"):
+    if command in ("adapt", "data", "demo", "descriptions"):
         from fair import commands
         return getattr(commands, f"{command}_main")
     if command == "sweep":

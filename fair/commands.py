@@ -74,14 +74,37 @@ def summary_line(record: dict) -> str:
 
 
 def data_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fair data", description="Datasets: check a root, list the catalog.")
+    p = argparse.ArgumentParser(prog="fair data", description="Datasets: get them, check a root, list the catalog.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("prepare", help="download, extract and lay out datasets with their split files "
+                       "(resumable, checksummed, idempotent); says what to fetch by hand where nothing can")
+    g.add_argument("datasets", nargs="+", metavar="NAME", help="catalog names, or `all` for the 13 of the paper")
+    g.add_argument("--root", help="data root (default $FAIR_DATA_ROOT or ~/data)")
+    g.add_argument("--mirror", help="get every file from <MIRROR>/<dataset>/<file name> instead (default "
+                   "$FAIR_DATA_MIRROR)")
+    g.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extracting them")
+    g.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     c = sub.add_parser("check", help="verify a dataset folder and say exactly what is missing")
     c.add_argument("dataset")
     c.add_argument("--root", help="data root (default $FAIR_DATA_ROOT or ~/data)")
     c.add_argument("--read", action="store_true", help="also read the split files and count images")
     sub.add_parser("list", help="the catalog of datasets and their expected layouts")
     a = p.parse_args(argv)
+    if a.cmd == "prepare":
+        from fair.data.prepare import prepare, summary_table
+        if a.quiet:
+            logging.getLogger("fair").setLevel(logging.WARNING)
+        if "all" in a.datasets and len(a.datasets) > 1:
+            raise FairError("`fair data prepare all` takes no other names")
+        outcomes = prepare(a.datasets, a.root, mirror=a.mirror, keep_archives=a.keep_archives, progress=not a.quiet)
+        failed = [o for o in outcomes if not o.ok]
+        if len(outcomes) == 1 and failed:
+            raise FairError(failed[0].status)
+        print(summary_table(outcomes))
+        if failed:
+            raise FairError(f"{len(failed)} of {len(outcomes)} datasets are not ready: "
+                            + " | ".join(o.status for o in failed))
+        return 0
     from fair.data.catalog import CATALOG, check_dataset, get_spec
     if a.cmd == "list":
         for name, spec in CATALOG.items():
@@ -113,4 +136,101 @@ def demo_main(argv: list[str]) -> int:
     record = run_adapt(cfg)
     print(summary_line(record))
     print(f"run folder: {Path(cfg.run.out_dir) / record['run_id']}", file=sys.stderr)
+    return 0
+
+
+def descriptions_main(argv: list[str]) -> int:
+    """`fair descriptions {import,generate,show}`: a dataset's class descriptions (library: fair.descriptions)."""
+    p = argparse.ArgumentParser(prog="fair descriptions",
+                                description="Class descriptions (CuPL JSON): import, generate with an LLM, show.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def dataset_args(q, required=True):
+        q.add_argument("--dataset", required=required, help="catalog name (fair data list)")
+        q.add_argument("--root", help="data root (default $FAIR_DATA_ROOT or ~/data); class names come from it")
+        q.add_argument("--classes", metavar="FILE", help="class names, one a line, when the dataset is not on disk")
+
+    i = sub.add_parser("import", help="re-key a CuPL file (path or URL) to the catalog's class names")
+    i.add_argument("src", help="CuPL JSON {class: [sentences]}: a path or an http(s) URL")
+    dataset_args(i)
+    i.add_argument("--out", help="default <dataset folder>/descriptions.json (used by runs when data.descriptions is unset)")
+    i.add_argument("--cutoff", type=float, default=0.8, help="similarity for a close match (1: exact/normalised only)")
+    i.add_argument("--force", action="store_true", help="replace an existing file with other descriptions")
+    g = sub.add_parser("generate", help="ask an OpenAI-compatible chat endpoint CuPL-style questions per class")
+    dataset_args(g)
+    g.add_argument("--model", required=True, help="the model the endpoint serves, e.g. gpt-4o-mini")
+    g.add_argument("--base-url", default=None, help="OpenAI-compatible API root (default https://api.openai.com/v1; "
+                   "vLLM: http://localhost:8000/v1)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key (not needed on loopback)")
+    g.add_argument("--n-per-question", type=int, default=10, help="answers per question (CuPL: 10)")
+    g.add_argument("--temperature", type=float, default=0.99)
+    g.add_argument("--max-tokens", type=int, default=120)
+    g.add_argument("--concurrency", type=int, default=1, help="classes asked at the same time")
+    g.add_argument("--max-attempts", type=int, default=4, help="tries per question for answers that are not sentences")
+    g.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles each retry)")
+    g.add_argument("--out", help="default <dataset folder>/descriptions.json; the cache is <out stem>.cache.jsonl")
+    g.add_argument("--allow-partial", action="store_true", help="write the file even if some classes failed")
+    g.add_argument("--force", action="store_true", help="replace an existing file with other descriptions")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = sub.add_parser("show", help="sentences per class; flags empty classes, repeats, shared and short sentences")
+    s.add_argument("path", nargs="?", help="a descriptions file (default: the one a run of --dataset would use)")
+    dataset_args(s, required=False)
+    a = p.parse_args(argv)
+
+    import os
+
+    from fair import descriptions as D
+    if a.cmd == "show":
+        return _descriptions_show(a)
+    if a.cmd == "generate":
+        settings = D.GenerateSettings(model=a.model, base_url=a.base_url or D.DEFAULT_BASE_URL,
+                                      api_key=os.environ.get(a.api_key_env) or None, n_per_question=a.n_per_question,
+                                      temperature=a.temperature, max_tokens=a.max_tokens,
+                                      max_attempts=a.max_attempts, backoff_s=a.backoff, concurrency=a.concurrency)
+        if a.n_per_question < 1 or a.max_attempts < 1 or a.concurrency < 1:
+            raise FairError("--n-per-question, --max-attempts and --concurrency must be at least 1")
+        D.check_endpoint(settings, a.api_key_env)
+    classnames, base = D.dataset_classnames(a.dataset, a.root, a.classes)
+    out = Path(a.out).expanduser() if a.out else base / "descriptions.json"
+    if a.cmd == "import":
+        meta, report = D.import_descriptions(a.src, classnames, out, a.dataset, a.cutoff, a.force)
+        print(f"{a.dataset}: {meta['sentences']} descriptions for {len(classnames)} classes -> {out}")
+        print("\n".join(D.format_report(report, len(classnames))))
+        print(f"  sha256 {meta['sha256']}; source and matching recorded in {D.sidecar_path(out)}")
+        return 0
+    res = D.generate_descriptions(classnames, a.dataset, out, settings, allow_partial=a.allow_partial,
+                                  force=a.force, progress=not a.quiet)
+    print(f"{a.dataset}: {res.meta['sentences']} descriptions for {len(classnames)} classes from {a.model} -> {out}")
+    print(f"  {res.requests} requests, {res.cached} answers from the cache, {res.malformed} malformed answers "
+          f"asked again, {len(res.failed)} classes failed")
+    for c, why in res.failed.items():
+        print(f"  failed: {c!r}: {why}")
+    print(f"  sha256 {res.meta['sha256']}; model and questions recorded in {D.sidecar_path(out)}")
+    return 0
+
+
+def _descriptions_show(a) -> int:
+    import shutil as _shutil
+
+    from fair import descriptions as D
+    classnames = None
+    if a.path:
+        path = Path(a.path).expanduser()
+    elif a.dataset:
+        path = D.default_descriptions_path(a.dataset, a.root)
+        if path is None:
+            raise FairError(f"no descriptions file for {a.dataset}; make one with `fair descriptions import` "
+                            f"or `fair descriptions generate`, or name a file")
+    else:
+        raise FairError("name a descriptions file, or --dataset NAME [--root DIR]")
+    if a.classes:
+        classnames = D.read_classnames(a.classes)
+    elif a.dataset:
+        try:
+            classnames, _ = D.dataset_classnames(a.dataset, a.root)
+        except FairError as e:
+            log.info("checking the file alone, without the dataset's class names (%s)", e)
+    lint = D.lint_descriptions(D.read_descriptions_file(path), classnames)
+    print(f"{path}:")
+    print("\n".join(D.format_lint(lint, min(_shutil.get_terminal_size().columns, 120))))
     return 0

@@ -35,6 +35,7 @@ def test_adapt_writes_run_folder_and_complete_record(tiny_cfg):
     assert m["gain_over_zeroshot"] == pytest.approx(m["test_top1"] - m["zeroshot_top1"])
     assert m["val_size"] == 12 and m["val_stderr"] > 0
     assert record["provenance"]["descriptions_sha256"] and record["provenance"]["split_sha256"]
+    assert all(len(h) == 64 for h in record["provenance"]["split_files_sha256"].values())
     assert record["hparams"]["anchors.mode"] == "set" and record["timings"]["epochs"] == 2
     rows = [json.loads(ln) for ln in open(run_dir + "/epochs.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2]

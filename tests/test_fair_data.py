@@ -43,6 +43,8 @@ def test_zhou_split_reader(tmp_path):
     assert not set(data.val.refs) & set(data.train.refs)
     assert data.templates == ["a photo of a {}, a type of pet."]
     assert data.val.load(0).size == (12, 12)
+    from fair.io import sha256_file
+    assert data.split_files == {"split_zhou_OxfordPets.json": sha256_file(base / "split_zhou_OxfordPets.json")}
 
 
 def test_cub_reader(tmp_path):

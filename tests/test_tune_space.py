@@ -120,6 +120,8 @@ def test_bad_spaces_give_one_line_errors(space, words, tmp_path, capsys):
     ({"name": "a/b"}, ["path segment"]),
     ({"base": {**BASE, "data": {"val_per_class": 0}}}, ["head_agreement"]),
     ({"search": {"sampler": "cmaes"}}, ["tpe"]),
+    ({"resources": {"runner": "ray"}}, ["trainer or direct"]),
+    ({"resources": {"runner": "direct", "num_workers": 2}}, ["num_workers must be 1"]),
 ])
 def test_bad_sweep_files_give_one_line_errors(over, words, tmp_path, capsys):
     p = tmp_path / "s.yaml"
@@ -168,3 +170,14 @@ def test_unreachable_s3_endpoint_fails_fast_without_echoing_secrets(monkeypatch)
     msg = str(e.value)
     assert "s3://bucket/prefix" in msg and "AKIDSHOULDNOTLEAK" not in msg and "secret-should" not in msg
     assert len(msg.splitlines()) == 1 and time.monotonic() - t < 60
+
+
+def test_direct_runner_holds_one_workers_resources_and_both_retry_levels():
+    from tune.sweep import trial_max_failures
+    sweep = {**_sweep(), "resources": {"per_worker": {"CPU": 2, "GPU": 0.25}, "runner": "direct"},
+             "ray": {"worker_max_failures": 2, "trial_max_failures": 1}}
+    cfg = load_sweep(None, mapping=sweep)
+    assert cfg.resources.per_trial() == {"CPU": 2.0, "GPU": 0.25}        # no driver beside the worker
+    assert trial_max_failures(cfg) == 3
+    cfg.resources.runner = "trainer"
+    assert cfg.resources.per_trial() == {"CPU": 2.01, "GPU": 0.25} and trial_max_failures(cfg) == 1

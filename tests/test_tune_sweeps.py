@@ -85,11 +85,14 @@ def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, 
     print(f"2x2 sweep on {'s3' if use_s3 else 'local'}: {time.monotonic() - t:.1f} s")
 
 
-def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
+@pytest.mark.parametrize("runner", ["trainer", "direct"])
+def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner):
+    """`trainer`: Train restarts the worker group; `direct`: Tune restarts the trial. Both from epoch 1."""
     from ray.tune import ExperimentAnalysis
     from tune.sweep import preflight, run
     d = sweep_dict("crash", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=1, epochs=3,
-                   faults={"crash_worker_in_epoch": 2})
+                   faults={"crash_worker_in_epoch": 2},
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner})
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg)
     result = run(cfg, uri)

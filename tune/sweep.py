@@ -85,7 +85,34 @@ def build_plan(cfg: SweepConfig, uri: str):
         objective=cfg.objective.metric, num_workers=r.num_workers, per_worker=dict(r.per_worker),
         use_gpu=r.use_gpu, backend=r.backend, worker_max_failures=cfg.ray.worker_max_failures,
         controller_failure_limit=cfg.ray.controller_failure_limit,
-        checkpoints_to_keep=cfg.ray.checkpoints_to_keep, crash_worker_in_epoch=cfg.faults.crash_worker_in_epoch)
+        checkpoints_to_keep=cfg.ray.checkpoints_to_keep, crash_worker_in_epoch=cfg.faults.crash_worker_in_epoch,
+        runner=r.runner)
+
+
+def trainable_for(cfg: SweepConfig, plan):
+    """The Tune trainable of a sweep, with its per-trial resource request.
+
+    `trainer`: the trial is a tiny driver that fits a TorchTrainer (whose workers hold the resources).
+    `direct`: the trial runs adapt() itself, so it holds one worker's resources, and a failed trial is
+    retried from its last checkpoint by Tune (trial_max_failures + worker_max_failures times, the same
+    number of retries as the two levels of `trainer` together)."""
+    from ray import tune
+    from tune.trainable import run_trial, run_trial_direct
+    if cfg.resources.runner == "direct":
+        req = {_TUNE_RESOURCE.get(k, k): float(v) for k, v in cfg.resources.per_worker.items() if v}
+        return tune.with_resources(tune.with_parameters(run_trial_direct, plan=plan), req)
+    return tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": cfg.resources.trial_driver_cpu})
+
+
+_TUNE_RESOURCE = {"CPU": "cpu", "GPU": "gpu"}   # Train's bundle keys -> tune.with_resources keys
+
+
+def trial_max_failures(cfg: SweepConfig) -> int:
+    """Tune-level retries: under `direct` they also stand in for Train's worker-level ones."""
+    t, w = cfg.ray.trial_max_failures, cfg.ray.worker_max_failures
+    if cfg.resources.runner != "direct":
+        return t
+    return -1 if -1 in (t, w) else t + w
 
 
 def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
@@ -95,7 +122,6 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     from tune.cluster import max_concurrent
     from tune.progress import ProgressLog
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher
-    from tune.trainable import run_trial
 
     exp_path = st.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
@@ -111,8 +137,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
 
     conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)
     plan = build_plan(cfg, uri)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
-                                    {"cpu": cfg.resources.trial_driver_cpu})
+    trainable = trainable_for(cfg, plan)
     mode = cfg.objective.mode
     if exists:
         log.info("resuming sweep %s from %s (%d trials in flight at most)", cfg.name, exp_path, conc)
@@ -134,7 +159,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
                                         max_concurrent_trials=conc),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=uri, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=cfg.ray.trial_max_failures),
+                failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
                 callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s)],
             ),
         )

@@ -10,7 +10,8 @@
     budget: {trials_per_dataset: 8, epochs: 10, early_stopping: {grace_period: 2, reduction_factor: 3},
              max_concurrent: null}              # null: as many trials as the resources allow
     resources: {num_workers: 1, per_worker: {CPU: 1}, trial_driver_cpu: 0.01, backend: auto,
-                check_cluster: true}            # false on an autoscaling cluster that starts small
+                check_cluster: true,            # false on an autoscaling cluster that starts small
+                runner: trainer}                # or direct: adapt() inside the Tune trial (1 worker)
     objective: {metric: val_top1, mode: max}    # or head_agreement (label-free)
     storage: ./sweeps                           # or s3://bucket/prefix (AWS_ENDPOINT_URL honoured)
     ray: {num_cpus: null, worker_start_timeout_s: 60, controller_failure_limit: -1,
@@ -60,15 +61,19 @@ class Resources:
     trial_driver_cpu: float = 0.01         # the Tune function that drives a TorchTrainer (must be > 0)
     backend: str = "auto"                  # auto (nccl with GPUs, else gloo) | gloo | nccl
     check_cluster: bool = True             # refuse requests the cluster cannot hold right now
+    runner: str = "trainer"                # trainer: a Ray Train TorchTrainer per trial | direct: the Tune
+    #                                        trial runs adapt() itself (1 worker; no Train processes)
 
     @property
     def use_gpu(self) -> bool:
         return float(self.per_worker.get("GPU", 0) or 0) > 0
 
     def per_trial(self) -> dict[str, float]:
-        """Everything one trial holds: its driver plus its workers (what decides concurrency)."""
+        """Everything one trial holds: its driver plus its workers (what decides concurrency).
+        Under the `direct` runner the trial is its one worker: no separate driver."""
         out = {k: float(v) * self.num_workers for k, v in self.per_worker.items() if v}
-        out["CPU"] = out.get("CPU", 0.0) + self.trial_driver_cpu
+        if self.runner != "direct":
+            out["CPU"] = out.get("CPU", 0.0) + self.trial_driver_cpu
         return out
 
 
@@ -273,6 +278,11 @@ def validate(cfg: SweepConfig) -> None:
     if r.trial_driver_cpu <= 0:
         raise FairError("sweep key 'resources.trial_driver_cpu' must be > 0 (Ray refuses a zero request); "
                         "use 0.01")
+    if r.runner not in ("trainer", "direct"):
+        raise FairError(f"sweep key 'resources.runner' must be trainer or direct, got {r.runner!r}")
+    if r.runner == "direct" and r.num_workers != 1:
+        raise FairError("sweep key 'resources.runner' is direct (adapt() runs inside the trial process), so "
+                        "resources.num_workers must be 1; use runner trainer for DDP across workers")
     if r.backend not in ("auto", "gloo", "nccl"):
         raise FairError(f"sweep key 'resources.backend' must be auto, gloo or nccl, got {r.backend!r}")
     if r.backend == "nccl" and not r.use_gpu:

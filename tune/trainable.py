@@ -1,9 +1,17 @@
-"""A sweep trial: a Tune function (`run_trial`, the trial driver) that builds and fits a Ray Train
-TorchTrainer whose workers (`train_worker`) each call `fair.adapt.adapt`.
+"""A sweep trial, run one of two ways (`resources.runner`):
 
-Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; this driver-builds-trainer shape is the
-supported one. The library does DDP and data sharding itself under torch.distributed, so the workers call
-adapt() directly (no prepare_model / prepare_data_loader).
+- `trainer` (default): a Tune function (`run_trial`, the trial driver) builds and fits a Ray Train
+  TorchTrainer whose workers (`train_worker`) each call `fair.adapt.adapt`. DDP over `num_workers`
+  processes, worker-level retries from the last checkpoint. Ray 2.60 runs Train V2, where
+  `Tuner(TorchTrainer)` is refused; this driver-builds-trainer shape is the supported one. The library
+  does DDP and data sharding itself under torch.distributed, so the workers call adapt() directly.
+- `direct`: the Tune trial itself calls adapt() (`run_trial_direct`), one process, reporting and
+  checkpointing through Tune. Train starts about seven processes per trial (controller, worker, sync actor,
+  placement-group cleaner, dataset manager, ...); on a small node that is tens of seconds per trial
+  (docs/sweeps.md, "Overhead"). For single-worker trials (small backbones, fractional GPUs) `direct`
+  keeps the same records, checkpoints, resume and retries (trial-level) without that cost.
+
+Both share `adapt_trial`: only where reports go, where the checkpoint comes from, and the rank differ.
 
 Reports: every epoch on every rank (Train requires all ranks to report the same number of times), rank 0
 attaches the epoch's checkpoint. The last epoch's report is held back until the final evaluation is done,
@@ -18,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 log = logging.getLogger("tune.trainable")
 
@@ -38,6 +46,7 @@ class TrialPlan:
     controller_failure_limit: int
     checkpoints_to_keep: int
     crash_worker_in_epoch: Optional[int] = None
+    runner: str = "trainer"          # trainer | direct (see the module docstring)
 
 
 def scratch_dir(sweep: str, trial_id: str) -> Path:
@@ -51,8 +60,9 @@ def scratch_dir(sweep: str, trial_id: str) -> Path:
 class EpochReporter:
     """The `report` callback given to adapt(): epoch rows -> ray.train.report."""
 
-    def __init__(self, objective: str, study: str, epochs: int, resumed_from_epoch: int,
-                 crash_in_epoch: Optional[int], crash_marker: Optional[Path]):
+    def __init__(self, send: Callable[[dict, Optional[Path]], None], objective: str, study: str, epochs: int,
+                 resumed_from_epoch: int, crash_in_epoch: Optional[int], crash_marker: Optional[Path]):
+        self.send = send
         self.objective, self.study, self.epochs = objective, study, epochs
         self.resumed_from_epoch = resumed_from_epoch
         self.crash_in_epoch, self.crash_marker = crash_in_epoch, crash_marker
@@ -70,7 +80,7 @@ class EpochReporter:
         if row["epoch"] >= self.epochs:
             self.held = (row, checkpoint_dir)        # reported by finish() with the final record's metrics
             return
-        self._report(self.metrics(row), checkpoint_dir)
+        self.send(self.metrics(row), checkpoint_dir)
 
     def finish(self, record: dict) -> None:
         row, ckpt = self.held if self.held else ({"epoch": self.epochs}, None)
@@ -79,14 +89,7 @@ class EpochReporter:
         out.update({f"final_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None})
         if m.get(self.objective) is not None:
             out["objective"] = m[self.objective]     # the record's objective: val split picks the predictor
-        self._report(out, ckpt)
-
-    @staticmethod
-    def _report(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
-        import ray.train
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        # keep adapt's checkpoints folder: it is adapt's own state, Ray only copies it to storage
-        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=False)
+        self.send(out, ckpt)
 
     def _maybe_crash(self, epoch: int) -> None:
         """Fault injection (tests): rank 0 dies hard once, in epoch `crash_in_epoch`, before reporting it."""
@@ -105,11 +108,38 @@ class EpochReporter:
         os._exit(1)
 
 
-def _restore_checkpoint(work: Path) -> tuple[Optional[Path], int]:
-    """Download the latest reported checkpoint (if any) into `work`; (path of last.pt, its epoch)."""
+@dataclass
+class Session:
+    """What differs between a Train worker and a Tune trial that runs adapt() itself."""
+    rank: int
+    checkpoint: object                                   # the ray Checkpoint to resume from, or None
+    send: Callable[[dict, Optional[Path]], None]         # report(metrics, checkpoint_dir)
+
+
+def _train_session() -> Session:
+    """Inside a Ray Train worker: reports and checkpoints go through ray.train."""
     import ray.train
+
+    def send(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        # keep adapt's checkpoints folder: it is adapt's own state, Ray only copies it to storage
+        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=False)
+    return Session(ray.train.get_context().get_world_rank(), ray.train.get_checkpoint(), send)
+
+
+def _tune_session() -> Session:
+    """Inside a Tune trial (runner `direct`): reports and checkpoints go through ray.tune."""
+    import ray.tune
+
+    def send(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        ckpt = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=ckpt)       # copies to storage; adapt's folder stays
+    return Session(0, ray.tune.get_checkpoint(), send)
+
+
+def _restore_checkpoint(ckpt, work: Path) -> tuple[Optional[Path], int]:
+    """Download checkpoint `ckpt` (if any) into `work`; (path of last.pt, its epoch)."""
     import torch
-    ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None, 0
     shutil.rmtree(work, ignore_errors=True)
@@ -121,36 +151,30 @@ def _restore_checkpoint(work: Path) -> tuple[Optional[Path], int]:
     return path, epoch
 
 
-def train_worker(payload: dict) -> None:
-    """Runs in every RayTrainWorker: one adapt() of the trial's config, resumed from the latest checkpoint."""
-    import ray.train
+def adapt_trial(payload: dict, session: Session) -> None:
+    """One adapt() of the trial's config on this process, resumed from the session's checkpoint; rank 0
+    writes the record to the sweep's storage."""
     from fair.adapt import adapt
     from fair.config import from_dict, set_by_path
     from tune import storage
     plan: TrialPlan = payload["plan"]
-    trial_id, study = payload["trial_id"], payload["study"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    trial_id, study, rank = payload["trial_id"], payload["study"], session.rank
     scratch = scratch_dir(plan.sweep, trial_id)
     # Each rank has its own run folder: adapt() looks for checkpoints/last.pt there, and a leftover from a
-    # failed attempt must not be picked up instead of the checkpoint Ray Train hands us.
+    # failed attempt must not be picked up instead of the checkpoint Ray hands us.
     run_dir = scratch / f"rank{rank}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    resume_from, resumed_epoch = _restore_checkpoint(scratch / f"resume-rank{rank}")
+    resume_from, resumed_epoch = _restore_checkpoint(session.checkpoint, scratch / f"resume-rank{rank}")
     if resume_from:
         log.info("trial %s rank %d resumes after epoch %d", trial_id, rank, resumed_epoch)
 
     cfg_dict = payload["config"]
     set_by_path(cfg_dict, "run.name", trial_id)
     set_by_path(cfg_dict, "run.out_dir", str(scratch))
-    if plan.use_gpu:
-        import ray.train.torch
-        set_by_path(cfg_dict, "model.device", str(ray.train.torch.get_device()))
-    else:
-        set_by_path(cfg_dict, "model.device", "cpu")
+    set_by_path(cfg_dict, "model.device", payload["device"])
     cfg = from_dict(cfg_dict)
 
-    reporter = EpochReporter(plan.objective, study, cfg.train.epochs, resumed_epoch,
+    reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
                              scratch / "crash.marker")
     record = adapt(cfg, run_dir, report=reporter, resume_from=resume_from)
@@ -165,24 +189,44 @@ def train_worker(payload: dict) -> None:
     shutil.rmtree(scratch / f"resume-rank{rank}", ignore_errors=True)
 
 
+def train_worker(payload: dict) -> None:
+    """Runs in every RayTrainWorker (runner `trainer`)."""
+    device = "cpu"
+    if payload["plan"].use_gpu:
+        import ray.train.torch
+        device = str(ray.train.torch.get_device())
+    adapt_trial({**payload, "device": device}, _train_session())
+
+
 # ------------------------------------------------------------------------------------- trial driver
 
 
-def run_trial(config: dict, plan: TrialPlan) -> None:
-    """The Tune trial: build the FAIR config from the sampled values and fit a TorchTrainer with it."""
-    import ray.train
+def _payload(config: dict, plan: TrialPlan) -> dict:
+    """The trial's id, study and FAIR config (the study's base config with the sampled values)."""
     import ray.tune
+    from tune.space import apply
+    study = config["study"]
+    return {"plan": plan, "trial_id": ray.tune.get_context().get_trial_id(), "study": study,
+            "config": apply(plan.study_configs[study], config.get("hparams") or {})}
+
+
+def run_trial_direct(config: dict, plan: TrialPlan) -> None:
+    """The Tune trial runs adapt() itself (runner `direct`); Ray has set CUDA_VISIBLE_DEVICES for it."""
+    adapt_trial({**_payload(config, plan), "device": "cuda" if plan.use_gpu else "cpu"}, _tune_session())
+
+
+def run_trial(config: dict, plan: TrialPlan) -> None:
+    """The Tune trial (runner `trainer`): fit a TorchTrainer whose workers run adapt()."""
+    import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-    from tune.space import apply
 
-    trial_id = ray.tune.get_context().get_trial_id()
-    study = config["study"]
-    cfg_dict = apply(plan.study_configs[study], config.get("hparams") or {})
+    payload = _payload(config, plan)
+    trial_id = payload["trial_id"]
     backend = plan.backend if plan.backend != "auto" else ("nccl" if plan.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": plan, "trial_id": trial_id, "study": study, "config": cfg_dict},
+        train_loop_config=payload,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=dict(plan.per_worker)),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,11 @@ from fair.config import DataConfig
 from fair.data.catalog import check_dataset, get_spec, packaged_descriptions
 from fair.data.images import ImageSet, cap_per_class, per_class_split
 from fair.errors import FairError
-from fair.io import sha256_json
+from fair.io import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 SPLIT_SEED = 0  # fixed: every trial of a sweep sees the same validation split
+LOCAL_DESCRIPTIONS = "descriptions.json"  # in the dataset's folder: what `fair descriptions` import/generate write
 
 
 @dataclass
@@ -27,7 +28,8 @@ class PreparedData:
     train: ImageSet    # the unlabelled pool (labels used for diagnostics only)
     val: ImageSet      # labelled, held out of train, for model selection only
     test: ImageSet
-    split_sha256: str
+    split_sha256: str                                           # the split as used (refs + labels, caps applied)
+    split_files: dict[str, str] = field(default_factory=dict)   # split/metadata file name -> its sha256
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
@@ -46,12 +48,19 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     if len(train) == 0 or len(test) == 0:
         raise FairError(f"dataset {cfg.dataset} has an empty train or test split after the caps; "
                         f"raise data.train_per_class / data.test_per_class")
-    desc = Path(cfg.descriptions).expanduser() if cfg.descriptions else packaged_descriptions(spec)
+    desc = Path(cfg.descriptions).expanduser() if cfg.descriptions else default_descriptions(spec, base)
     split_sha = sha256_json({s: [list(map(str, getattr(x, "refs"))), x.labels.tolist()]
                              for s, x in (("train", train), ("val", val), ("test", test))})
     log.info("%s: %d classes, %d train (unlabelled), %d val, %d test", cfg.dataset, C, len(train), len(val), len(test))
+    split_files = {Path(f).name: sha256_file(f) for f in raw.split_files if Path(f).is_file()}
     return PreparedData(cfg.dataset, raw.classnames, list(cfg.templates or spec.templates), desc,
-                        train, val, test, split_sha)
+                        train, val, test, split_sha, split_files)
 
 
-__all__ = ["PreparedData", "prepare_data", "ImageSet", "np"]
+def default_descriptions(spec, base: Path) -> Path | None:
+    """The descriptions file used when data.descriptions is unset: <base>/descriptions.json, else the packaged one."""
+    local = Path(base) / LOCAL_DESCRIPTIONS
+    return local if local.is_file() else packaged_descriptions(spec)
+
+
+__all__ = ["PreparedData", "prepare_data", "default_descriptions", "ImageSet", "np"]

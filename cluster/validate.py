@@ -15,8 +15,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cluster import costs
 from cluster.errors import ClusterError
 from cluster.resources import NodeType

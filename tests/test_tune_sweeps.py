@@ -6,7 +6,6 @@ overhead, so the sweeps here are as small as what they prove allows.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

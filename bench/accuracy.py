@@ -23,22 +23,37 @@ from pathlib import Path
 STANDIN_NOTE = "stand-in model (fair-standin-minilm on shifted Fashion-MNIST) — not CLIP results"
 
 NO_AUG = {"data.strong_scale_min": 1.0, "data.randaug_ops": 0}
+# What the first full run picked (docs/standin.md): no strong augmentation, global features in the LAS,
+# gamma handing over from the fixed head to the learned one, no ambiguity weights.
+PICK1 = {**NO_AUG, "local.beta": 1.0, "pseudo.gamma_start": 0.5, "pseudo.gamma_end": 0.0, "weighting.mode": "none"}
+TOKENS = {"local.source": "tokens", "local.top_k": 16}
 GRIDS = {
     "zeroshot": [{}],
     "wca": [{"local.crop_min": 0.4, "local.crop_max": 0.8}, {}],                 # spec crops vs 28-px crops
     "selftrain": [{}, NO_AUG],
     "fair": [
         {},                                                                     # the specification's defaults
-        {**NO_AUG},
-        {**NO_AUG, "local.beta": 1.0, "pseudo.gamma_start": 0.5, "pseudo.gamma_end": 0.0},
-        {**NO_AUG, "local.beta": 0.5, "pseudo.gamma_start": 0.5, "pseudo.gamma_end": 0.0},
-        {**NO_AUG, "local.beta": 1.0, "pseudo.gamma_start": 0.5, "pseudo.gamma_end": 0.0, "weighting.mode": "none"},
+        PICK1,
+        {**PICK1, "anchors.mode": "prototype"},
+        {**PICK1, **TOKENS},
+        {**PICK1, **TOKENS, "anchors.mode": "prototype"},
     ],
 }
+
+
+def _flip(key: str, a, b):
+    """An ablation that switches `key` between a and b in FAIR's pick."""
+    return lambda pick: {key: b if pick.get(key, a) == a else a}
+
+
+def _flip_locals(pick: dict) -> dict:
+    return {"local.source": "crops", "local.top_k": 2} if pick.get("local.source") == "tokens" else dict(TOKENS)
+
+
 ABLATIONS = {   # each changes one setting of FAIR's picked candidate
-    "fair: weighting flipped (agreement <-> none)": {"weighting.mode": None},
-    "fair: prototype anchors": {"anchors.mode": "prototype"},
-    "fair: tokens (not crops)": {"local.source": "tokens", "local.top_k": 16},
+    "fair: weighting flipped (agreement <-> none)": _flip("weighting.mode", "agreement", "none"),
+    "fair: anchors flipped (set <-> prototype)": _flip("anchors.mode", "set", "prototype"),
+    "fair: local features flipped (crops <-> tokens)": _flip_locals,
 }
 
 
@@ -110,9 +125,7 @@ def main(argv=None) -> int:
         rows.append((method, best[0], best[1], len(grid)))
     if not a.no_ablations:
         for name, change in ABLATIONS.items():
-            if change.get("weighting.mode", "") is None:
-                change = {"weighting.mode": "agreement" if picked["fair"].get("weighting.mode") == "none" else "none"}
-            cand = {**picked["fair"], **change}
+            cand = {**picked["fair"], **change(picked["fair"])}
             recs = [run_one(base, "fair", cand, s, out) for s in seeds]
             rows.append((name, cand, summarise(recs), 1))
     zs = rows[0][2]["top1"][0]

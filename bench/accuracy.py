@@ -1,6 +1,6 @@
 """Accuracy of zero-shot, WCA, self-training and FAIR (plus FAIR ablations) on the offline stand-in.
 
-    python -m bench.accuracy            # full: 3 seeds, the grids below (~25 min on 2 cores)
+    python -m bench.accuracy            # full: 3 seeds, the grids below (~20 min on 2 idle cores)
     python -m bench.accuracy --quick    # a few minutes: smaller splits, fewer epochs
 
 STAND-IN RESULTS, NOT CLIP RESULTS: the model is fair's offline stand-in (a small CLIP-like model

@@ -112,11 +112,14 @@ def _driver(sweep_file: Path, address: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path):
+@pytest.mark.parametrize("runner", ["trainer", "direct"])
+def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path, runner):
     storage = str(tmp_path / "sweeps")
     # one trial at a time, one per dataset: the kill lands between studies (the second trial in flight or
-    # not yet suggested), so the resume must restore both the trial and the searcher's budget
-    d = sweep_dict("driver", storage, trials=1)
+    # not yet suggested), so the resume must restore both the trial and the searcher's budget. A direct
+    # trial starts in a second or two, so it gets more epochs to still be running when the kill lands.
+    d = sweep_dict("driver", storage, trials=1, epochs=1 if runner == "trainer" else 4,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner})
     d["budget"]["max_concurrent"] = 1
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(d))

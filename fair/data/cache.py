@@ -108,7 +108,7 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
         # open_memmap writes straight to disk: a large split never has to fit in memory.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
 
-        def one(i):
+        def one(i, out=out):
             try:
                 out[i] = decode_square(images, i, size)
             except Exception as e:  # noqa: BLE001 - any decode failure is a bad image, counted by readers
@@ -120,7 +120,7 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
                           disable=None if progress else True, leave=False):
                 pass
         out.flush()
-        del out
+        del one, out           # the last references: the memmap is closed before the rename
         os.chmod(tmp, 0o644)   # mkstemp makes it private; other users' trials on the node read it too
         os.replace(tmp, npy)
     except BaseException:

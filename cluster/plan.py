@@ -5,7 +5,8 @@
     print(plan(sweep_mapping, calibration_from_records(recs)))  # measured costs of earlier runs
 
 The cost model, per trial (all in GPU-seconds at full use of one GPU):
-    setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
+    orchestration + setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
+with orchestration the seconds a trial holds its resources before adapt() starts (RUNNER_OVERHEAD_S),
 with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 + eval.local_views)
 (see costs.py), or t_train measured (1 / timings.images_per_s of earlier records, times the GPU share
 they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
@@ -30,6 +31,9 @@ from cluster.resources import NodeType, TrialRequest, missing_resources, trial_r
 log = logging.getLogger("cluster.plan")
 
 SETUP_S = 60.0                 # model load, text encoding of the class prompts, dataset index (per trial)
+# Seconds per trial before adapt() starts, by resources.runner: Ray Train's per-trial processes vs none
+# (`python -m bench.overhead` on 2 cores: +19 to +24 s and +0.3 to +2.5 s; docs/sweeps.md).
+RUNNER_OVERHEAD_S = {"trainer": 20.0, "direct": 2.0}
 NODE_START_S = 600.0           # a cold GPU node: boot, image pull, setup_commands (autoscaler)
 DEFAULT_LAUNCHER = Path(__file__).with_name("aws-gpu.yaml")
 _FAIR_DEFAULTS = {"val_per_class": 10, "num_crops": 8, "local_views": 8, "batch_size": 64, "epochs": 15,
@@ -273,6 +277,9 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
     steps_cap = budget.get("max_steps_per_epoch")
     backbone = str(_get(base, "model.name", _FAIR_DEFAULTS["model"]))
     accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
+    runner = str((sweep.get("resources") or {}).get("runner") or "trainer")
+    if runner not in RUNNER_OVERHEAD_S:
+        raise ClusterError(f"sweep key 'resources.runner' must be trainer or direct, got {runner!r}")
 
     works = []
     for ds in datasets:
@@ -294,7 +301,7 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
                                                       else costs.DEFAULT_GPU, crops, views, calibration)
         share = req.gpus if req.gpus > 0 else 1.0
         per_epoch = train * t_train + val * t_eval
-        fixed = setup * share + test * t_eval
+        fixed = (setup + RUNNER_OVERHEAD_S[runner]) * share + test * t_eval
         works.append(DatasetWork(ds, train, val, test, per_ds_trials, fixed + epochs * per_epoch,
                                  fixed + e_asha * per_epoch, source, size.note))
 

@@ -48,9 +48,10 @@ def test_gpu_hours_independent_of_packing_wall_time_not():
     whole = copy.deepcopy(sweep())
     whole["resources"]["per_worker"] = {"CPU": 2, "GPU": 1}
     whole = estimate(whole)
-    # Only the per-trial setup, during which a trial holds its GPU share idle, depends on the share.
-    from cluster.plan import SETUP_S
-    assert whole.gpu_hours() - quarter.gpu_hours() == pytest.approx(130 * SETUP_S * (1 - 0.25) / 3600)
+    # Only the per-trial start (orchestration + setup), when a trial holds its GPU share idle, depends on it.
+    from cluster.plan import RUNNER_OVERHEAD_S, SETUP_S
+    idle = SETUP_S + RUNNER_OVERHEAD_S["trainer"]
+    assert whole.gpu_hours() - quarter.gpu_hours() == pytest.approx(130 * idle * (1 - 0.25) / 3600)
     assert whole.wall_hours() != pytest.approx(quarter.wall_hours())
     assert whole.trials_per_gpu == 1
     small = next(u for u in whole.node_use if u.node.name == "gpu-small")
@@ -133,3 +134,12 @@ def test_real_sweep_files_plan(capsys):
     for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
         assert main(["cluster", "plan", "--config", str(path)]) == 0
         assert "ESTIMATES" in capsys.readouterr().out
+
+
+def test_direct_runner_costs_less_orchestration_per_trial():
+    from cluster.plan import RUNNER_OVERHEAD_S
+    trainer, direct = sweep(), sweep()
+    direct["resources"]["runner"] = "direct"
+    saved = estimate(trainer).gpu_hours() - estimate(direct).gpu_hours()
+    per_trial = (RUNNER_OVERHEAD_S["trainer"] - RUNNER_OVERHEAD_S["direct"]) * 0.25 / 3600
+    assert saved == pytest.approx(130 * per_trial)

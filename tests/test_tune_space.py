@@ -181,3 +181,23 @@ def test_direct_runner_holds_one_workers_resources_and_both_retry_levels():
     assert trial_max_failures(cfg) == 3
     cfg.resources.runner = "trainer"
     assert cfg.resources.per_trial() == {"CPU": 2.01, "GPU": 0.25} and trial_max_failures(cfg) == 1
+
+
+def test_missing_descriptions_fail_before_ray(tmp_path, capsys):
+    """FAIR needs descriptions: a dataset without a file is refused before any trial starts, unless the
+    sweep asks for the template fallback."""
+    from PIL import Image
+    for part, n in (("train", 4), ("test", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                (tmp_path / "imgs" / part / c).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / part / c / f"{i}.png")
+    data = {"dataset": "imagefolder", "root": str(tmp_path / "imgs"), "val_per_class": 1}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, "data": data})))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "descriptions.json not found" in err and "fair descriptions" in err
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"],
+                                       base={**BASE, "data": {**data, "description_fallback": True}})))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 0

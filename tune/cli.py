@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or 10.0.0.1:6379)")
     p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (logical; default all cores)")
     p.add_argument("--no-data-check", action="store_true",
-                   help="skip `fair data check` on this machine (data only on the cluster's nodes)")
+                   help="skip `fair data check` and the descriptions check on this machine (data only on the "
+                        "cluster's nodes)")
     p.add_argument("--dry-run", action="store_true", help="run every check (Ray, storage, data), start no trial")
     return p
 

@@ -305,8 +305,19 @@ def validate(cfg: SweepConfig) -> None:
 
 
 def check_datasets(cfg: SweepConfig) -> None:
-    """`fair data check` for every dataset of the sweep (on the driver's machine)."""
+    """`fair data check` for every dataset of the sweep (on the driver's machine), and its descriptions file
+    where the method needs one: a missing file would otherwise fail every trial once the cluster is up."""
     from fair.config import from_dict
+    from fair.data import descriptions_path
     from fair.data.catalog import check_dataset
     for ds in cfg.datasets:
-        check_dataset(ds, from_dict(cfg.study_config(ds)).data.root)
+        fcfg = from_dict(cfg.study_config(ds))
+        base = check_dataset(ds, fcfg.data.root)
+        if fcfg.method not in ("fair", "wca") or fcfg.data.description_fallback:
+            continue
+        path = descriptions_path(fcfg.data, base=base)
+        if path is None or not path.is_file():
+            where = str(path) if path else f"{base}/descriptions.json"
+            raise FairError(f"dataset {ds} has no descriptions file ({where} not found); make it with `fair "
+                            f"descriptions import|generate --dataset {ds}`, set base.data.descriptions, or set "
+                            f"base.data.description_fallback=true")

@@ -48,7 +48,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     if len(train) == 0 or len(test) == 0:
         raise FairError(f"dataset {cfg.dataset} has an empty train or test split after the caps; "
                         f"raise data.train_per_class / data.test_per_class")
-    desc = Path(cfg.descriptions).expanduser() if cfg.descriptions else default_descriptions(spec, base)
+    desc = descriptions_path(cfg, spec, base)
     split_sha = sha256_json({s: [list(map(str, getattr(x, "refs"))), x.labels.tolist()]
                              for s, x in (("train", train), ("val", val), ("test", test))})
     log.info("%s: %d classes, %d train (unlabelled), %d val, %d test", cfg.dataset, C, len(train), len(val), len(test))
@@ -57,10 +57,18 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
                         train, val, test, split_sha, split_files)
 
 
+def descriptions_path(cfg: DataConfig, spec=None, base: Path | None = None) -> Path | None:
+    """The descriptions file a run of `cfg` reads: data.descriptions, else the default (below)."""
+    if cfg.descriptions:
+        return Path(cfg.descriptions).expanduser()
+    spec = spec or get_spec(cfg.dataset)
+    return default_descriptions(spec, base if base is not None else check_dataset(cfg.dataset, cfg.root))
+
+
 def default_descriptions(spec, base: Path) -> Path | None:
     """The descriptions file used when data.descriptions is unset: <base>/descriptions.json, else the packaged one."""
     local = Path(base) / LOCAL_DESCRIPTIONS
     return local if local.is_file() else packaged_descriptions(spec)
 
 
-__all__ = ["PreparedData", "prepare_data", "default_descriptions", "ImageSet", "np"]
+__all__ = ["PreparedData", "prepare_data", "descriptions_path", "default_descriptions", "ImageSet", "np"]

@@ -311,8 +311,10 @@ def test_official_split_datasets_fgvc_aircraft_and_cub(mirror, monkeypatch, tmp_
 
     assert run("prepare", "fgvc_aircraft", "cub200", "--root", str(tmp_path), "--mirror", mirror.url, "--quiet") == 0
     table = capsys.readouterr().out.splitlines()
-    assert [ln.split()[:6] for ln in table[1:]] == [["fgvc_aircraft", "ok", "2", "2", "2", "2"],
-                                                      ["cub200", "ok", "2", "6", "-", "2"]]
+    assert [ln.split()[:6] for ln in table[1:3]] == [["fgvc_aircraft", "ok", "2", "2", "2", "2"],
+                                                       ["cub200", "ok", "2", "6", "-", "2"]]
+    assert all(" none yet " in ln for ln in table[1:3])                     # descriptions: not made yet
+    assert table[3].startswith("no descriptions yet for fgvc_aircraft, cub200: `fair descriptions import")
     for name in ("fgvc_aircraft", "cub200"):
         assert run("check", name, "--root", str(tmp_path), "--read") == 0
     assert classnames("cub200", tmp_path) == ["Black footed Albatross", "Laysan Albatross"]
@@ -502,7 +504,7 @@ def test_all_reports_every_dataset_in_one_table(mirror, monkeypatch, tmp_path, c
     serve_dtd(mirror, monkeypatch)
     assert run("prepare", "all", "--root", str(tmp_path), "--mirror", mirror.url, "--quiet") == 2
     out, err = capsys.readouterr()
-    assert len(out.strip().splitlines()) == 14 and "dtd " in out
+    assert len(out.strip().splitlines()) == 15 and "dtd " in out and "no descriptions yet for dtd:" in out
     assert "12 of 13 datasets are not ready" in err and len(err.strip().splitlines()) == 1
 
 

@@ -776,13 +776,23 @@ def summary_table(outcomes: list[Outcome]) -> str:
     """The per-dataset table `fair data prepare` prints: status, classes, images per split, disk use."""
     def n(x):
         return "-" if x is None else str(x)
-    rows = [("dataset", "status", "classes", "train", "val", "test", "disk", "folder")]
+    from fair.data import default_descriptions
+    rows = [("dataset", "status", "classes", "train", "val", "test", "disk", "descriptions", "folder")]
+    missing = []
     for o in outcomes:
         status = o.status if o.ok else "NOT READY"
+        desc = default_descriptions(get_spec(o.name), o.base) if o.ok else None
+        if o.ok and desc is None:
+            missing.append(o.name)
         rows.append((o.name, status, n(o.classes), n(o.train), n(o.val), n(o.test),
-                     "-" if o.disk_bytes is None else _human(o.disk_bytes), str(o.base)))
+                     "-" if o.disk_bytes is None else _human(o.disk_bytes),
+                     "-" if not o.ok else (desc.name if desc else "none yet"), str(o.base)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    if missing:   # FAIR and WCA need them (a sweep refuses to start without): say how to get them
+        table += (f"\nno descriptions yet for {', '.join(missing)}: `fair descriptions import CUPL.json --dataset "
+                  f"NAME` or `fair descriptions generate --dataset NAME --model M` (docs/descriptions.md)")
+    return table
 
 
 def is_image(p: Path) -> bool:

@@ -54,11 +54,11 @@ def scratch_dir(sweep: str, trial_id: str) -> Path:
     return Path(tempfile.gettempdir()) / "fair-sweeps" / sweep / trial_id
 
 
-# ----------------------------------------------------------------------------------- per-worker side
+# ------------------------------------------------------------- the process that runs adapt() (both runners)
 
 
 class EpochReporter:
-    """The `report` callback given to adapt(): epoch rows -> ray.train.report."""
+    """The `report` callback given to adapt(): epoch rows -> the session's report (ray.train or ray.tune)."""
 
     def __init__(self, send: Callable[[dict, Optional[Path]], None], objective: str, study: str, epochs: int,
                  resumed_from_epoch: int, crash_in_epoch: Optional[int], crash_marker: Optional[Path]):
@@ -101,7 +101,7 @@ class EpochReporter:
         self.crash_marker.write_text("crashed\n")
         # ray.train.report only queues a result; the controller picks it up (and registers the checkpoint)
         # at its next poll. Tiny test epochs are shorter than that, so give the previous report time to land,
-        # as it would have in any real epoch.
+        # as it would have in any real epoch. (ray.tune.report, under `direct`, is synchronous.)
         import time
         time.sleep(max(2.0, 5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2"))))
         log.warning("fault injection: worker exits in epoch %d", epoch)

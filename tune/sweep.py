@@ -150,9 +150,9 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
         scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
         if scheduler is not None:
             scheduler.set_search_properties(METRIC, mode)
-        log.info("sweep %s: %d datasets x %d trials, %d epochs, %d trials in flight at most; space: %s",
-                 cfg.name, len(cfg.datasets), cfg.budget.trials_per_dataset, cfg.budget.epochs, conc,
-                 space.describe())
+        log.info("sweep %s: %d datasets x %d trials, %d epochs, %d trials in flight at most (runner %s); "
+                 "space: %s", cfg.name, len(cfg.datasets), cfg.budget.trials_per_dataset, cfg.budget.epochs, conc,
+                 cfg.resources.runner, space.describe())
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.total_trials,

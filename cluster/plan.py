@@ -277,9 +277,6 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
     steps_cap = budget.get("max_steps_per_epoch")
     backbone = str(_get(base, "model.name", _FAIR_DEFAULTS["model"]))
     accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
-    runner = str((sweep.get("resources") or {}).get("runner") or "trainer")
-    if runner not in RUNNER_OVERHEAD_S:
-        raise ClusterError(f"sweep key 'resources.runner' must be trainer or direct, got {runner!r}")
 
     works = []
     for ds in datasets:
@@ -301,7 +298,7 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
                                                       else costs.DEFAULT_GPU, crops, views, calibration)
         share = req.gpus if req.gpus > 0 else 1.0
         per_epoch = train * t_train + val * t_eval
-        fixed = (setup + RUNNER_OVERHEAD_S[runner]) * share + test * t_eval
+        fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
         works.append(DatasetWork(ds, train, val, test, per_ds_trials, fixed + epochs * per_epoch,
                                  fixed + e_asha * per_epoch, source, size.note))
 

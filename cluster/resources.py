@@ -27,6 +27,7 @@ class TrialRequest:
     num_workers: int = 1
     per_worker: dict = field(default_factory=lambda: {"CPU": 1.0})
     driver_cpu: float = 0.01
+    runner: str = "trainer"          # resources.runner; `direct`: the trial is its one worker, no driver
 
     @property
     def gpus(self) -> float:
@@ -41,7 +42,7 @@ class TrialRequest:
 
     def describe(self) -> str:
         bundle = ", ".join(f"{k}: {v:g}" for k, v in self.per_worker.items())
-        driver = f" + driver {{CPU: {self.driver_cpu:g}}}" if self.driver_cpu else " (runner direct)"
+        driver = " (runner direct)" if self.runner == "direct" else f" + driver {{CPU: {self.driver_cpu:g}}}"
         return f"{self.num_workers} worker(s) x {{{bundle}}}{driver}"
 
 
@@ -71,9 +72,12 @@ def trial_request(sweep: dict) -> TrialRequest:
     gpu = per_worker.get("GPU", 0.0)
     if gpu > 1 and gpu != int(gpu):
         raise ClusterError("sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a whole number")
+    runner = str(r.get("runner") or "trainer")
+    if runner not in ("trainer", "direct"):
+        raise ClusterError(f"sweep key 'resources.runner' must be trainer or direct, got {runner!r}")
     # under the `direct` runner the Tune trial is the worker: no separate driver request
-    driver = 0.0 if r.get("runner") == "direct" else _number(r.get("trial_driver_cpu", 0.01), "trial_driver_cpu")
-    return TrialRequest(workers, {k: v for k, v in per_worker.items() if v > 0} or {"CPU": 1.0}, driver)
+    driver = 0.0 if runner == "direct" else _number(r.get("trial_driver_cpu", 0.01), "trial_driver_cpu")
+    return TrialRequest(workers, {k: v for k, v in per_worker.items() if v > 0} or {"CPU": 1.0}, driver, runner)
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,8 @@ def provenance(data: PreparedData, descriptions_sha: str | None, device: torch.d
     pk["fair-sweeps"] = __version__
     return {
         "packages": pk, "git_commit": git_commit(), "descriptions_sha256": descriptions_sha,
-        "split_sha256": data.split_sha256, "split_files_sha256": data.split_files, "host": socket.gethostname(), "python": platform.python_version(),
+        "split_sha256": data.split_sha256, "split_files_sha256": data.split_files,
+        "host": socket.gethostname(), "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "num_processes": world_size(), "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pid": os.getpid(),

@@ -89,6 +89,9 @@ def build_plan(cfg: SweepConfig, uri: str):
         runner=r.runner)
 
 
+_TUNE_RESOURCE = {"CPU": "cpu", "GPU": "gpu"}   # Train's bundle keys -> tune.with_resources keys
+
+
 def trainable_for(cfg: SweepConfig, plan):
     """The Tune trainable of a sweep, with its per-trial resource request.
 
@@ -102,9 +105,6 @@ def trainable_for(cfg: SweepConfig, plan):
         req = {_TUNE_RESOURCE.get(k, k): float(v) for k, v in cfg.resources.per_worker.items() if v}
         return tune.with_resources(tune.with_parameters(run_trial_direct, plan=plan), req)
     return tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": cfg.resources.trial_driver_cpu})
-
-
-_TUNE_RESOURCE = {"CPU": "cpu", "GPU": "gpu"}   # Train's bundle keys -> tune.with_resources keys
 
 
 def trial_max_failures(cfg: SweepConfig) -> int:

@@ -116,13 +116,21 @@ class WeedServer:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.out'}")
             try:
                 names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
-                if self.bucket in names:
+                if self.bucket in names and self._serves_objects(client):
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"weed did not serve bucket {self.bucket!r} within {timeout} s; see {self.workdir}")
+
+    def _serves_objects(self, client) -> bool:
+        """After a restart the bucket lists before the volume server serves the data it holds (GETs answer
+        500 for a moment): ready means one existing object, if any, can be read."""
+        listed = client.list_objects_v2(Bucket=self.bucket, MaxKeys=1).get("Contents", [])
+        for obj in listed:
+            client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+        return True
 
     def stop(self, kill: bool = False, grace: float = 10.0) -> None:
         """Stop the server: SIGKILL at once with `kill`, else SIGTERM and SIGKILL after `grace` seconds."""

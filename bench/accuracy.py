@@ -2,6 +2,7 @@
 
     python -m bench.accuracy            # full: 3 seeds, the grids below (~20 min on 2 idle cores)
     python -m bench.accuracy --quick    # a few minutes: smaller splits, fewer epochs
+    python -m bench.accuracy --pipelines   # FAIR under data.pipeline pil vs device, same seeds (~15 min)
 
 STAND-IN RESULTS, NOT CLIP RESULTS: the model is fair's offline stand-in (a small CLIP-like model
 pretrained here on Fashion-MNIST), the target is its shifted Fashion-MNIST task.
@@ -27,6 +28,11 @@ NO_AUG = {"data.strong_scale_min": 1.0, "data.randaug_ops": 0}
 # gamma handing over from the fixed head to the learned one, no ambiguity weights.
 PICK1 = {**NO_AUG, "local.beta": 1.0, "pseudo.gamma_start": 0.5, "pseudo.gamma_end": 0.0, "weighting.mode": "none"}
 TOKENS = {"local.source": "tokens", "local.top_k": 16}
+# What the full run picked for FAIR (docs/standin.md): PICK1 with token locals and prototype anchors.
+FAIR_PICK = {**PICK1, **TOKENS, "anchors.mode": "prototype"}
+# The pipeline check: the specification's defaults exercise every view the two pipelines make differently
+# (RandomResizedCrop + RandAugment strong view, K crops); the pick is what a user of the stand-in would run.
+PIPELINE_CHECK = {"spec defaults (crops, strong aug)": {}, "FAIR pick (tokens, prototype)": FAIR_PICK}
 GRIDS = {
     "zeroshot": [{}],
     "wca": [{"local.crop_min": 0.4, "local.crop_max": 0.8}, {}],                 # spec crops vs 28-px crops
@@ -36,7 +42,7 @@ GRIDS = {
         PICK1,
         {**PICK1, "anchors.mode": "prototype"},
         {**PICK1, **TOKENS},
-        {**PICK1, **TOKENS, "anchors.mode": "prototype"},
+        FAIR_PICK,
     ],
 }
 
@@ -100,18 +106,46 @@ def fmt(ms) -> str:
     return "–" if m is None else f"{m:.1f} ± {s:.1f}"
 
 
+def pipeline_check(base: dict, seeds: list[int], out: Path) -> None:
+    """FAIR under data.pipeline pil and device with the same config and seeds; prints paired differences.
+
+    "Within noise" means the mean paired difference (device - pil) is small against the seed-to-seed spread
+    of either pipeline: the two differ in how (not whether) they draw random views, so per-seed results move.
+    """
+    print(f"{'config':38s} {'pil top-1':>12s} {'device top-1':>12s} {'device - pil':>14s} {'per seed':>22s} "
+          f"{'wall pil/device s':>18s}", flush=True)
+    for name, cand in PIPELINE_CHECK.items():
+        recs = {pipe: [run_one(base, "fair", {**cand, "data.pipeline": pipe}, s, out) for s in seeds]
+                for pipe in ("pil", "device")}
+        top1 = {pipe: [r["metrics"]["test_top1"] for r in rs] for pipe, rs in recs.items()}
+        diffs = [d - p for p, d in zip(top1["pil"], top1["device"])]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        wall = {pipe: summarise(rs)["wall"] for pipe, rs in recs.items()}
+        print(f"{name:38s} {fmt(summarise(recs['pil'])['top1']):>12s} {fmt(summarise(recs['device'])['top1']):>12s} "
+              f"{statistics.mean(diffs):+8.1f} ± {sd:.1f} {' '.join(f'{x:+.1f}' for x in diffs):>22s} "
+              f"{wall['pil']:8.0f}/{wall['device']:.0f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller splits and fewer epochs (a few minutes)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="runs/bench-accuracy", help="run folders and the results JSON")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--pipelines", action="store_true",
+                   help="only the pipeline check: FAIR under data.pipeline pil and device, same config and seeds")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(a.out)
     base = base_config(a.quick)
     seeds = list(range(a.seeds))
     t0 = time.perf_counter()
+    if a.pipelines:
+        print(f"Target: shifted Fashion-MNIST test split ({base['data']['test_per_class']} per class), "
+              f"{len(seeds)} seeds, {base['train']['epochs']} epochs; {STANDIN_NOTE}.")
+        pipeline_check(base, seeds, out)
+        print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+        return 0
     rows, picked = [], {}
     for method, grid in GRIDS.items():
         best = None

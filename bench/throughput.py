@@ -174,6 +174,19 @@ class UtilSampler:
         return statistics.mean(vals) if vals else None
 
 
+def host_syncs(run) -> int:
+    """How many synchronising CUDA calls `run()` makes (torch's sync debug mode warns on each one)."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
 def peak_flops(device: torch.device, given_tflops: float | None) -> tuple[float | None, str]:
     """(peak FLOP/s, label): the one passed, else the nominal table's entry for this GPU."""
     if given_tflops:
@@ -354,6 +367,18 @@ def main(argv=None) -> int:
     for style in ("reference", "ours"):
         if (style, "crops") in by and (style, "tokens") in by:
             print(f"speed-up tokens/crops ({style}): {by[(style, 'crops')] / by[(style, 'tokens')]:.2f}x")
+    if device.type == "cuda":
+        # Per-step host synchronisations: epochs of 2 and of 6 steps differ only by their last 4 steps, so
+        # the difference / 4 leaves out what an epoch does once (the loader start, the metric copy at its end).
+        print("host syncs per step (torch.cuda sync debug mode; 0 means the GPU never waits on the host):")
+        extra = min(6, steps) - 2
+        for v in variants:
+            try:
+                short, long_ = (host_syncs(lambda n=n: epoch(v, 0, max_steps=n)) for n in (2, 2 + extra))
+                per_step = f"{(long_ - short) / extra:.1f}" if extra > 0 else "n/a (fewer than 3 steps)"
+                print(f"  {v['style']:9s} {v['source']:6s} {per_step}  ({short} in a 2-step epoch)")
+            except Exception as e:  # noqa: BLE001 - a diagnostic; the table above is already printed
+                print(f"  {v['style']:9s} {v['source']:6s} not measured ({type(e).__name__}: {e})")
     if device.type == "cuda":
         print(f"MFU peak: {peak_label}; FLOPs counted by torch.utils.flop_counter over one step "
               f"(matmuls/convolutions: the views' resampling is not counted)")

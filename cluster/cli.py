@@ -1,9 +1,10 @@
 """`fair cluster`: submit sweeps to a running Ray cluster and manage them; check and plan clusters.
 
     fair cluster submit --config configs/sweeps/paper13-vitb32.yaml [--set k=v ...] [--follow]
+                                # checks the sweep here as the job's `fair sweep` will load it, first
     fair cluster status JOB | logs JOB [--follow] | stop JOB | list
     fair cluster validate cluster/aws-gpu.yaml [...]           # Ray's own schema, offline
-    fair cluster plan --config SWEEP.yaml [--records DIR ...]  # trials, GPU-hours, wall time, cost
+    fair cluster plan --config SWEEP.yaml [--records DIR ...]  # trials, concurrency, GPU-hours, cost
 
 --address: the cluster's dashboard / Jobs API (default $RAY_ADDRESS if it is an http URL, else
 http://127.0.0.1:8265, where `ray dashboard cluster/aws-gpu.yaml` forwards it). Exit codes: 0 ok (a
@@ -12,6 +13,7 @@ followed job SUCCEEDED), 1 a followed job FAILED or was STOPPED, 2 bad input (on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
@@ -35,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{submit,status,logs,stop,list,validate,plan}")
 
-    s = sub.add_parser("submit", help="submit a sweep as a Ray job (prints the job id)")
+    s = sub.add_parser("submit", help="check a sweep as `fair sweep` would, submit it as a Ray job (prints the job id)")
     s.add_argument("--config", "-c", required=True, help="sweep YAML inside the working dir (e.g. configs/sweeps/...)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="sweep-file override, passed on to `fair sweep`")
@@ -80,7 +82,10 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu-fraction", type=float, default=1.0,
                     help="GPU share the --records runs had (1 for fair adapt, 0.25 for 4 trials per GPU)")
     pl.add_argument("--cluster-config", type=Path, metavar="LAUNCHER.yaml",
-                    help="node types and prices from this launcher config (default cluster/aws-gpu.yaml)")
+                    help="node types, prices and max_workers from this launcher config (default cluster/aws-gpu.yaml)")
+    # `fair sweep --config X --plan ...` arrives here with the rest of its `fair sweep` flags (fair/cli.py)
+    pl.add_argument("--smoke-test", action="store_true", help="plan the sweep as `--smoke-test` shrinks it")
+    pl.add_argument("--storage", help="accepted from `fair sweep --plan`; the plan does not depend on it")
     return p
 
 
@@ -95,10 +100,19 @@ def read_sweep(path: str, overrides: list[str]) -> dict:
     return data
 
 
-def _launcher_nodes(path: Path):
+def _launcher(path: Path):
+    """(node types, top-level max_workers) of a launcher config that passes Ray's schema."""
     from cluster import validate
-    validate.validate_file(path)
-    return validate.node_types(validate.read_yaml(path))
+    prepared = validate.validate_file(path)
+    return validate.node_types(validate.read_yaml(path)), validate.worker_cap(prepared)
+
+
+def smoke_sweep(sweep: dict, path: str) -> dict:
+    """The sweep mapping as `fair sweep --smoke-test` shrinks it (tune's own shrink, no validation)."""
+    from tune.sweep_config import from_mapping, shrink_for_smoke_test
+    cfg = from_mapping(sweep, Path(path).expanduser().resolve())
+    shrink_for_smoke_test(cfg)
+    return dataclasses.asdict(cfg)
 
 
 def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
@@ -111,7 +125,7 @@ def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
     from cluster.resources import missing_resources, trial_request
     req = trial_request(sweep)
     if launcher is not None:
-        workers = [n for n in _launcher_nodes(launcher) if n.max_workers > 0]
+        workers = [n for n in _launcher(launcher)[0] if n.max_workers > 0]
         missing = missing_resources(req, workers)
         if missing:
             raise ClusterError(f"the sweep asks {req.describe()} per trial, but no node type of {launcher} "
@@ -132,9 +146,10 @@ def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
                 "(pass --cluster-config LAUNCHER.yaml to check its node types)", "; ".join(missing))
 
 
-def entrypoint(config_rel: str, a) -> str:
-    """`python -m fair.cli sweep ...` run by the cluster's own python (its PATH on the head)."""
-    args = ["python", "-m", "fair.cli", "sweep", "--config", config_rel, "--address", "auto"]
+def sweep_argv(config_rel: str, a) -> list[str]:
+    """The job's `fair sweep` arguments: the config, --set, --storage, --smoke-test, the data check and
+    whatever followed `--`."""
+    args = ["--config", config_rel, "--address", "auto"]
     for o in a.overrides:
         args += ["--set", o]
     if a.storage:
@@ -146,7 +161,29 @@ def entrypoint(config_rel: str, a) -> str:
     extra = list(a.sweep_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    return shlex.join(args + extra)
+    return args + extra
+
+
+def entrypoint(config_rel: str, a) -> str:
+    """`python -m fair.cli sweep ...` run by the cluster's own python (its PATH on the head)."""
+    return shlex.join(["python", "-m", "fair.cli", "sweep", *sweep_argv(config_rel, a)])
+
+
+def _sweep_args_error(message: str):
+    raise ClusterError(f"`fair sweep` would refuse its arguments ({message}); fix the flags after --")
+
+
+def load_job_sweep(root: Path, argv: list[str]):
+    """The sweep config as the job's `fair sweep` will load it, checked here: tune's own parser, the same
+    --set / --storage / --smoke-test, then load_sweep's offline validation (keys, values, dataset names,
+    storage URI). Storage access and the data files are the job's to check, on the cluster."""
+    from tune.cli import parser as sweep_parser
+    from tune.cli import sweep_overrides
+    from tune.sweep_config import load_sweep
+    p = sweep_parser()
+    p.error = _sweep_args_error        # one line, not argparse's usage text
+    t = p.parse_args(argv)
+    return load_sweep(str(root / t.config), sweep_overrides(t), smoke_test=t.smoke_test), t
 
 
 def _pairs(items: list[str], flag: str) -> dict:
@@ -171,26 +208,35 @@ def cmd_submit(a) -> int:
     except ValueError:
         raise ClusterError(f"sweep file {config} is outside the folder shipped to the cluster ({root}); "
                            f"put it there (e.g. configs/sweeps/) or pass --working-dir") from None
-    sweep = read_sweep(str(config), a.overrides)
+    argv = sweep_argv(config_rel, a)
+    cfg, t = load_job_sweep(root, argv)
+    _log_checked(cfg, data_on_cluster=t.no_data_check)
     env_file = a.runtime_env or runtime_env.default_file(root)
     renv = runtime_env.build(root, env_file, _pairs(a.env, "--env"))
     cluster = Cluster(a.address)
     if not a.no_check:
-        check_resources(cluster, sweep, a.cluster_config)
-    storage = a.storage or sweep.get("storage") or "./sweeps"
-    if "://" not in str(storage) and not Path(str(storage)).is_absolute():
+        check_resources(cluster, dataclasses.asdict(cfg), a.cluster_config)
+    storage = cfg.storage
+    if "://" not in storage and not Path(storage).is_absolute():
         log.warning("storage %s is relative: it lands in the job's folder on the head node and is lost with "
                     "it; pass --storage s3://bucket/prefix", storage)
-    name = f"{sweep['name']}-smoke" if a.smoke_test else sweep["name"]
     ep = entrypoint(config_rel, a)
-    job_id = cluster.submit(ep, renv, a.submission_id, metadata={"sweep": str(name)})
-    log.info("submitted sweep %s as %s to %s: %s", name, job_id, cluster.address, ep)
+    job_id = cluster.submit(ep, renv, a.submission_id, metadata={"sweep": cfg.name})
+    log.info("submitted sweep %s as %s to %s: %s", cfg.name, job_id, cluster.address, ep)
     log.info("records: %s/%s/records/dataset=*/<trial>.json; `fair cluster logs %s --follow`",
-             str(storage).rstrip("/"), name, job_id)
+             storage.rstrip("/"), cfg.name, job_id)
     print(job_id, flush=True)
     if not a.follow:
         return 0
     return _follow(cluster, job_id)
+
+
+def _log_checked(cfg, data_on_cluster: bool) -> None:
+    """One line: what was checked here, and what is left to the job."""
+    data = ("dataset files not checked here (they are on the cluster's GPU nodes; the job runs with "
+            "--no-data-check)" if data_on_cluster else "the job checks the dataset files on the head (--data-check)")
+    log.info("sweep %s: config valid (%d trials, %d datasets, storage %s); %s", cfg.name, cfg.total_trials,
+             len(cfg.datasets), cfg.storage, data)
 
 
 def _follow(cluster, job_id: str) -> int:
@@ -264,14 +310,16 @@ def cmd_validate(a) -> int:
 def cmd_plan(a) -> int:
     from cluster.plan import calibration_from_records, load_records, plan
     sweep = read_sweep(a.config, a.overrides)
+    if a.smoke_test:
+        sweep = smoke_sweep(sweep, a.config)
     calibration = None
     if a.records:
         recs = load_records(a.records)
         if not recs:
             raise ClusterError(f"no run records (*.json with schema_version) under {', '.join(a.records)}")
         calibration = calibration_from_records(recs, a.gpu_fraction)
-    nodes = _launcher_nodes(a.cluster_config) if a.cluster_config else None
-    print(plan(sweep, calibration, nodes, str(a.cluster_config or "")))
+    nodes, cap = _launcher(a.cluster_config) if a.cluster_config else (None, None)
+    print(plan(sweep, calibration, nodes, str(a.cluster_config or ""), cap))
     return 0
 
 

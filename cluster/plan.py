@@ -184,6 +184,9 @@ class Estimate:
     unfit: list[str] = field(default_factory=list)
     calibration_source: Optional[str] = None
     head: Optional[NodeType] = None
+    max_workers: Optional[int] = None     # the launcher's top-level cap on all worker nodes together
+    capped: bool = False                  # that cap, not the node types or the sweep, bounds concurrency
+    needs_max_concurrent: bool = False    # budget.max_concurrent null and resources.check_cluster false
 
     @property
     def trials_per_gpu(self) -> float:
@@ -237,32 +240,40 @@ def _image_costs(backbone: str, accelerator: str, num_crops: int, views: int,
     return fwd * (4 + num_crops) / 1000, fwd * (1 + views) / 1000, setup, "table"
 
 
-def _fill_nodes(req: TrialRequest, nodes: list[NodeType], wanted: int) -> tuple[list[NodeUse], int]:
+def _fill_nodes(req: TrialRequest, nodes: list[NodeType], wanted: int,
+                max_workers: Optional[int] = None) -> tuple[list[NodeUse], int, bool]:
     """Spread `wanted` concurrent trials over the worker node types, cheapest per trial slot first (what
-    the autoscaler roughly does for pending bundles); returns the uses and how many trials fit at once."""
+    the autoscaler roughly does for pending bundles), at most `max_workers` nodes of all types together
+    (the launcher's top-level cap; None: no cap). Returns the uses, how many trials fit at once, and
+    whether the cap kept nodes out that the sweep wanted and the node types allowed."""
     uses = [NodeUse(n, n.trials_per_node(req)) for n in nodes if n.max_workers > 0]
     uses = [u for u in uses if u.trials_per_node > 0]
     uses.sort(key=lambda u: (u.price[1] if u.node.spot else u.price[0]) / u.trials_per_node
               if not math.isnan(u.price[0]) else float("inf"))
-    left = wanted
-    placed = 0.0
+    left, placed, capped = wanted, 0.0, False
+    nodes_left = max_workers if max_workers is not None else sum(u.node.max_workers for u in uses)
     for u in uses:
         if left <= 0:
             break
-        u.nodes = min(u.node.max_workers, math.ceil(left / u.trials_per_node - 1e-9))
+        wanted_nodes = min(u.node.max_workers, math.ceil(left / u.trials_per_node - 1e-9))
+        u.nodes = min(wanted_nodes, nodes_left)
+        capped = capped or u.nodes < wanted_nodes
+        nodes_left -= u.nodes
         cap = u.nodes * u.trials_per_node
         placed += min(cap, left)
         left -= cap
-    return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9))
+    return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9)), capped
 
 
 def estimate(sweep: dict, calibration: Optional[dict] = None,
-             node_types: Optional[list[NodeType]] = None) -> Estimate:
-    """The numbers behind `plan` (see the module docstring)."""
+             node_types: Optional[list[NodeType]] = None, max_workers: Optional[int] = None) -> Estimate:
+    """The numbers behind `plan` (see the module docstring). `max_workers`: the launcher's top-level
+    cap on worker nodes of all types together (None with node_types None: cluster/aws-gpu.yaml's)."""
     if not isinstance(sweep, dict):
         raise ClusterError("a sweep must be a mapping (the sweep YAML)")
     if node_types is None:
         node_types = default_node_types()
+        max_workers = default_max_workers() if max_workers is None else max_workers
     name = str(sweep.get("name") or "sweep")
     datasets = _datasets(sweep)
     base = _base(sweep)
@@ -306,17 +317,30 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
     wanted = min(trials, int(budget["max_concurrent"]) if budget.get("max_concurrent") else trials)
     workers = [n for n in node_types if n.max_workers > 0]
     head = next((n for n in node_types if n.max_workers == 0), None)
-    uses, fit = _fill_nodes(req, workers, wanted)
+    uses, fit, capped = _fill_nodes(req, workers, wanted, max_workers)
     unfit = missing_resources(req, workers) if workers else ["no worker node types"]
     concurrency = min(wanted, fit) if uses else 0
     return Estimate(name, backbone, accelerator, req, works, epochs, e_asha, trials, concurrency, uses, unfit,
-                    (calibration or {}).get("source"), head)
+                    (calibration or {}).get("source"), head, max_workers, capped, _needs_max_concurrent(sweep))
+
+
+def _needs_max_concurrent(sweep: dict) -> bool:
+    """True when the sweep leaves its concurrency to the cluster it cannot see: budget.max_concurrent null
+    on an autoscaling cluster (resources.check_cluster false), where only the plan knows the full size."""
+    budget, res = sweep.get("budget") or {}, sweep.get("resources") or {}
+    return budget.get("max_concurrent") is None and res.get("check_cluster", True) is False
 
 
 def default_node_types() -> list[NodeType]:
     """The worker types of cluster/aws-gpu.yaml (the plan's default cluster)."""
     from cluster.validate import node_types, read_yaml
     return node_types(read_yaml(DEFAULT_LAUNCHER))
+
+
+def default_max_workers() -> Optional[int]:
+    """The top-level max_workers of cluster/aws-gpu.yaml (the plan's default cluster)."""
+    from cluster.validate import read_yaml, worker_cap
+    return worker_cap(read_yaml(DEFAULT_LAUNCHER))
 
 
 def _hours(h: float) -> str:
@@ -343,6 +367,12 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
         lines.append(f"    none can hold one trial: {'; '.join(e.unfit)}")
     lines.append(f"  concurrency: {e.concurrency} trials at once (the autoscaler starts the nodes above from zero "
                  f"as trials queue; idle nodes go after idle_timeout_minutes)")
+    if e.capped:
+        lines.append(f"    capped by the launcher's top-level max_workers: {e.max_workers} (all worker nodes "
+                     f"together); raise it to use more of the node types' max_workers")
+    if e.needs_max_concurrent and e.concurrency:
+        lines.append(f"  set budget.max_concurrent: {e.concurrency} in the sweep file (resources.check_cluster "
+                     f"is false: the sweep cannot see how far the autoscaler will grow the cluster)")
     lines.append("")
     unit = "GPU" if e.request.gpus > 0 else "trial"     # CPU-only trials: hours of one whole trial
     w = max([16] + [len(d.name) + 2 for d in e.datasets])
@@ -365,12 +395,13 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
 
 
 def plan(sweep: dict, calibration: Optional[dict] = None, node_types: Optional[list[NodeType]] = None,
-         launcher: str = "") -> str:
+         launcher: str = "", max_workers: Optional[int] = None) -> str:
     """Printable plan of a sweep mapping: trials, concurrency, GPU-hours, wall time, cost, node types.
 
     `calibration`: from `calibration_from_records` (measured costs); None uses the built-in table.
     `node_types`: a launcher config's (cluster.validate.node_types); None uses cluster/aws-gpu.yaml's.
+    `max_workers`: that launcher's top-level cap on all worker nodes (cluster.validate.worker_cap).
     """
     if node_types is None and not launcher:
         launcher = str(DEFAULT_LAUNCHER.relative_to(DEFAULT_LAUNCHER.parents[1]))
-    return format_estimate(estimate(sweep, calibration, node_types), launcher)
+    return format_estimate(estimate(sweep, calibration, node_types, max_workers), launcher)

@@ -116,6 +116,17 @@ def instance_name(node_config: dict) -> str:
     return name
 
 
+def worker_cap(config: dict) -> int | None:
+    """The launcher's top-level max_workers: Ray's cap on worker nodes of all types together (None when
+    the file does not set it; a prepared config always does, from the provider's defaults.yaml)."""
+    cap = config.get("max_workers")
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        raise ClusterError(f"launcher key 'max_workers' must be an integer >= 0, got {cap!r}")
+    return cap
+
+
 def node_types(config: dict) -> list[NodeType]:
     """The worker node types of a launcher config (resources as declared, else from the instance table)."""
     head = config.get("head_node_type")

@@ -64,6 +64,28 @@ def run_name(cfg: FairConfig) -> str:
     return cfg.run.name or f"{cfg.data.dataset}-{cfg.method}-s{cfg.seed}"
 
 
+def record_identity(cfg: FairConfig) -> dict:
+    """The fields of a record that say which run it is (docs/record.md); completed and failed alike."""
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": run_name(cfg), "method": cfg.method,
+        "dataset": cfg.data.dataset, "backbone": cfg.model.name, "pretrained": cfg.model.pretrained,
+        "seed": cfg.seed, "sweep": None, "config": to_dict(cfg),
+        "hparams": {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("run.")
+                    and not isinstance(v, (list, dict))},
+    }
+
+
+def failed_record(cfg: FairConfig, error: str) -> dict:
+    """The record of a run that ended in error (status "failed", no metrics), so that results tables can
+    say a dataset failed instead of leaving it out."""
+    return {**record_identity(cfg), "status": "failed", "error": error, "metrics": None,
+            "provenance": {"created_at": _now()}}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
           resume_from: str | Path | None = None) -> dict:
     """Run one adaptation in `run_dir` and return the final record (also written as record.json).
@@ -171,19 +193,9 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     wall = time.perf_counter() - t_start
     n_train_imgs = sum(r.get("images_per_s", 0) * r.get("epoch_s", 0) for r in rows)
     record = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_name(cfg),
+        **record_identity(cfg),
         "status": "completed",
         "error": None,
-        "method": cfg.method,
-        "dataset": cfg.data.dataset,
-        "backbone": cfg.model.name,
-        "pretrained": cfg.model.pretrained,
-        "seed": cfg.seed,
-        "sweep": None,
-        "config": to_dict(cfg),
-        "hparams": {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("run.")
-                    and not isinstance(v, (list, dict))},
         "metrics": metrics,
         "timings": {
             "wall_s": wall, "setup_s": setup_s, "train_s": train_s, "eval_s": eval_s,
@@ -364,6 +376,6 @@ def provenance(data: PreparedData, descriptions_sha: str | None, device: torch.d
         "split_sha256": data.split_sha256, "split_files_sha256": data.split_files,
         "host": socket.gethostname(), "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "num_processes": world_size(), "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "num_processes": world_size(), "created_at": _now(),
         "pid": os.getpid(),
     }

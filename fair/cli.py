@@ -49,6 +49,21 @@ def _missing_module(command: str, e: ModuleNotFoundError) -> int:
     return 2
 
 
+# `fair sweep` flags that mean nothing to an estimate of the full sweep (`fair cluster plan`).
+_NOT_PLANNED = {"--dry-run", "--no-data-check", "--resume", "--address", "--num-cpus"}
+
+
+def _plan_args(args: list[str]) -> list[str]:
+    """`fair sweep ... --plan` arguments for `fair cluster plan`; a run-only flag is a one-line error."""
+    from fair.errors import FairError
+    for a in args:
+        flag = a.split("=", 1)[0]
+        if flag in _NOT_PLANNED:
+            raise FairError(f"--plan estimates the sweep of --config and takes no {flag}; drop it (plan flags: "
+                            f"--set, --smoke-test, --records, --gpu-fraction, --cluster-config)")
+    return [a for a in args if a != "--plan"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -63,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] == "sweep" and "--plan" in argv:
             # `fair sweep --plan` is the planner of cluster/ (tune/ never imports cluster/).
-            argv = ["cluster", "plan"] + [a for a in argv[1:] if a != "--plan"]
+            argv = ["cluster", "plan"] + _plan_args(argv[1:])
         fn = _dispatch(argv[0])
         if fn is None:
             print(f"fair: unknown command {argv[0]!r}; run `fair --help` for the list", file=sys.stderr)

@@ -85,6 +85,11 @@ def _table(a: argparse.Namespace) -> int:
     df = load_trials(_open_existing(a.store, _options(a)), a.sweep)
     table = detail_table(df, a.dataset, a.metric, a.top) if a.detail else main_table(df, a.metric)
     text = render(table, a.format)
+    for line in table.failures:  # on stderr whatever the format: a CSV body carries no notes
+        log.warning("failed trials: %s", line)
+    if table.failures:
+        log.warning("results are incomplete: %d dataset(s) have failed trials; read the `error` of their "
+                    "records, fix the cause and rerun those trials", len(table.failures))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text, encoding="utf-8")

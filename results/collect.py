@@ -20,7 +20,7 @@ from typing import Callable
 from results.errors import ResultsError
 from results.parquet import compact, write_rows
 from results.schema import RecordRows, record_to_rows
-from results.store import LocalStore, S3Options, S3Store, Store, open_store
+from results.store import LocalStore, S3Options, S3Store, Store, open_store, s3_uri
 
 log = logging.getLogger(__name__)
 _SWEEP_RECORD = re.compile(r"(?:^|/)(?P<sweep>[^/]+)/records/dataset=[^/]+/[^/]+\.json$")
@@ -63,8 +63,9 @@ def find_records(sources: list[str], options: S3Options | None = None) -> list[F
 
 
 def _find_in(source: str, options: S3Options | None) -> list[FoundRecord]:
-    if source.startswith("s3://"):
-        bucket, _, prefix = source[5:].partition("/")
+    s3 = s3_uri(source)
+    if s3 is not None:
+        bucket, _, prefix = s3[5:].partition("/")
         store = open_store(f"s3://{bucket}", options)
         if prefix.endswith(".json"):
             return [FoundRecord(store, prefix)] if store.exists(prefix) else []

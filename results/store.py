@@ -290,12 +290,23 @@ class S3Store(Store):
         return fs.S3FileSystem(**kwargs), path
 
 
+def s3_uri(text: str) -> str | None:
+    """`text` as `s3://...` (scheme in lower case) when it names S3, else None. A text that starts with
+    `s3:` but not `s3://` (e.g. `s3:/bucket/x`) is a ResultsError rather than a local folder of that name."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or scheme.lower() != "s3":
+        return None
+    if not rest.startswith("//"):
+        raise ResultsError(f"{text!r} is not an S3 location: write s3://bucket/prefix (two slashes)")
+    return "s3://" + rest[2:]
+
+
 def open_store(uri: str | os.PathLike, options: S3Options | None = None) -> Store:
     """A store for a local folder or `s3://bucket/prefix`."""
     text = os.fspath(uri)
-    if text.startswith("s3://"):
-        rest = text[5:]
-        bucket, _, prefix = rest.partition("/")
+    s3 = s3_uri(text)
+    if s3 is not None:
+        bucket, _, prefix = s3[5:].partition("/")
         if not bucket:
             raise ResultsError(f"{text!r} names no bucket; use s3://BUCKET/PREFIX")
         return S3Store(bucket, prefix, options)

@@ -4,6 +4,10 @@ Selection never looks at test accuracy: within each (sweep, method, backbone, pr
 the configuration (hyperparameters without the seed) with the best validation objective (`val_top1`, mean
 over its seeds) is picked; ties go to the configuration with the smallest trial id. The reported metric is
 then the mean ± sample std over the seeds of that configuration.
+
+Failed trials are never hidden: every dataset with a record gets a column, a group with no completed trial on
+a dataset shows `failed` there (CSV: an empty value), its Mean is withheld, and each dataset with failed trials
+gets a line under the table (`Table.failures`) with its counts and most common error.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,19 +37,24 @@ BASELINES = {"test_top1": (("zeroshot_top1", "Zero-shot (same runs)"), ("wca_top
 METRIC_WORDS = {"test_top1": "test top-1 accuracy (%)", "test_mean_per_class": "test mean per-class accuracy (%)",
                 "gain_over_zeroshot": "gain of test top-1 over zero-shot (points)"}
 STANDIN_NOTE = "stand-in model, not CLIP results"
+FAILED = "failed"                          # the cell marker of a group whose trials on a dataset all failed
+NO_ERROR = "(no error message)"
+FAILURES_TITLE = "Incomplete: failed trials (per dataset: counts and the most common error)"
 
 
 @dataclass(frozen=True)
 class Stat:
-    """A mean over `n` seeds and its sample standard deviation (None with one seed)."""
+    """A mean over `n` seeds and its sample standard deviation (None with one seed). Without a mean, `marker`
+    says why (e.g. `failed`); empty means nothing to report, shown as "–"."""
 
     mean: float | None
     std: float | None = None
     n: int = 0
+    marker: str = ""
 
     def text(self, digits: int = 1) -> str:
         if self.mean is None:
-            return "–"
+            return self.marker or "–"
         if self.std is None or self.n < 2:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
@@ -52,13 +62,15 @@ class Stat:
 
 @dataclass
 class Table:
-    """A rendered-agnostic table: header labels, CSV names, cells (str or Stat) and notes under it."""
+    """A rendered-agnostic table: header labels, CSV names, cells (str or Stat), notes under it and
+    `failures`, one line per dataset with failed trials (under the table in md/latex; the CLI logs them)."""
 
     labels: list[str]
     names: list[str]
     rows: list[list[Any]]
     notes: list[str] = field(default_factory=list)
     bold_best: bool = False
+    failures: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -75,6 +87,42 @@ def load_trials(store: Store, sweeps: list[str] | None = None) -> pd.DataFrame:
 def completed(df: pd.DataFrame) -> pd.DataFrame:
     """The completed trials that have a validation objective (the only ones a pick may choose)."""
     return df[(df["status"] == "completed") & df[SELECT_BY].notna()]
+
+
+def failed(df: pd.DataFrame) -> pd.DataFrame:
+    """The failed trials."""
+    return df[df["status"] == "failed"]
+
+
+def _first_line(error: Any) -> str:
+    text = "" if error is None or pd.isna(error) else str(error).strip()
+    line = text.splitlines()[0].strip() if text else NO_ERROR
+    return line if len(line) <= 160 else line[:159] + "…"
+
+
+def top_error(rows: pd.DataFrame) -> tuple[str, int]:
+    """The most common first line of `error` among the failed `rows` and its count (ties: sorted first)."""
+    counts = Counter(_first_line(e) for e in failed(rows)["error"])
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0])) if counts else (NO_ERROR, 0)
+
+
+def failure_lines(df: pd.DataFrame) -> list[str]:
+    """One line per dataset with failed trials: completed / failed counts and the most common error."""
+    lines = []
+    for d in sorted(failed(df)["dataset"].unique()):
+        rows = df[df["dataset"] == d]
+        n_failed = len(failed(rows))
+        error, count = top_error(rows)
+        lines.append(f"{d}: {int((rows['status'] == 'completed').sum())} completed, {n_failed} failed; "
+                     f"most common error ({count} of {n_failed}): {error}")
+    return lines
+
+
+def _or_marker(stat: Stat, rows: pd.DataFrame) -> Stat:
+    """`stat`, or when it has no value the marker `failed` if `rows` (the cell's trials) are failed only."""
+    if stat.mean is not None or rows.empty or (rows["status"] == "completed").any():
+        return stat
+    return Stat(None, marker=FAILED)
 
 
 def seed_stat(rows: pd.DataFrame, column: str) -> Stat:
@@ -140,6 +188,7 @@ def _group_sort_key(g: tuple) -> tuple:
 
 
 def _mean_cell(cells: list[Stat]) -> Stat:
+    """The mean over datasets; withheld (no value) when any dataset has none, never a mean over a subset."""
     if not cells or any(c.mean is None for c in cells):
         return Stat(None)
     return Stat(sum(c.mean for c in cells) / len(cells))
@@ -154,40 +203,63 @@ def _standin_notes(df: pd.DataFrame) -> list[str]:
 # ------------------------------------------------------------------------------------------- main table
 
 def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
-    """Methods (one row per sweep/method group) × datasets + Mean, plus the zero-shot and WCA rows."""
+    """Methods (one row per sweep/method group) × datasets + Mean, plus the zero-shot and WCA rows.
+
+    Every dataset with a record (completed or failed) gets a column; see the module docstring for failures."""
     if metric not in df.columns or metric.startswith("val"):
         raise ResultsError(f"cannot report metric {metric!r}: use a test metric such as test_top1 or "
                            "test_mean_per_class")
     done = completed(df)
     if done.empty:
-        raise ResultsError("no completed trials with a validation objective (val_top1) to pick from")
-    datasets = sorted(done["dataset"].unique())
-    backbones = sorted({(b, p) for b, p in zip(done["backbone"], done["pretrained"])})
+        raise ResultsError(f"no completed trials with a validation objective (val_top1) to pick from"
+                           f"{_failed_summary(df)}")
+    datasets = sorted(df["dataset"].unique())
+    backbones = sorted({(b, p) for b, p in zip(df["backbone"], df["pretrained"])})
     many_backbones = len(backbones) > 1
     rows: list[list[Any]] = []
 
     for backbone, pretrained in backbones:
         suffix = f", {backbone}/{pretrained}" if many_backbones else ""
-        sub = done[(done["backbone"] == backbone) & (done["pretrained"] == pretrained)]
+        mine = df[(df["backbone"] == backbone) & (df["pretrained"] == pretrained)]
+        sub = completed(mine)
         for column, label in BASELINES.get(metric, ()):
             if column in sub.columns and sub[column].notna().any():
-                cells = [seed_stat(sub[sub["dataset"] == d], column) for d in datasets]
+                cells = [_or_marker(seed_stat(sub[sub["dataset"] == d], column), mine[mine["dataset"] == d])
+                         for d in datasets]
                 rows.append([label + suffix, *cells, _mean_cell(cells)])
 
     picked = picked_trials(done)
-    for g in groups_of(done):
-        cells = [seed_stat(picked[(g, d)], metric) if (g, d) in picked else Stat(None) for d in datasets]
+    for g in groups_of(df):
+        mine = group_rows(df, g)
+        cells = [_or_marker(seed_stat(picked[(g, d)], metric) if (g, d) in picked else Stat(None),
+                            mine[mine["dataset"] == d]) for d in datasets]
         rows.append([method_label(g, many_backbones), *cells, _mean_cell(cells)])
 
     n_max = max((c.n for r in rows for c in r[1:-1] if isinstance(c, Stat)), default=1)
     notes = [f"{METRIC_WORDS.get(metric, metric)}; per dataset, the configuration with the best validation "
              f"top-1 (`{SELECT_BY}`) is picked, never by test accuracy"
              + ("; mean ± std over seeds where there are several." if n_max > 1 else ".")
-             + " Rows in parentheses name the sweep. Mean: over datasets."]
+             + f" Rows in parentheses name the sweep. Mean: over all {len(datasets)} datasets, withheld (–) "
+               "for a row that lacks one."
+             + (f" `{FAILED}`: every trial of the row on that dataset failed." if _has_marker(rows) else "")]
     if many_backbones:
         notes.append("Rows name backbone/pretrained weights.")
     notes += _standin_notes(done)
-    return Table(["Method", *datasets, "Mean"], ["row", *datasets, "mean"], rows, notes, bold_best=True)
+    return Table(["Method", *datasets, "Mean"], ["row", *datasets, "mean"], rows, notes, bold_best=True,
+                 failures=failure_lines(df))
+
+
+def _has_marker(rows: list[list[Any]]) -> bool:
+    return any(isinstance(c, Stat) and c.marker == FAILED for r in rows for c in r)
+
+
+def _failed_summary(df: pd.DataFrame) -> str:
+    """'; N failed trials (most common error: ...)' for an error message, or '' when none failed."""
+    n_failed = len(failed(df))
+    if not n_failed:
+        return ""
+    error, count = top_error(df)
+    return f"; {n_failed} failed trials (most common error, {count} of {n_failed}: {error})"
 
 
 # ------------------------------------------------------------------------------------------ detail view
@@ -203,10 +275,12 @@ def _fmt_value(v: Any) -> str:
 def detail_table(df: pd.DataFrame, dataset: str, metric: str = "test_top1", top: int = 5) -> Table:
     """For one dataset: per group, the `top` configurations by validation objective with their
     hyperparameters (those that vary within the group), seeds and trials."""
-    done = completed(df[df["dataset"] == dataset])
+    mine = df[df["dataset"] == dataset]
+    done = completed(mine)
     if done.empty:
         known = ", ".join(sorted(df["dataset"].unique()))
-        raise ResultsError(f"no completed trials for dataset {dataset!r}; datasets in the store: {known}")
+        raise ResultsError(f"no completed trials for dataset {dataset!r}{_failed_summary(mine)}; datasets in "
+                           f"the store: {known}")
     if metric not in df.columns:
         raise ResultsError(f"unknown metric {metric!r}; use e.g. test_top1 or test_mean_per_class")
     shown = []
@@ -231,7 +305,7 @@ def detail_table(df: pd.DataFrame, dataset: str, metric: str = "test_top1", top:
     notes += _standin_notes(done)
     labels = ["Rank", "Sweep", "Method", "Trials", "Seeds", "Val top-1", metric, "Gain vs ZS", *hp_names]
     names = ["rank", "sweep", "method", "trials", "seeds", "val_top1", metric, "gain_over_zeroshot", *hp_names]
-    return Table(labels, names, table_rows, notes)
+    return Table(labels, names, table_rows, notes, failures=failure_lines(mine))
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -267,6 +341,9 @@ def to_markdown(table: Table) -> str:
     if table.notes:
         lines.append("")
         lines += [f"*{n}*" if i == 0 else n for i, n in enumerate(table.notes)]
+    if table.failures:
+        lines += ["", f"**{FAILURES_TITLE}:**", ""]
+        lines += [f"- {line}" for line in table.failures]
     return "\n".join(lines) + "\n"
 
 
@@ -284,16 +361,20 @@ def to_latex(table: Table) -> str:
     best = _best_per_column(table)
 
     def cell(c: Any, j: int) -> str:
-        if isinstance(c, Stat):
-            text = "--" if c.mean is None else (f"{c.mean:.1f}" if c.std is None or c.n < 2
-                                                else f"{c.mean:.1f} $\\pm$ {c.std:.1f}")
+        if isinstance(c, Stat) and c.mean is None:
+            text = latex_escape(c.marker) or "--"
+        elif isinstance(c, Stat):
+            text = f"{c.mean:.1f}" if c.std is None or c.n < 2 else f"{c.mean:.1f} $\\pm$ {c.std:.1f}"
         else:
             text = latex_escape(str(c)).replace("–", "--")
         return f"\\textbf{{{text}}}" if _is_best(c, j, best) else text
 
     numeric = [any(isinstance(r[j], Stat) for r in table.rows) for j in range(len(table.labels))]
     spec = "".join("r" if n else "l" for n in numeric)
-    caption = latex_escape(" ".join(table.notes).replace("`", "")).replace("±", "$\\pm$")
+    notes = table.notes + ([f"{FAILURES_TITLE}: " + ". ".join(f.rstrip(".") for f in table.failures) + "."]
+                           if table.failures else [])
+    text = " ".join(notes).replace("`", "").replace("–", "--").replace("…", "...")
+    caption = latex_escape(text).replace("±", "$\\pm$")
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
              " & ".join(latex_escape(x) for x in table.labels) + " \\\\", "\\midrule"]
     lines += [" & ".join(cell(c, j) for j, c in enumerate(r)) + " \\\\" for r in table.rows]
@@ -306,7 +387,8 @@ def _csv_number(x: float | None) -> str:
 
 
 def to_csv(table: Table) -> str:
-    """CSV with numbers unformatted: a numeric column `c` becomes `c`, `c_std` and `c_n` (seeds)."""
+    """CSV with numbers unformatted: a numeric column `c` becomes `c`, `c_std` and `c_n` (seeds). A cell
+    without a value (failed, withheld) is empty with n 0; notes and failures are not in the CSV."""
     numeric = [any(isinstance(r[j], Stat) for r in table.rows) for j in range(len(table.names))]
     header = []
     for name, num in zip(table.names, numeric):

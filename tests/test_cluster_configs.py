@@ -236,3 +236,57 @@ def test_autoscaler_status_node_types():
     assert node_type_names("Cluster status: 0 nodes\n - ResourceUsage: 0.0/4.0 CPU\nWorker node types:") == set()
     readonly = node_type_names("Active:\n 1 node_5e777cad2c366b82fabc5b1dc6e7a9b0137dd4020adeca9a542d8848\n")
     assert readonly and all(_READONLY_TYPE.match(t) for t in readonly)
+
+
+class FakeCluster:
+    """Stands in for cluster.jobs.Cluster: an autoscaling cluster with no node yet that records submits."""
+    submitted: list = []
+
+    def __init__(self, address=None):
+        self.address = address or "http://127.0.0.1:8265"
+
+    def nodes(self):
+        return []
+
+    def autoscaling(self):
+        return True
+
+    def submit(self, entrypoint, runtime_env, submission_id=None, metadata=None):
+        FakeCluster.submitted.append((entrypoint, metadata))
+        return "raysubmit_fake"
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+    import cluster.jobs
+    FakeCluster.submitted = []
+    monkeypatch.setattr(cluster.jobs, "Cluster", FakeCluster)
+    return FakeCluster
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--set", "base.train.lrr=1e-4"], "train.lrr"),
+    (["--set", "datasets=[dtd,oxfordpets]"], "oxfordpets"),
+    (["--storage", "s3:/fair-sweeps/x"], "s3:/fair-sweeps/x"),
+    (["--set", "budget.trials_per_dataset=0"], "trials_per_dataset"),
+    (["--", "--set", "budget.epochs=0"], "budget.epochs"),          # `fair sweep` flags after -- too
+    (["--", "--no-such-flag"], "--no-such-flag"),
+], ids=["fair-key", "dataset", "storage", "budget", "after-dashdash", "unknown-flag"])
+def test_submit_validates_sweep_before_submitting(fake_cluster, bad, says, capsys):
+    """What the job's `fair sweep` would refuse is refused here: one line, exit 2, nothing submitted."""
+    argv = ["cluster", "submit", "--config", str(ROOT / "configs/sweeps/demo.yaml"), "--storage", "s3://b/p"]
+    rc, out, err = _fair(argv + bad, capsys)
+    assert rc == 2 and not out and err.count("\n") == 1 and says in err, err
+    assert fake_cluster.submitted == []
+
+
+def test_submit_valid_sweep_says_data_is_unchecked(fake_cluster, tmp_path, capsys, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="cluster")
+    rc, out, err = _fair(["cluster", "submit", "--config", str(ROOT / "configs/sweeps/demo.yaml"), "--smoke-test",
+                          "--storage", str(tmp_path), "--set", "budget.epochs=3"], capsys)
+    assert rc == 0 and out.strip() == "raysubmit_fake", err
+    (ep, meta), = fake_cluster.submitted
+    assert meta == {"sweep": "demo-smoke"} and "--no-data-check" in ep and "--set budget.epochs=3" in ep
+    checked = [r.getMessage() for r in caplog.records if "config valid" in r.getMessage()]
+    assert len(checked) == 1 and "dataset files not checked here" in checked[0] and "2 trials" in checked[0]

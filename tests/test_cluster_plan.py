@@ -143,3 +143,60 @@ def test_direct_runner_costs_less_orchestration_per_trial():
     saved = estimate(trainer).gpu_hours() - estimate(direct).gpu_hours()
     per_trial = (RUNNER_OVERHEAD_S["trainer"] - RUNNER_OVERHEAD_S["direct"]) * 0.25 / 3600
     assert saved == pytest.approx(130 * per_trial)
+
+
+def test_global_max_workers_caps_all_node_types():
+    """The launcher's top-level max_workers bounds the worker nodes of all types together (Ray's rule)."""
+    small = NodeType("small", {"CPU": 16, "GPU": 1}, max_workers=8, instance="g5.4xlarge", accelerator="A10G",
+                     spot=True)
+    large = NodeType("large", {"CPU": 48, "GPU": 4}, max_workers=2, instance="g5.12xlarge", accelerator="A10G")
+    free = estimate(sweep(), node_types=[small, large])
+    assert free.concurrency == 8 * 4 + 2 * 16 and not free.capped
+    capped = estimate(sweep(), node_types=[small, large], max_workers=8)
+    assert sum(u.nodes for u in capped.node_use) == 8 and capped.concurrency == 8 * 4 and capped.capped
+    assert "capped by the launcher's top-level max_workers: 8" in plan(sweep(), node_types=[small, large],
+                                                                          max_workers=8)
+    assert estimate(sweep(max_concurrent=20), node_types=[small, large], max_workers=8).capped is False
+
+
+def test_plan_cli_reads_the_launchers_global_cap(tmp_path, capsys):
+    import yaml
+    from fair.cli import main
+    launcher = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    launcher["max_workers"] = 8
+    path = tmp_path / "aws-capped.yaml"
+    path.write_text(yaml.safe_dump(launcher))
+    cfg = str(ROOT / "configs" / "sweeps" / "paper13-vitb32.yaml")
+    assert main(["cluster", "plan", "--config", cfg, "--set", "budget.max_concurrent=null",
+                 "--cluster-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "concurrency: 32 trials at once" in out and "max_workers: 8" in out
+    assert "set budget.max_concurrent: 32" in out
+
+
+def test_shipped_launchers_plan_their_full_size():
+    """Each launcher's global cap is the sum of its per-type caps, so the plan's concurrency is real."""
+    from cluster.validate import node_types, read_yaml, worker_cap
+    for name in ("aws-gpu.yaml", "gcp-gpu.yaml"):
+        raw = read_yaml(ROOT / "cluster" / name)
+        nodes = node_types(raw)
+        assert worker_cap(raw) == sum(n.max_workers for n in nodes), name
+        assert not estimate(sweep(trials_per_dataset=40), node_types=nodes, max_workers=worker_cap(raw)).capped
+
+
+def test_max_concurrent_hint_only_when_the_sweep_cannot_see_the_cluster():
+    auto = sweep()
+    auto["resources"]["check_cluster"] = False
+    assert f"set budget.max_concurrent: {estimate(auto).concurrency}" in plan(auto)
+    assert "set budget.max_concurrent" not in plan(sweep())                      # check_cluster on
+    auto["budget"]["max_concurrent"] = 12
+    assert "set budget.max_concurrent" not in plan(auto)                         # already set
+
+
+def test_sweep_plan_takes_smoke_test(capsys):
+    """`fair sweep --config X --plan --smoke-test` plans the shrunk sweep (it was 'unrecognized arguments')."""
+    from fair.cli import main
+    assert main(["sweep", "--config", str(ROOT / "configs" / "sweeps" / "demo.yaml"), "--plan", "--smoke-test",
+                 "--storage", "s3://b/p"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'demo-smoke'" in out and "2 datasets x 1 = 2, 1 epochs each" in out

@@ -201,3 +201,75 @@ def test_missing_descriptions_fail_before_ray(tmp_path, capsys):
     p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"],
                                        base={**BASE, "data": {**data, "description_fallback": True}})))
     assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 0
+
+
+def _imagefolder(root, classes=("cat", "dog")):
+    from PIL import Image
+    for part, n in (("train", 4), ("test", 2)):
+        for c in classes:
+            (root / part / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8)).save(root / part / c / f"{i}.png")
+    return {"dataset": "imagefolder", "root": str(root), "val_per_class": 1}
+
+
+def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys):
+    """A descriptions file that leaves a class empty would fail every trial after the model is loaded."""
+    import json
+    data = _imagefolder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "descriptions.json").write_text(json.dumps({"cat": ["a small feline"], "dog": []}))
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, "data": data})))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "imagefolder" in err and "'dog'" in err and "'cat'" not in err, err
+
+
+def test_every_missing_dataset_is_named_at_once_with_the_prepare_command(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    base = {**BASE, "data": {"val_per_class": 2, "root": str(tmp_path / "nowhere")}}
+    p.write_text(yaml.safe_dump(_sweep(datasets=["dtd", "eurosat", "fashion_mnist"], base=base)))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3 of 3 datasets are not ready" in err, err
+    assert "fair data prepare dtd" in err and "fair data prepare eurosat" in err
+    assert "fair data prepare fashion_mnist" not in err      # Debian's package, not a download
+
+
+def test_unknown_dataset_and_one_slash_s3_are_refused_even_without_the_data_check(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(datasets=["oxfordpets"])))
+    assert fair_main(["sweep", "-c", str(p), "--no-data-check", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'oxfordpets'" in err and "did you mean 'oxford_pets'" in err, err
+    with pytest.raises(FairError, match="s3://bucket/prefix"):
+        load_sweep(None, mapping=_sweep(storage="s3:/bucket/x"))
+
+
+def test_per_dataset_entries_of_datasets_left_out_are_ignored(caplog):
+    sweep = load_sweep("configs/sweeps/paper13-vitb32.yaml", overrides=["datasets=[dtd,oxford_pets]"])
+    assert sweep.datasets == ["dtd", "oxford_pets"] and sweep.per_dataset == {}
+    assert "sun397" in caplog.text and "ignored" in caplog.text
+
+
+def test_autoscaling_cluster_needs_max_concurrent_and_uses_it():
+    """check_cluster false: the resources seen at start (a head with no GPU) say nothing of the cluster's
+    full size, so the sweep must be told how many trials to keep in flight, and keeps that many."""
+    from tune.cluster import max_concurrent
+    gpu = {"resources": {"per_worker": {"CPU": 2, "GPU": 0.25}, "check_cluster": False}}
+    with pytest.raises(FairError, match="budget.max_concurrent"):
+        load_sweep(None, mapping=_sweep(**gpu))
+    cfg = load_sweep(None, mapping=_sweep(**gpu, budget={"trials_per_dataset": 40, "epochs": 1,
+                                                         "max_concurrent": 64}))
+    assert max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent) == 64
+
+
+def test_failed_trial_error_line_is_the_innermost_exception():
+    from tune.failures import error_line
+    text = ("Failure # 1 (occurred at 2026-11-29_02-00-00)\nray::run_trial()\nRuntimeError: first attempt\n"
+            "Failure # 2 (occurred at 2026-11-29_02-05-00)\nray::run_trial() (pid=1, ip=10.0.0.1)\n"
+            "  File \"fair/text.py\", line 45, in load_descriptions\n"
+            "fair.errors.FairError: descriptions file '/x.json' not found; fix data.descriptions\n")
+    assert error_line(text) == "fair.errors.FairError: descriptions file '/x.json' not found; fix data.descriptions"
+    assert error_line("") .startswith("unknown error")
+    assert len(error_line("ValueError: " + "x" * 2000)) == 500

@@ -84,6 +84,31 @@ def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, 
     print(f"2x2 sweep on {'s3' if use_s3 else 'local'}: {time.monotonic() - t:.1f} s")
 
 
+def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ray_session, tmp_path):
+    """A dataset whose trials all fail must show in the results as failed, not vanish."""
+    from results.schema import record_to_rows
+    from tune.sweep import preflight, run
+    broken = {"fashion_mnist_shifted": {"data": {"descriptions": str(tmp_path / "missing.json")}}}
+    d = sweep_dict("fail", str(tmp_path / "sweeps"), trials=1, per_dataset=broken,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"},
+                   ray={"summary_every_s": 3600, "trial_max_failures": 0, "worker_max_failures": 0})
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg, data_check=False)          # the data check would have caught it before Ray
+    result = run(cfg, uri)
+    assert result.errored_by == {"fashion_mnist_shifted": 1}
+    recs = st.list_records(uri, cfg.name)
+    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
+    assert st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", recs["fashion_mnist"][0]))["status"] == \
+        "completed"
+    (tid,) = recs["fashion_mnist_shifted"]
+    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist_shifted", tid))
+    assert rec["status"] == "failed" and rec["metrics"] is None and rec["run_id"] == tid
+    assert "FairError" in rec["error"] and "missing.json" in rec["error"] and "not found" in rec["error"]
+    assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": "fashion_mnist_shifted"}
+    rows = record_to_rows(rec, "test")                  # the results tables accept it
+    assert rows.trial["status"] == "failed" and rows.dataset == "fashion_mnist_shifted"
+
+
 @pytest.mark.parametrize("runner", ["trainer", "direct"])
 def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner):
     """`trainer`: Train restarts the worker group; `direct`: Tune restarts the trial. Both from epoch 1."""

@@ -35,7 +35,18 @@ def parser() -> argparse.ArgumentParser:
                    help="skip `fair data check` and the descriptions check on this machine (data only on the "
                         "cluster's nodes)")
     p.add_argument("--dry-run", action="store_true", help="run every check (Ray, storage, data), start no trial")
+    # Handled by `fair` itself, which hands them to `fair cluster plan`; listed here for --help.
+    p.add_argument("--plan", action="store_true", help="estimate trials, GPU-hours, wall time and cost instead "
+                   "of running (`fair cluster plan`; with --set, --records, --gpu-fraction, --cluster-config)")
+    p.add_argument("--records", nargs="+", metavar="PATH", help="with --plan: run folders or records whose "
+                   "measured per-image costs replace the built-in table")
     return p
+
+
+def sweep_overrides(a: argparse.Namespace) -> list[str]:
+    """The sweep-file overrides of parsed `fair sweep` arguments: --set, then --storage and --num-cpus."""
+    overrides = list(a.overrides) + ([f"storage={a.storage}"] if a.storage else [])
+    return overrides + ([f"ray.num_cpus={a.num_cpus}"] if a.num_cpus else [])
 
 
 def main(argv: list[str]) -> int:
@@ -46,8 +57,7 @@ def main(argv: list[str]) -> int:
     from tune import storage as st
     from tune.sweep import load_saved, preflight, run
     from tune.sweep_config import load_sweep, shrink_for_smoke_test, validate
-    overrides = list(a.overrides) + ([f"storage={a.storage}"] if a.storage else [])
-    overrides += [f"ray.num_cpus={a.num_cpus}"] if a.num_cpus else []
+    overrides = sweep_overrides(a)
     if a.config:
         cfg = load_sweep(a.config, overrides, smoke_test=a.smoke_test)
     else:

@@ -67,8 +67,12 @@ def max_concurrent(per_trial: dict[str, float], check: bool, cap: int | None) ->
 
     Raises FairError when even one trial does not fit (and `check` is on): Ray would wait forever.
     Tune itself only sees the trial driver's tiny request, so without this bound it would start every
-    trial and leave their worker groups queueing.
+    trial and leave their worker groups queueing. Without `check` (an autoscaling cluster, which starts
+    small and grows as trials queue) the resources seen now say nothing of the cluster's full size: the
+    bound is `cap` (budget.max_concurrent, which the sweep config requires then).
     """
+    if not check and cap:
+        return cap
     import ray
     total = ray.cluster_resources()
     fits = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -21,14 +22,24 @@ from fair.errors import FairError
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def resolve(storage: str, base_dir: str | Path | None = None) -> str:
-    """A storage URI Ray accepts: s3:// kept as is; local paths made absolute (Ray needs that)."""
+def check_uri(storage: str) -> None:
+    """A one-line FairError for a storage string that is neither a local folder nor s3://bucket/prefix."""
     if "://" in storage:
         scheme = storage.split("://", 1)[0]
         if scheme not in ("s3", "file"):
             raise FairError(f"storage {storage!r}: only local folders and s3://bucket/prefix are supported")
         if scheme == "s3" and not storage[5:].strip("/"):
             raise FairError("storage 's3://' needs a bucket: s3://bucket/prefix")
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", storage):
+        # 's3:/bucket/x' would otherwise become a local folder named 's3:' and the sweep would write there
+        raise FairError(f"storage {storage!r} is not a URI (one slash?); write s3://bucket/prefix, or a local "
+                        f"folder without a scheme")
+
+
+def resolve(storage: str, base_dir: str | Path | None = None) -> str:
+    """A storage URI Ray accepts: s3:// kept as is; local paths made absolute (Ray needs that)."""
+    check_uri(storage)
+    if "://" in storage:
         return storage.rstrip("/")
     p = Path(storage).expanduser()
     if not p.is_absolute():

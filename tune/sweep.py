@@ -25,16 +25,19 @@ class SweepResult:
     trials: int
     errored: list = field(default_factory=list)
     best: dict = field(default_factory=dict)          # dataset -> {"trial_id", "objective", metrics...}
-    records: dict = field(default_factory=dict)       # dataset -> [trial ids]
+    records: dict = field(default_factory=dict)       # dataset -> [trial ids] (completed and failed records)
+    errored_by: dict = field(default_factory=dict)    # dataset -> trials that ended in error
 
     def table(self, objective: str) -> str:
         lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored; records in "
                  f"{st.join(self.storage, self.name, 'records')}",
-                 f"{'dataset':24s} {'records':>7s}  {'best trial':12s} {objective:>10s} {'test_top1':>9s}"]
-        for d in sorted(set(self.best) | set(self.records)):
+                 f"{'dataset':24s} {'records':>7s} {'errored':>7s}  {'best trial':12s} {objective:>10s} "
+                 f"{'test_top1':>9s}"]
+        for d in sorted(set(self.best) | set(self.records) | set(self.errored_by)):
             b = self.best.get(d, {})
             obj, test = b.get("objective"), b.get("final_test_top1")
-            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d}  {b.get('trial_id', '-'):12s} "
+            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d} {self.errored_by.get(d, 0):7d}  "
+                         f"{b.get('trial_id', '-'):12s} "
                          f"{'-' if obj is None else f'{obj:.4g}':>10s} {'-' if test is None else f'{test:.2f}':>9s}")
         return "\n".join(lines)
 
@@ -120,6 +123,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     already holds this sweep; True: must restore; False: refuse an existing sweep."""
     from ray import tune
     from tune.cluster import max_concurrent
+    from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher
 
@@ -161,7 +165,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
                 name=cfg.name, storage_path=uri, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
-                callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s)],
+                callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s),
+                           FailedTrialRecords(plan)],
             ),
         )
     grid = tuner.fit()
@@ -176,6 +181,7 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
         d = (r.config or {}).get("study", "?")
         if r.error is not None:
             res.errored.append(m.get("trial_id") or str(r.path))
+            res.errored_by[d] = res.errored_by.get(d, 0) + 1
             continue
         obj = m.get(metric)
         if obj is not None and (d not in res.best or sign * obj > sign * res.best[d]["objective"]):

@@ -8,7 +8,8 @@
     space: default                              # or a mapping, see tune.space
     search: {sampler: tpe, seed: 0}             # tpe | tpe-multivariate | random
     budget: {trials_per_dataset: 8, epochs: 10, early_stopping: {grace_period: 2, reduction_factor: 3},
-             max_concurrent: null}              # null: as many trials as the resources allow
+             max_concurrent: null}              # null: as many trials as the resources allow (required
+                                                # with check_cluster false: `fair cluster plan` prints it)
     resources: {num_workers: 1, per_worker: {CPU: 1}, trial_driver_cpu: 0.01, backend: auto,
                 check_cluster: true,            # false on an autoscaling cluster that starts small
                 runner: trainer}                # or direct: adapt() inside the Tune trial (1 worker)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from typing import Any, Optional
 from fair.errors import FairError
 from tune.space import SearchSpace, parse_space, validate_against
 
+log = logging.getLogger("tune.sweep_config")
 OBJECTIVES = {"val_top1": "max", "head_agreement": "max"}
 SAMPLERS = ("tpe", "tpe-multivariate", "random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -212,9 +215,12 @@ def from_mapping(data: dict, sweep_file: Optional[Path] = None) -> SweepConfig:
     if not isinstance(datasets, list) or len(set(datasets)) != len(datasets):
         raise FairError("sweep key 'datasets' must be a list of distinct dataset names")
     per = data.get("per_dataset") or {}
-    if not isinstance(per, dict) or any(k not in datasets for k in per):
-        bad = next((k for k in per if k not in datasets), None) if isinstance(per, dict) else per
-        raise FairError(f"sweep key 'per_dataset' names {bad!r}, which is not in 'datasets'")
+    if not isinstance(per, dict):
+        raise FairError("sweep key 'per_dataset' must map dataset names to FAIR config mappings")
+    unused = [k for k in per if k not in datasets]
+    if unused:   # e.g. `--set datasets=[dtd]` on the paper sweep: its sun397 entry is simply not needed
+        log.warning("per_dataset entries for datasets not in this sweep are ignored: %s", ", ".join(map(str, unused)))
+        per = {k: v for k, v in per.items() if k in datasets}
     cfg = SweepConfig(
         name=name, datasets=list(datasets), base=_load_base(data.get("base"), sweep_file), per_dataset=per,
         space=data.get("space", "default"),
@@ -294,6 +300,15 @@ def validate(cfg: SweepConfig) -> None:
         raise FairError(f"sweep key 'objective.mode' must be max or min, got {o.mode!r}")
     if cfg.search.sampler not in SAMPLERS:
         raise FairError(f"sweep key 'search.sampler' must be one of {', '.join(SAMPLERS)}, got {cfg.search.sampler!r}")
+    if r.check_cluster is False and b.max_concurrent is None:
+        raise FairError("sweep key 'budget.max_concurrent' must be set when resources.check_cluster is false (an "
+                        "autoscaling cluster): the sweep cannot see how large the cluster will grow; use the "
+                        "concurrency `fair cluster plan` prints")
+    from tune.storage import check_uri
+    check_uri(cfg.storage)
+    from fair.data.catalog import get_spec
+    for ds in cfg.datasets:
+        get_spec(str(ds))               # an unknown name fails here, not in every trial on the cluster
     space = cfg.search_space()
     for ds in cfg.datasets:
         base = cfg.study_config(ds)
@@ -306,18 +321,37 @@ def validate(cfg: SweepConfig) -> None:
 
 def check_datasets(cfg: SweepConfig) -> None:
     """`fair data check` for every dataset of the sweep (on the driver's machine), and its descriptions file
-    where the method needs one: a missing file would otherwise fail every trial once the cluster is up."""
+    where the method needs one: a missing file or class would otherwise fail every trial once the cluster is
+    up. Every dataset is checked; the one error names all that are not ready."""
+    problems = []
+    for ds in cfg.datasets:
+        try:
+            check_dataset_ready(cfg, ds)
+        except FairError as e:
+            problems.append(str(e))
+    if problems:
+        lead = f"{len(problems)} of {len(cfg.datasets)} datasets are not ready: " if len(problems) > 1 else ""
+        raise FairError(lead + " | ".join(problems))
+
+
+def check_dataset_ready(cfg: SweepConfig, ds: str) -> None:
+    """One dataset of the sweep: its files, and a descriptions file that covers every class (fair/wca)."""
     from fair.config import from_dict
     from fair.data import descriptions_path
-    from fair.data.catalog import check_dataset
-    for ds in cfg.datasets:
-        fcfg = from_dict(cfg.study_config(ds))
-        base = check_dataset(ds, fcfg.data.root)
-        if fcfg.method not in ("fair", "wca") or fcfg.data.description_fallback:
-            continue
-        path = descriptions_path(fcfg.data, base=base)
-        if path is None or not path.is_file():
-            where = str(path) if path else f"{base}/descriptions.json"
-            raise FairError(f"dataset {ds} has no descriptions file ({where} not found); make it with `fair "
-                            f"descriptions import|generate --dataset {ds}`, set base.data.descriptions, or set "
-                            f"base.data.description_fallback=true")
+    from fair.data.catalog import check_dataset, get_spec
+    from fair.text import load_descriptions
+    fcfg = from_dict(cfg.study_config(ds))
+    base = check_dataset(ds, fcfg.data.root)
+    if fcfg.method not in ("fair", "wca") or fcfg.data.description_fallback:
+        return
+    path = descriptions_path(fcfg.data, base=base)
+    if path is None or not path.is_file():
+        where = str(path) if path else f"{base}/descriptions.json"
+        raise FairError(f"dataset {ds} has no descriptions file ({where} not found); make it with `fair "
+                        f"descriptions import|generate --dataset {ds}`, set base.data.descriptions, or set "
+                        f"base.data.description_fallback=true")
+    spec = get_spec(ds)
+    try:
+        load_descriptions(path, spec.reader(spec, base).classnames, fallback=False)
+    except FairError as e:
+        raise FairError(f"dataset {ds}: {e}") from None

@@ -319,8 +319,10 @@ def check_dataset(name: str, root: str | None) -> Path:
     missing = missing_paths(spec, root)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise FairError(f"dataset {name} is incomplete: missing {shown}; expected layout {spec.layout} "
-                        f"(set data.root)")
+        from fair.data.sources import SOURCES
+        fix = (f"get it with `fair data prepare {name} --root DIR`, then point data.root or FAIR_DATA_ROOT at DIR"
+               if name in SOURCES else "set data.root")
+        raise FairError(f"dataset {name} is incomplete: missing {shown}; expected layout {spec.layout}; {fix}")
     return dataset_base(spec, root)
 
 

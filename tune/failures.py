@@ -1,0 +1,78 @@
+"""A record for every trial that ends in error, so a results table shows the failure instead of a gap.
+
+Completed trials write their record themselves (tune.trainable.adapt_trial). A trial that errors after all
+its retries writes nothing, and a dataset whose trials all failed would silently vanish from the results
+table. This driver-side callback writes a `status: failed` record at the same key a completed record would
+use; if the trial is later restarted (a resumed sweep restarts errored trials) and completes, its completed
+record replaces the failed one.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from ray.tune import Callback
+
+log = logging.getLogger("tune.failures")
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b:?.*)$")
+MAX_ERROR_CHARS = 500
+
+
+def error_line(text: str) -> str:
+    """The most telling line of a trial's error text: the last `SomeError: message` line of its final
+    failure's traceback (the innermost exception), else its last non-empty line."""
+    blocks = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", text or "", flags=re.M)
+    lines = [ln.rstrip() for ln in blocks[-1].splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error (no error text saved by Ray)"
+    hits = [m.group(1).strip() for ln in lines if (m := _EXC_LINE.match(ln))]
+    line = hits[-1] if hits else lines[-1].strip()
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
+
+
+class FailedTrialRecords(Callback):
+    """on_trial_error (the trial's last failure, retries spent): write its `failed` record to the storage."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        try:
+            path = write_failed_record(self.plan, trial.trial_id, trial.config, _error_text(trial))
+            log.warning("trial %s: failed record %s", trial.trial_id, path)
+        except Exception as e:  # noqa: BLE001 - never let bookkeeping take the sweep down
+            log.warning("trial %s: could not write its failed record (%s: %s)", trial.trial_id,
+                        type(e).__name__, e)
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace")
+    return trial.get_error() or ""
+
+
+def write_failed_record(plan, trial_id: str, trial_config: dict, error_text: str) -> str:
+    """Build the failed record of one trial (its study's config with its sampled values) and store it."""
+    from fair.adapt import failed_record
+    from fair.config import from_dict, set_by_path
+    from tune import storage
+    from tune.space import apply
+    study = trial_config["study"]
+    cfg_dict = apply(plan.study_configs[study], trial_config.get("hparams") or {})
+    set_by_path(cfg_dict, "run.name", trial_id)
+    key = storage.record_key(plan.sweep, study, trial_id)
+    if _completed(plan.storage, key):   # it failed after its record was written: the record stands
+        return storage.join(plan.storage, key)
+    record = failed_record(from_dict(cfg_dict), error_line(error_text))
+    record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
+    return storage.write_json(plan.storage, key, record)
+
+
+def _completed(uri: str, key: str) -> bool:
+    from tune import storage
+    try:
+        return storage.read_json(uri, key).get("status") == "completed"
+    except Exception:  # noqa: BLE001 - no record yet (or unreadable): write ours
+        return False

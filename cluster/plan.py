@@ -8,7 +8,7 @@ The cost model, per trial (all in GPU-seconds at full use of one GPU):
     orchestration + setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
 with orchestration the seconds a trial holds its resources before adapt() starts (RUNNER_OVERHEAD_S),
 with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 + eval.local_views)
-(see costs.py), or t_train measured (1 / timings.images_per_s of earlier records, times the GPU share
+(see costs.py; both averaged over the search space: a `tokens` trial cuts no crops), or t_train measured (1 / timings.images_per_s of earlier records, times the GPU share
 they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
 GPU-hours do not depend on the packing while the wall time does: wall ~ total / (trials at once x g).
 ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
@@ -93,6 +93,46 @@ def _base(sweep: dict) -> dict:
     return base if isinstance(base, dict) else {}
 
 
+def _space(sweep: dict) -> dict:
+    """The sweep's search space as a {dotted key: spec} mapping ("default": tune's DEFAULT_SPACE)."""
+    raw = sweep.get("space", "default")
+    if raw == "default":
+        from tune.space import DEFAULT_SPACE
+        return DEFAULT_SPACE
+    return raw if isinstance(raw, dict) else {}
+
+
+def _mean_value(spec, default: float) -> float:
+    """The mean of a searched numeric value: a range's middle, a choice's average, a constant itself."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return float(spec)
+    if isinstance(spec, dict):
+        for kind in ("int", "uniform", "loguniform"):
+            if isinstance(spec.get(kind), list) and len(spec[kind]) == 2:
+                return sum(float(x) for x in spec[kind]) / 2
+        nums = [float(x) for x in spec.get("choice") or [] if isinstance(x, (int, float))]
+        if nums:
+            return sum(nums) / len(nums)
+    return float(default)
+
+
+def _share_of(spec, value: str, default: str) -> float:
+    """The fraction of trials in which a searched value equals `value` (a choice is sampled uniformly)."""
+    if isinstance(spec, dict) and isinstance(spec.get("choice"), list) and spec["choice"]:
+        return spec["choice"].count(value) / len(spec["choice"])
+    return 1.0 if (spec if isinstance(spec, str) else default) == value else 0.0
+
+
+def local_views(sweep: dict, cfg: dict) -> tuple[float, float]:
+    """(train crops, eval crop views) per image, averaged over the trials the search space draws: a
+    `tokens` trial cuts no crops, and a searched local.num_crops counts at its mean."""
+    space = _space(sweep)
+    crops_share = _share_of(space.get("local.source"), "crops", str(_get(cfg, "local.source", "crops")))
+    crops = _mean_value(space.get("local.num_crops"), _get(cfg, "local.num_crops", _FAIR_DEFAULTS["num_crops"]))
+    views = _mean_value(space.get("eval.local_views"), _get(cfg, "eval.local_views", _FAIR_DEFAULTS["local_views"]))
+    return crops_share * crops, crops_share * views
+
+
 def asha_epochs(epochs: int, early_stopping: Optional[dict]) -> float:
     """Expected epochs per trial under ASHA in the ideal case: a 1/rf fraction passes each rung
     (rungs at grace_period x rf^k below the epoch budget)."""
@@ -149,6 +189,9 @@ def calibration_from_records(records: Iterable[dict], gpu_fraction: float = 1.0)
             setup.setdefault(backbone, []).append(float(t["setup_s"]))
         devices.add(_get(rec, "provenance.device", "unknown"))
         n += 1
+    if any(str(d).startswith("cpu") for d in devices):
+        log.warning("some records were measured on the CPU: their per-image costs are not a GPU's; re-plan with "
+                    "records from the GPU type the sweep will use (e.g. after its --smoke-test)")
     return {"train_image_s": {k: statistics.median(v) for k, v in per_image.items()},
             "setup_s": {k: statistics.median(v) for k, v in setup.items()},
             "source": f"{n} record(s) measured on {', '.join(sorted(map(str, devices))) or 'unknown'}"}
@@ -187,6 +230,7 @@ class Estimate:
     max_workers: Optional[int] = None     # the launcher's top-level cap on all worker nodes together
     capped: bool = False                  # that cap, not the node types or the sweep, bounds concurrency
     needs_max_concurrent: bool = False    # budget.max_concurrent null and resources.check_cluster false
+    views: tuple = (0.0, 0.0)             # (train crops, eval crop views) per image, mean over the space
 
     @property
     def trials_per_gpu(self) -> float:
@@ -225,7 +269,7 @@ def _accelerator(nodes: list[NodeType], req: TrialRequest) -> str:
     return costs.DEFAULT_GPU
 
 
-def _image_costs(backbone: str, accelerator: str, num_crops: int, views: int,
+def _image_costs(backbone: str, accelerator: str, num_crops: float, views: float,
                  calibration: Optional[dict]) -> tuple[float, float, float, str]:
     """(GPU-s per train image, per evaluated image, setup s, source)."""
     ratio = (1 + views) / (4 + num_crops)
@@ -303,8 +347,7 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
             test = min(test, int(cfg["data"]["test_per_class"]) * size.classes)
         if steps_cap:
             train = min(train, int(steps_cap) * int(_get(cfg, "train.batch_size", _FAIR_DEFAULTS["batch_size"])))
-        crops = int(_get(cfg, "local.num_crops", _FAIR_DEFAULTS["num_crops"]))
-        views = int(_get(cfg, "eval.local_views", _FAIR_DEFAULTS["local_views"]))
+        crops, views = local_views(sweep, cfg)
         t_train, t_eval, setup, source = _image_costs(backbone, accelerator if accelerator != "CPU"
                                                       else costs.DEFAULT_GPU, crops, views, calibration)
         share = req.gpus if req.gpus > 0 else 1.0
@@ -321,7 +364,8 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
     unfit = missing_resources(req, workers) if workers else ["no worker node types"]
     concurrency = min(wanted, fit) if uses else 0
     return Estimate(name, backbone, accelerator, req, works, epochs, e_asha, trials, concurrency, uses, unfit,
-                    (calibration or {}).get("source"), head, max_workers, capped, _needs_max_concurrent(sweep))
+                    (calibration or {}).get("source"), head, max_workers, capped, _needs_max_concurrent(sweep),
+                    local_views(sweep, base))
 
 
 def _needs_max_concurrent(sweep: dict) -> bool:
@@ -357,6 +401,8 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
                  f"{e.epochs} epochs each" + (f" (ASHA: ~{e.asha_epochs:.1f} epochs/trial expected)" if asha else ""))
     per_gpu = f"; {e.trials_per_gpu:g} trials per GPU" if e.trials_per_gpu else ""
     lines.append(f"  per trial: {e.request.describe()} = {e.request.gpus:g} GPU{per_gpu}")
+    lines.append(f"  local crops per image: {e.views[0]:.1f} in training, {e.views[1]:.1f} in evaluation (mean over "
+                 f"the search space; `tokens` trials cut none)")
     lines.append(f"  node types{' (' + launcher + ')' if launcher else ''}:")
     for u in e.node_use:
         od, sp = u.price

@@ -200,3 +200,16 @@ def test_sweep_plan_takes_smoke_test(capsys):
                  "--storage", "s3://b/p"]) == 0
     out = capsys.readouterr().out
     assert "sweep 'demo-smoke'" in out and "2 datasets x 1 = 2, 1 epochs each" in out
+
+
+def test_crop_cost_is_averaged_over_the_search_space():
+    """`tokens` trials cut no crops and a searched local.num_crops counts at its mean, so the space, not
+    only the base config, sets the per-trial cost."""
+    def hours(space):
+        return estimate({**sweep(), "space": space}).gpu_hours()
+    tokens = hours({"local.source": "tokens"})
+    crops16 = hours({"local.source": "crops", "local.num_crops": 16})
+    default = estimate({**sweep(), "space": "default"})
+    assert default.views == (5.0, 4.0)             # half the trials crops, num_crops 4..16 -> 10; 8 views
+    assert tokens < default.gpu_hours() < crops16
+    assert estimate({**sweep(), "space": {}}).views == (8.0, 8.0)   # nothing searched: the base config's

@@ -85,11 +85,7 @@ def _table(a: argparse.Namespace) -> int:
     df = load_trials(_open_existing(a.store, _options(a)), a.sweep)
     table = detail_table(df, a.dataset, a.metric, a.top) if a.detail else main_table(df, a.metric)
     text = render(table, a.format)
-    for line in table.failures:  # on stderr whatever the format: a CSV body carries no notes
-        log.warning("failed trials: %s", line)
-    if table.failures:
-        log.warning("results are incomplete: %d dataset(s) have failed trials; read the `error` of their "
-                    "records, fix the cause and rerun those trials", len(table.failures))
+    _warn_failures(table.failures)   # on stderr whatever the format: a CSV body carries no notes
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text, encoding="utf-8")
@@ -99,13 +95,23 @@ def _table(a: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_failures(lines: list[str]) -> None:
+    """Each dataset's failed trials on stderr, then one line saying the results are incomplete."""
+    for line in lines:
+        log.warning("failed trials: %s", line)
+    if lines:
+        log.warning("results are incomplete: %d dataset(s) have failed trials; read the `error` of their "
+                    "records, fix the cause and rerun those trials", len(lines))
+
+
 def _plot(a: argparse.Namespace) -> int:
     from results.plots import plot_all
-    from results.tables import load_trials
+    from results.tables import failure_lines, load_trials
 
     df = load_trials(_open_existing(a.store, _options(a)), a.sweep)
     for path in plot_all(df, a.out, use_optuna=not a.no_optuna):
         print(f"wrote {path}")
+    _warn_failures(failure_lines(df))
     return 0
 
 

@@ -1,6 +1,7 @@
 """`fair results plot`: PNG figures from the `trials` table.
 
-- `gain.png`: gain over zero-shot per dataset (picked configuration, mean ± std over seeds), per method;
+- `gain.png`: gain over zero-shot per dataset (picked configuration, mean ± std over seeds), per method; a
+  dataset whose trials all failed keeps its place, labelled `(failed)`;
 - `history.png`: the optimisation history per dataset — validation top-1 of each trial in order, the running
   best, the test top-1 of each trial faintly, and the zero-shot level;
 - `importance.png`: hyperparameter importance for the validation objective, per dataset and sweep.
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from results.importance import param_importance  # noqa: E402
-from results.tables import (SELECT_BY, STANDIN_NOTE, completed, group_rows, groups_of,  # noqa: E402
+from results.tables import (FAILED, SELECT_BY, STANDIN_NOTE, completed, group_rows, groups_of,  # noqa: E402
                             method_label, picked_trials, seed_stat)
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def plot_gain(df: pd.DataFrame, path: Path) -> Path:
     done = completed(df).copy()
     done["gain"] = done["gain_over_zeroshot"].fillna(done["test_top1"] - done["zeroshot_top1"])
     done["wca_gain"] = done["wca_top1"] - done["zeroshot_top1"]
-    datasets = sorted(done["dataset"].unique())
+    datasets = sorted(df["dataset"].unique())          # a dataset whose trials all failed keeps its place
     picked = picked_trials(done)
     groups = groups_of(done)
     many = len({(g[2], g[3]) for g in groups}) > 1
@@ -67,7 +68,9 @@ def plot_gain(df: pd.DataFrame, path: Path) -> Path:
         bars = ax.bar(xs, means, width, yerr=errs, capsize=3, label=label)
         ax.bar_label(bars, labels=["" if math.isnan(m) else f"{m:+.1f}" for m in means], fontsize=7, padding=2)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(datasets)), datasets, rotation=20 if len(datasets) > 4 else 0)
+    ran = set(done["dataset"])
+    ax.set_xticks(range(len(datasets)), [d if d in ran else f"{d}\n({FAILED})" for d in datasets],
+                  rotation=20 if len(datasets) > 4 else 0)
     ax.set_ylabel("gain over zero-shot (test top-1, points)")
     ax.set_title("Gain over zero-shot, configuration picked on validation" + _standin(done), fontsize=10)
     ax.legend(fontsize=8, loc="best")

@@ -147,3 +147,20 @@ def test_s3_with_one_slash_is_a_one_line_error_not_a_folder(uri, tmp_path, monke
 def test_s3_scheme_is_case_insensitive():
     store = open_store("S3://bucket/prefix")
     assert isinstance(store, S3Store) and store.uri == "s3://bucket/prefix"
+
+
+def test_plot_keeps_failed_datasets_and_warns(store, tmp_path, caplog, monkeypatch):
+    from results import plots
+    seen = {}
+    real_save = plots._save
+
+    def keep(fig, path: Path) -> Path:      # read the gain figure's tick labels before it is saved
+        if path.name == "gain.png":
+            seen["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    with caplog.at_level(logging.WARNING, logger="results"):
+        assert results_main(["plot", "--store", store, "--out", str(tmp_path / "p"), "--no-optuna"]) == 0
+    assert f"ucf101\n({FAILED})" in seen["ticks"] and "dtd" in seen["ticks"]
+    assert any("results are incomplete" in r.getMessage() for r in caplog.records)

@@ -25,6 +25,7 @@ class DatasetSize:
     test: int
     classes: int
     note: str = ""
+    pool_per_class: int | None = None   # the pool kept per class after the hold-out (ImageNet: 50, spec)
 
 
 DATASETS: dict[str, DatasetSize] = {
@@ -41,7 +42,7 @@ DATASETS: dict[str, DatasetSize] = {
     "cub200": DatasetSize(5994, 5794, 200, "official train_test_split"),
     "birdsnap": DatasetSize(40000, 2443, 500, "about 40k of the 49.8k URLs still download"),
     "resisc45": DatasetSize(25200, 6300, 45, "80/20 split of 31.5k by a fixed seed"),
-    "imagenet": DatasetSize(1281167, 50000, 1000, "official train / val"),
+    "imagenet": DatasetSize(1281167, 50000, 1000, "official train / val; pool 50 per class", 50),
     "fashion_mnist": DatasetSize(60000, 10000, 10, "offline stand-in demo"),
     "fashion_mnist_shifted": DatasetSize(60000, 10000, 10, "offline stand-in demo"),
 }

@@ -340,6 +340,8 @@ def estimate(sweep: dict, calibration: Optional[dict] = None,
         val_pc = int(_get(cfg, "data.val_per_class", _FAIR_DEFAULTS["val_per_class"]))
         val = val_pc * size.classes
         train = max(0, size.pool - val)
+        if size.pool_per_class:
+            train = min(train, size.pool_per_class * size.classes)
         if _get(cfg, "data.train_per_class"):
             train = min(train, int(cfg["data"]["train_per_class"]) * size.classes)
         test = size.test

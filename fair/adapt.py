@@ -6,6 +6,7 @@ from a checkpoint file when one is given or found in the run folder.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from fair.data.views import PilPipeline, build_views
 from fair.errors import FairError
 from fair.io import atomic_write_text, sha256_json, write_json
 from fair.local import mix
-from fair.losses import world_size
+from fair.losses import fair_momentum_for, world_size
 from fair.models import load_clip, resolve_device, resolve_pretrained, trainable_visual_parameters, weights_id
 from fair.precision import grad_scaler
 from fair.text import build_text_embeddings, load_descriptions
@@ -107,6 +108,12 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
 
     # --- set-up: data, model, text embeddings (then the text tower is dropped) -------------------------
     data = prepare_data(cfg.data)
+    # Settings that depend on the data are resolved once it is known, so the saved config, the checkpoint
+    # digest and the record all carry the value used.
+    cfg = copy.deepcopy(cfg)
+    cfg.train.fair_momentum = fair_momentum_for(cfg.train.fair_momentum, len(data.classnames), cfg.train.batch_size)
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
     model_cfg = resolve_pretrained(cfg.model, cfg.run.cache_root)
     clip, tokenizer, pp = load_clip(model_cfg, device)
     wid = weights_id(model_cfg)

@@ -90,7 +90,9 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.1
     lambda_fair: float = 1.0               # fairness (class-balance) term
-    fair_momentum: float = 0.0             # >0: running average of the batch-mean prediction (large C)
+    fair_momentum: Optional[float] = None  # running average of the batch-mean prediction pbar; None: auto
+    #                                        (fair.losses.fair_momentum_for: 0.9 once a batch is expected
+    #                                        to miss > 1% of the classes, e.g. C >= 15 at batch 64; else 0)
     trainable: Literal["norm", "norm+proj"] = "norm"   # visual LayerNorms (+ projection) and the anchors
     grad_clip: float = 0.0                 # 0: off
     max_steps_per_epoch: Optional[int] = None   # cap for smoke tests
@@ -339,7 +341,8 @@ def validate(cfg: FairConfig) -> None:
     need(cfg.weighting.power >= 0, "config key 'weighting.power' must be >= 0")
     need(cfg.data.val_per_class >= 0, "config key 'data.val_per_class' must be >= 0")
     need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
-    need(0 <= cfg.train.fair_momentum < 1, "config key 'train.fair_momentum' must lie in [0, 1)")
+    need(cfg.train.fair_momentum is None or 0 <= cfg.train.fair_momentum < 1,
+         "config key 'train.fair_momentum' must lie in [0, 1), or be null (auto, by the number of classes)")
     need(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")
     need(0 < cfg.data.strong_scale_min <= 1, "config key 'data.strong_scale_min' must lie in (0, 1]")
     need(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")

@@ -131,9 +131,9 @@ def train_step(student: nn.Module, ddp_student: nn.Module, weak, strong, optimiz
                                 cfg.weighting.min)
     with autocast(cfg.model.precision, device):
         logits = heads.scale * ddp_student(strong)
-    parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"),
-                         cfg.train.fair_momentum)
-    if cfg.train.fair_momentum > 0:
+    momentum = cfg.train.fair_momentum or 0.0     # None (auto) is resolved by adapt(); unresolved: off
+    parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"), momentum)
+    if momentum > 0:
         state["running_pbar"] = parts.pbar
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts.loss).backward()

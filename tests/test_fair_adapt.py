@@ -42,6 +42,11 @@ def test_adapt_writes_run_folder_and_complete_record(tiny_cfg):
     for key in ("loss", "pseudo_label_acc", "mean_weight", "frac_kept", "val_top1", "images_per_s", "lr"):
         assert rows[-1][key] is not None
     assert open(run_dir + "/config.yaml").read().startswith("method: fair")
+    # auto fair_momentum (null) is resolved from the data (4 classes, batch 16) and saved as used
+    from fair.losses import fair_momentum_for
+    used = fair_momentum_for(None, 4, 16)
+    assert record["config"]["train"]["fair_momentum"] == used and f"fair_momentum: {used}" in open(
+        run_dir + "/config.yaml").read()
     assert (torch.load(run_dir + "/checkpoints/last.pt", weights_only=False)["epoch"]) == 2
 
 
@@ -64,6 +69,7 @@ def test_tokens_and_prototype_variants_run(tiny_cfg):
          "train": {**tiny_cfg["train"], "epochs": 1, "lambda_fair": 0.5, "fair_momentum": 0.9}}
     record = run_adapt(from_dict(d))
     assert record["metrics"]["test_top1_las"] is not None
+    assert record["config"]["train"]["fair_momentum"] == 0.9            # an explicit value is kept
 
 
 class _Crash(Exception):

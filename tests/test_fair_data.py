@@ -103,3 +103,20 @@ def test_fashion_mnist_from_debian_files():
     data = prepare_data(DataConfig(dataset="fashion_mnist", val_per_class=5, train_per_class=20, test_per_class=10))
     assert len(data.classnames) == 10 and len(data.val) == 50 and len(data.train) == 200 and len(data.test) == 100
     assert data.train.load(0).size == (28, 28)
+
+
+def test_imagenet_pool_is_50_per_class_after_validation_is_held_out(tmp_path):
+    """Spec: "On ImageNet, the unlabelled training set is 50 images per class" - validation must not eat it."""
+    base = tmp_path / "imagenet"
+    wnids = ["n01", "n02", "n03"]
+    for w in wnids:
+        for part, n in (("train", 70), ("val", 4)):
+            d = base / "images" / part / w
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i:03d}.JPEG").touch()       # the reader only lists files
+    (base / "classnames.txt").write_text("".join(f"{w} class {w}\n" for w in wnids))
+    data = prepare_data(DataConfig(dataset="imagenet", root=str(tmp_path), val_per_class=10))
+    assert len(data.val) == 30 and len(data.train) == 150 and len(data.test) == 12
+    assert not set(data.val.refs) & set(data.train.refs)
+    assert np.bincount(data.train.labels).tolist() == [50, 50, 50]

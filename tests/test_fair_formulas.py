@@ -152,6 +152,30 @@ def test_fairness_term_is_minimal_for_balanced_predictions():
     assert fairness_term(torch.tensor([0.7, 0.1, 0.1, 0.1])).item() > math.log(C)
 
 
+def test_fair_momentum_auto_is_a_running_average_once_batches_miss_classes():
+    """Spec §6: pbar is a running average "when C is large". Once batches miss classes, the batch mean has
+    near-zero entries and the fairness gradient swamps the CE one; the running average restores the balance."""
+    from fair.losses import AUTO_FAIR_MOMENTUM, fair_momentum_for
+    assert fair_momentum_for(None, 10, 64) == 0.0 and fair_momentum_for(None, 14, 64) == 0.0   # EuroSAT
+    assert fair_momentum_for(None, 15, 64) == AUTO_FAIR_MOMENTUM == fair_momentum_for(None, 47, 64)
+    assert fair_momentum_for(0.5, 100, 64) == 0.5 and fair_momentum_for(0.0, 397, 64) == 0.0
+    torch.manual_seed(0)
+    C, B = 100, 64
+    y = torch.randint(C, (B,))
+    base = torch.randn(B, C) + 12 * F.one_hot(y, C)                 # confident, a few classes per batch
+    running = torch.full((C,), 1 / C)                                # a balanced history
+
+    def grads(momentum):
+        logits = base.clone().requires_grad_(True)
+        ce = student_loss(logits, y, torch.ones(B), lambda_fair=0.0).loss
+        g_ce, = torch.autograd.grad(ce, logits)
+        logits = base.clone().requires_grad_(True)
+        parts = student_loss(logits, y, torch.ones(B), 1.0, running if momentum else None, momentum)
+        g_all, = torch.autograd.grad(parts.loss, logits)
+        return (g_all - g_ce).norm() / g_ce.norm()                   # fairness gradient against CE's
+    assert grads(0.0) > 5 and grads(AUTO_FAIR_MOMENTUM) < 0.2 * grads(0.0)
+
+
 def _loss_and_param_grad(x, theta, y, w):
     """The student loss of logits x @ theta, and its gradient w.r.t. the shared parameter theta."""
     theta = theta.clone().requires_grad_(True)

@@ -43,6 +43,8 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         val, train = raw.train.subset(val_idx), raw.train.subset(rest)
     else:
         val, train = raw.train.subset([]), raw.train
+    if spec.pool_per_class:      # e.g. ImageNet's 50 per class (spec), drawn after validation is held out
+        train = train.subset(cap_per_class(train.labels, spec.pool_per_class, SPLIT_SEED))
     train = train.subset(cap_per_class(train.labels, cfg.train_per_class, SPLIT_SEED))
     test = raw.test.subset(cap_per_class(raw.test.labels, cfg.test_per_class, SPLIT_SEED))
     if len(train) == 0 or len(test) == 0:

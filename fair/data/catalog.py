@@ -37,6 +37,7 @@ class DatasetSpec:
     reader: Callable[["DatasetSpec", Path], RawSplits]
     layout: str                       # one line for `fair data check` / docs
     descriptions: str | None = None   # a packaged CuPL file, if fair ships one
+    pool_per_class: int | None = None  # the unlabelled pool's size per class, after validation is held out
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -151,15 +152,16 @@ def read_aircraft(spec: DatasetSpec, base: Path) -> RawSplits:
 def read_imagenet(spec: DatasetSpec, base: Path) -> RawSplits:
     """ImageNet: images/train/<wnid>/ and images/val/<wnid>/, classnames.txt lines `<wnid> <name>` (CoOp).
 
-    The unlabelled pool is 50 images per class, as in this family of methods.
+    Every training image is listed; the spec's pool of 50 per class is drawn after the validation split is
+    held out (`pool_per_class`, applied by fair.data.prepare_data), so validation does not shrink it.
     """
     lines = [ln.split(" ", 1) for ln in (base / "classnames.txt").read_text().splitlines() if ln.strip()]
     wnids, classes = [w for w, _ in lines], [n.strip() for _, n in lines]
     sets = []
-    for part, cap in (("train", 50), ("val", None)):
+    for part in ("train", "val"):
         refs, labels = [], []
         for c, w in enumerate(wnids):
-            files = list_images(base / "images" / part / w)[:cap]
+            files = list_images(base / "images" / part / w)
             refs += [str(f) for f in files]
             labels += [c] * len(files)
         sets.append(ImageSet(refs, np.array(labels, dtype=np.int64)))
@@ -257,7 +259,7 @@ CATALOG: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec("imagenet", "ImageNet", "imagenet", ["images/train", "images/val", "classnames.txt"],
                 ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.", "a photo of the small {}.",
                  "a origami {}.", "a {} in a video game.", "art of the {}."], read_imagenet,
-                "<root>/imagenet/{images/train/<wnid>/, images/val/<wnid>/, classnames.txt}"),
+                "<root>/imagenet/{images/train/<wnid>/, images/val/<wnid>/, classnames.txt}", pool_per_class=50),
     DatasetSpec("imagefolder", "Image folder", ".", ["."], ["a photo of a {}."], read_class_folders,
                 "<root>/<class>/* or <root>/{train,test}/<class>/*"),
     DatasetSpec("fashion_mnist", "Fashion-MNIST", ".",

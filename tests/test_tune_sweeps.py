@@ -176,6 +176,32 @@ def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_p
     assert sorted(t.trial_id for t in ea.trials) == sorted(i for v in recs.values() for i in v)
 
 
+def test_interrupted_sweep_says_so_and_exits_130_then_the_same_command_finishes(ray_session, tmp_path):
+    """Ctrl-C: Tune marks the cut-off trials TERMINATED like finished ones; the sweep must not report them
+    as done or best, and must exit non-zero so `fair sweep ... && fair results collect` stops."""
+    storage = str(tmp_path / "sweeps")
+    d = sweep_dict("intr", storage, datasets=["fashion_mnist"], trials=1, epochs=8,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(d))
+    log = tmp_path / "driver.log"
+    proc = _driver(sweep_file, ray_session, log)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and "epoch 1 " not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)                                 # what Ctrl-C sends the driver
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "interrupted with 1 of 1 trials unfinished" in text and "1 unfinished" in text
+    # (the cut-off trial's actor may still finish and write its record before the dead job's actors are
+    # reaped; rerunning resumes it from its checkpoint and writes the same record again)
+
+    proc = _driver(sweep_file, ray_session, log)                     # the same command finishes it
+    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    assert {k: len(v) for k, v in st.list_records(storage, d["name"]).items()} == {"fashion_mnist": 1}
+
+
 def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsys):
     from fair.cli import main as fair_main
     p = tmp_path / "s.yaml"

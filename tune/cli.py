@@ -7,7 +7,7 @@
     fair sweep --config SWEEP.yaml --dry-run                 # every check, no trial
 
 Rerunning the same `--config` command also resumes. Exit codes: 0 all trials finished, 1 some errored,
-2 bad input (one line on stderr).
+2 bad input (one line on stderr), 130 interrupted (Ctrl-C) with trials unfinished.
 """
 from __future__ import annotations
 
@@ -87,6 +87,10 @@ def main(argv: list[str]) -> int:
             import ray
             ray.shutdown()
     print(result.table(cfg.objective.metric))
+    if not result.complete:
+        print(f"fair sweep: interrupted with {result.unfinished} of {cfg.total_trials} trials "
+              f"unfinished; rerun the same command (or --resume {cfg.name}) to continue them", file=sys.stderr)
+        return 130
     if result.errored:
         print(f"fair sweep: {len(result.errored)} trial(s) errored; rerun the same command to retry them",
               file=sys.stderr)

@@ -26,20 +26,46 @@ def _hp(config: dict) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in hp.items())
 
 
-class ProgressLog(Callback):
-    """Trial started / epoch N objective / completed / errored, plus a per-dataset summary table."""
+STATE_FILE = "progress.json"   # beside the Tune experiment: which trials an interrupt cut off
 
-    def __init__(self, objective: str, mode: str, total: int, summary_every_s: float = 60.0):
+
+def finished_result(result: Optional[dict]) -> bool:
+    """Whether a trial's last result is its final report (adapt() ran to the end and evaluated)."""
+    return any(k.startswith("final_") for k in (result or {}))
+
+
+class ProgressLog(Callback):
+    """Trial started / epoch N objective / completed / errored, plus a per-dataset summary table.
+
+    It also keeps which trials of this run ended (completed, stopped early, errored). An interrupt (Ctrl-C)
+    ends the run with the cut-off trials marked TERMINATED like finished ones, and without their
+    on_trial_complete; the trials that started here but never ended are written to `STATE_FILE` in the
+    sweep's storage at the end, so the driver can say the sweep is unfinished (also after a resume, where
+    Tune restores this callback from its own state).
+    """
+
+    def __init__(self, objective: str, mode: str, total: int, summary_every_s: float = 60.0,
+                 storage: Optional[str] = None, sweep: Optional[str] = None):
         self.objective, self.mode, self.total = objective, mode, total
         self.every = summary_every_s
+        self.storage, self.sweep = storage, sweep
         self._last_summary = time.monotonic()
         self.best: dict[str, tuple[float, str]] = {}     # dataset -> (objective, trial id)
+        self.started: set[str] = set()
+        self.ended: set[str] = set()
+
+    def unfinished(self, trials) -> list[str]:
+        """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun."""
+        return sorted(t.trial_id for t in trials
+                      if (t.trial_id in self.started and t.trial_id not in self.ended)
+                      or t.status in ("PENDING", "PAUSED", "RUNNING"))
 
     @staticmethod
     def _name(trial) -> str:
         return f"{trial.trial_id} [{trial.config.get('study', '?')}]"
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
         log.info("trial %s started: %s", self._name(trial), _hp(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -51,6 +77,7 @@ class ProgressLog(Callback):
                  f" (resumed after epoch {resumed})" if resumed else "")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
         r = trial.last_result or {}
         obj = r.get("objective")
         d = trial.config.get("study", "?")
@@ -64,6 +91,7 @@ class ProgressLog(Callback):
         log.info("trial %s completed%s: %s=%s %s", self._name(trial), stopped, self.objective, _fmt(obj), extras)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
         err = (trial.error_file or "").strip()
         log.warning("trial %s errored%s", self._name(trial), f"; see {err}" if err else "")
 
@@ -77,15 +105,25 @@ class ProgressLog(Callback):
 
     def on_experiment_end(self, trials, **info):
         log.info("\n%s", self.summary(trials))
+        if self.storage and self.sweep:
+            from tune import storage as st
+            try:
+                st.write_json(self.storage, f"{self.sweep}/{STATE_FILE}",
+                              {"unfinished": self.unfinished(trials), "trials": len(trials)})
+            except Exception as e:  # noqa: BLE001 - the sweep's results do not depend on it
+                log.warning("could not write %s (%s: %s)", STATE_FILE, type(e).__name__, e)
 
     def summary(self, trials) -> str:
         """A plain-text table: per dataset, trials by state and the best objective so far."""
         rows: dict[str, dict] = {}
+        cut = set(self.unfinished(trials))
         for t in trials:
             d = t.config.get("study", "?")
             row = rows.setdefault(d, {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0})
-            row[t.status] = row.get(t.status, 0) + 1
-            obj = (t.last_result or {}).get("objective") if t.status == "TERMINATED" else None
+            status = "PAUSED" if t.trial_id in cut and t.status == "TERMINATED" else t.status   # resumes later
+            row[status] = row.get(status, 0) + 1
+            final = status == "TERMINATED" and finished_result(t.last_result)
+            obj = (t.last_result or {}).get("objective") if final else None
             if obj is not None:
                 cur: Optional[tuple] = row.get("best")
                 if cur is None or (obj > cur[0] if self.mode == "max" else obj < cur[0]):

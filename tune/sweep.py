@@ -27,9 +27,15 @@ class SweepResult:
     best: dict = field(default_factory=dict)          # dataset -> {"trial_id", "objective", metrics...}
     records: dict = field(default_factory=dict)       # dataset -> [trial ids] (completed and failed records)
     errored_by: dict = field(default_factory=dict)    # dataset -> trials that ended in error
+    unfinished: int = 0                               # trials cut off by an interrupt or never started
+
+    @property
+    def complete(self) -> bool:
+        return self.unfinished == 0
 
     def table(self, objective: str) -> str:
-        lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored; records in "
+        cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
+        lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored{cut}; records in "
                  f"{st.join(self.storage, self.name, 'records')}",
                  f"{'dataset':24s} {'records':>7s} {'errored':>7s}  {'best trial':12s} {objective:>10s} "
                  f"{'test_top1':>9s}"]
@@ -165,7 +171,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
                 name=cfg.name, storage_path=uri, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
-                callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s),
+                callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s,
+                                       uri, cfg.name),
                            FailedTrialRecords(plan)],
             ),
         )
@@ -174,6 +181,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
 
 
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
+    from tune.progress import STATE_FILE, finished_result
     res = SweepResult(cfg.name, uri, len(grid))
     sign = 1 if cfg.objective.mode == "max" else -1
     for r in grid:
@@ -183,10 +191,15 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
             res.errored.append(m.get("trial_id") or str(r.path))
             res.errored_by[d] = res.errored_by.get(d, 0) + 1
             continue
-        obj = m.get(metric)
+        obj = m.get(metric) if finished_result(m) else None    # an epoch report is not a trial's result
         if obj is not None and (d not in res.best or sign * obj > sign * res.best[d]["objective"]):
             res.best[d] = {"trial_id": m.get("trial_id"), "objective": obj,
                            **{k: v for k, v in m.items() if k.startswith("final_")},
                            "hparams": (r.config or {}).get("hparams")}
     res.records = st.list_records(uri, cfg.name)
+    try:
+        cut = len(st.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
+    except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
+        cut = 0
+    res.unfinished = cut + max(0, cfg.total_trials - len(grid))
     return res

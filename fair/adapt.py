@@ -46,6 +46,10 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+# Config keys that do not change a run's result (left out of config_digest; a resume may change them).
+DIGEST_IGNORES = ("run.", "eval.val_every_epoch", "data.num_workers", "train.compile")
+
+
 def config_digest(cfg: FairConfig) -> str:
     """Hash of everything that changes the training trajectory (the `run` section excluded)."""
     d = to_dict(cfg)

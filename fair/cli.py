@@ -14,7 +14,7 @@ commands:
   data      check a dataset root:           fair data check DATASET [--root DIR]
             get datasets (or `all` 13):     fair data prepare NAME|all [--root DIR] [--mirror URL]
   descriptions  class descriptions (CuPL):  fair descriptions {import,generate,show} --dataset NAME ...
-  demo      the main job on embedded defaults (what `make demo` runs)
+  demo      one FAIR run on embedded defaults (the single-run version of `make demo`'s sweep)
   sweep     a Ray Tune + Optuna sweep:      fair sweep --config SWEEP.yaml [--set k=v ...]
             what it will cost, first:       fair sweep --config SWEEP.yaml --plan [--records DIR]
   results   collect / table / plot:         fair results {collect,table,plot} ...
@@ -48,6 +48,15 @@ def _missing_module(command: str, e: ModuleNotFoundError) -> int:
     print(f"fair: error: `fair {command}` needs {e.name}: pip install 'fair-sweeps[{extra}]'", file=sys.stderr)
     return 2
 
+
+# What to do after Ctrl-C, by command.
+_AFTER_INTERRUPT = {
+    "adapt": "rerun the same command with --resume to continue from the last finished epoch",
+    "demo": "`fair demo` starts over each time; rerun it",
+    "sweep": "rerun the same command to resume the sweep",
+    "data": "rerun the same command: downloads resume where they stopped",
+    "descriptions": "rerun the same command: answers already received are cached",
+}
 
 # `fair sweep` flags that mean nothing to an estimate of the full sweep (`fair cluster plan`).
 _NOT_PLANNED = {"--dry-run", "--no-data-check", "--resume", "--address", "--num-cpus"}
@@ -92,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return _missing_module(argv[0], e)
         raise
     except KeyboardInterrupt:
-        print("fair: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"fair: interrupted; {_AFTER_INTERRUPT.get(argv[0], 'nothing was lost that a rerun cannot redo')}",
+              file=sys.stderr)
         return 130
 
 

@@ -24,7 +24,9 @@ def prepare_run_dir(cfg) -> Path:
     """The run folder for `cfg`; refuses to touch an existing run unless told to resume or overwrite."""
     from fair.adapt import run_name
     run_dir = Path(cfg.run.out_dir).expanduser() / run_name(cfg)
-    exists = run_dir.exists() and any(run_dir.iterdir())
+    exists = (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "record.json").is_file()
+    if run_dir.exists() and not exists:     # an earlier set-up failed before the first epoch: nothing to keep
+        shutil.rmtree(run_dir)
     if exists and cfg.run.overwrite:
         shutil.rmtree(run_dir)
     elif exists and not cfg.run.resume:
@@ -33,10 +35,30 @@ def prepare_run_dir(cfg) -> Path:
     return run_dir
 
 
+def check_same_config(cfg, run_dir: Path) -> None:
+    """Refuse, naming the keys, to resume a run folder (finished or not) with a config that changes its
+    result; nothing in the folder is touched."""
+    from fair.adapt import DIGEST_IGNORES
+    from fair.config import changed_keys, read_yaml, to_dict
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, new = read_yaml(saved_path), to_dict(cfg)
+    if new["train"].get("fair_momentum") is None:    # auto: resolved from the same data when the run started
+        new["train"]["fair_momentum"] = (saved.get("train") or {}).get("fair_momentum")
+    changes = changed_keys(saved, new, DIGEST_IGNORES)
+    if changes:
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise FairError(f"run folder {str(run_dir)!r} was made with another config ({'; '.join(changes[:3])}{more}); "
+                        f"resume it without those changes, or start a new run (--set run.name=NEW or --overwrite)")
+
+
 def run_adapt(cfg) -> dict:
     """Run (or resume, or return the finished record of) one adaptation in its run folder."""
     from fair.adapt import adapt
     run_dir = prepare_run_dir(cfg)
+    if cfg.run.resume:
+        check_same_config(cfg, run_dir)
     record_path = run_dir / "record.json"
     if cfg.run.resume and record_path.is_file():
         log.info("run %s is already complete; its record: %s", run_dir, record_path)
@@ -57,7 +79,8 @@ def adapt_main(argv: list[str]) -> int:
     extra += ["run.progress=false"] if a.quiet else []
     cfg = load_config(a.config, a.overrides + extra)
     if a.quiet:
-        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("", "fair"):          # fair's own logger is pinned at INFO by the `fair` command
+            logging.getLogger(name).setLevel(logging.WARNING)
     record = run_adapt(cfg)
     print(summary_line(record))
     return 0
@@ -132,7 +155,8 @@ def demo_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from fair.config import load_config, read_yaml
     base = read_yaml(DEMO_CONFIG)
-    cfg = load_config(a.config, ["run.overwrite=true"] + a.overrides, base=base)
+    # its own run folder (`demo`), which it replaces each time: never a run of `fair adapt` beside it
+    cfg = load_config(a.config, ["run.overwrite=true", "run.name=demo"] + a.overrides, base=base)
     record = run_adapt(cfg)
     print(summary_line(record))
     print(f"run folder: {Path(cfg.run.out_dir) / record['run_id']}", file=sys.stderr)

@@ -245,6 +245,18 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def changed_keys(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (keys under an `ignore` prefix left out);
+    for errors that say what changed, e.g. `train.lr 0.001 -> 0.002`."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith(ignore) or a.get(k) == b.get(k):
+            continue
+        out.append(f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    return out
+
+
 def set_by_path(data: dict, dotted: str, value: Any) -> None:
     """data["a"]["b"] = value for dotted = "a.b", creating sections as needed."""
     parts = dotted.split(".")
@@ -340,6 +352,9 @@ def validate(cfg: FairConfig) -> None:
     need(0 <= cfg.weighting.min < 1, "config key 'weighting.min' must lie in [0, 1)")
     need(cfg.weighting.power >= 0, "config key 'weighting.power' must be >= 0")
     need(cfg.data.val_per_class >= 0, "config key 'data.val_per_class' must be >= 0")
+    for key in ("train_per_class", "test_per_class"):
+        cap = getattr(cfg.data, key)
+        need(cap is None or cap >= 1, f"config key 'data.{key}' must be >= 1, or null for every image")
     need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
     need(cfg.train.fair_momentum is None or 0 <= cfg.train.fair_momentum < 1,
          "config key 'train.fair_momentum' must lie in [0, 1), or be null (auto, by the number of classes)")

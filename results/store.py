@@ -22,6 +22,9 @@ from results.errors import ResultsError, scrub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_UMASK = os.umask(0o022)     # read once (os.umask can only be read by setting it): files get open()'s mode
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 _RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
@@ -133,6 +136,7 @@ class LocalStore(Store):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.fchmod(fd, _FILE_MODE)      # mkstemp's 0600 would hide the tables from the rest of the team
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from fair.adapt import adapt
 from fair.cli import main as fair_main
 from fair.commands import run_adapt
 from fair.config import from_dict, load_config
+from fair.errors import FairError
 
 
 def _cfg(d, **over):
@@ -259,3 +261,53 @@ def test_bf16_autocast_runs_on_cpu(tiny_cfg):
          "train": {**tiny_cfg["train"], "epochs": 1}}
     rec = run_adapt(from_dict(d))
     assert rec["config"]["model"]["precision"] == "bf16" and rec["metrics"]["test_top1"] is not None
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    """Records, configs and results tables are read by a team on shared storage: not 0600."""
+    import os
+
+    from fair.io import write_json
+    from results.store import open_store
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "record.json", {"a": 1})
+    open_store(tmp_path / "store").put("trials/part.parquet", b"x")
+    want = 0o666 & ~umask
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == want
+    assert (tmp_path / "store" / "trials" / "part.parquet").stat().st_mode & 0o777 == want
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys_and_the_folder_is_untouched(tiny_cfg):
+    d = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}, "run": {**tiny_cfg["run"], "name": "r"}}
+    run_adapt(from_dict(d))
+    run_dir = Path(tiny_cfg["run"]["out_dir"]) / "r"
+    saved = (run_dir / "config.yaml").read_text()
+    changed = {**d, "train": {**d["train"], "epochs": 3, "lr": 0.5}, "run": {**d["run"], "resume": True}}
+    with pytest.raises(FairError) as e:                  # a finished run: "extend it to 3 epochs" must not pass
+        run_adapt(from_dict(changed))
+    assert "train.epochs 1 -> 3" in str(e.value) and "train.lr" in str(e.value) and "run.resume" not in str(e.value)
+    assert (run_dir / "config.yaml").read_text() == saved
+    same = {**d, "run": {**d["run"], "resume": True, "progress": True}}   # run.* may change
+    assert run_adapt(from_dict(same))["run_id"] == "r"
+
+
+def test_a_run_whose_setup_failed_does_not_block_the_fixed_rerun(tiny_cfg):
+    d = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}, "run": {**tiny_cfg["run"], "name": "s"}}
+    bad = {**d, "data": {**d["data"], "descriptions": "/nonexistent/descriptions.json"}}
+    with pytest.raises(FairError):
+        run_adapt(from_dict(bad))
+    assert (Path(tiny_cfg["run"]["out_dir"]) / "s" / "config.yaml").is_file()   # written before set-up failed
+    assert run_adapt(from_dict(d))["run_id"] == "s"                          # no --resume/--overwrite needed
+
+
+def test_ctrl_c_says_how_to_continue_for_each_command(monkeypatch, capsys):
+    import fair.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_dispatch", lambda command: interrupted)
+    assert cli.main(["adapt", "-c", "x.yaml"]) == 130
+    assert "with --resume" in capsys.readouterr().err
+    assert cli.main(["demo"]) == 130
+    assert "starts over" in capsys.readouterr().err

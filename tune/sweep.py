@@ -70,10 +70,13 @@ def load_saved(storage: str, name: str) -> SweepConfig:
     return from_mapping(data)
 
 
+RESUMABLE_CHANGES = ("ray.", "faults.")   # sweep keys a resume may change: Ray and progress options
+
+
 def _same_search(a: dict, b: dict) -> bool:
     """Whether a stored sweep and this one define the same experiment (Ray/progress options may change)."""
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("ray", "faults")}  # noqa: E731
-    return strip(a) == strip(b)
+    from fair.config import changed_keys
+    return not changed_keys(a, b, RESUMABLE_CHANGES)
 
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
@@ -137,8 +140,12 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     exists = tune.Tuner.can_restore(exp_path)
     stored = saved_config(uri, cfg.name)
     if exists and stored is not None and not _same_search(stored, _snapshot(cfg)):
-        raise FairError(f"sweep {cfg.name!r} already exists in {uri} with a different configuration; "
-                        f"use another name (--set name=...) or resume it unchanged (--resume {cfg.name})")
+        from fair.config import changed_keys
+        changes = changed_keys(stored, _snapshot(cfg), RESUMABLE_CHANGES)
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise FairError(f"sweep {cfg.name!r} already exists in {uri} with a different configuration "
+                        f"({'; '.join(changes[:3])}{more}); use another name (--set name=...) or resume it "
+                        f"unchanged (--resume {cfg.name})")
     if resume and not exists:
         raise FairError(f"sweep {cfg.name!r} has no saved state in {uri} to resume; start it without --resume")
     if resume is False and exists:

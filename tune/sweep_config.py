@@ -245,7 +245,8 @@ def load_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_te
 
 def shrink_for_smoke_test(cfg: SweepConfig) -> None:
     """About a minute on a laptop: 1 trial per dataset, 1 epoch, a few steps, small data caps, no ASHA."""
-    cfg.name = f"{cfg.name}-smoke"
+    if not cfg.name.endswith("-smoke"):      # idempotent: `--resume NAME-smoke --smoke-test` is that sweep
+        cfg.name = f"{cfg.name}-smoke"
     cfg.budget.trials_per_dataset = 1
     cfg.budget.epochs = 1
     cfg.budget.max_steps_per_epoch = 2
@@ -300,6 +301,11 @@ def validate(cfg: SweepConfig) -> None:
         raise FairError(f"sweep key 'objective.mode' must be max or min, got {o.mode!r}")
     if cfg.search.sampler not in SAMPLERS:
         raise FairError(f"sweep key 'search.sampler' must be one of {', '.join(SAMPLERS)}, got {cfg.search.sampler!r}")
+    base_train = cfg.base.get("train") or {}
+    for key, value in (("epochs", b.epochs), ("max_steps_per_epoch", b.max_steps_per_epoch)):
+        if base_train.get(key) is not None and base_train[key] != value and (key == "epochs" or value is not None):
+            log.warning("base.train.%s=%s is replaced by budget.%s=%s: set the budget to change it",
+                        key, base_train[key], key, value)
     if r.check_cluster is False and b.max_concurrent is None:
         raise FairError("sweep key 'budget.max_concurrent' must be set when resources.check_cluster is false (an "
                         "autoscaling cluster): the sweep cannot see how large the cluster will grow; use the "

@@ -286,3 +286,14 @@ def test_a_changed_sweep_names_its_keys_and_smoke_test_is_idempotent():
     cfg = load_sweep(None, mapping=_sweep(), smoke_test=True)
     shrink_for_smoke_test(cfg)                    # `--resume t-smoke --smoke-test`: still that sweep
     assert cfg.name == "t-smoke"
+
+
+def test_progress_callback_pickled_by_an_older_version_still_resumes():
+    """On resume Tune unpickles the callbacks of the sweep's first run, possibly from an older version."""
+    import pickle
+    from tune.progress import ProgressLog
+    old = ProgressLog("val_top1", "max", 4)
+    for attr in ("started", "ended", "storage", "sweep"):    # what a session-2 ProgressLog did not have
+        del old.__dict__[attr]
+    back = pickle.loads(pickle.dumps(old))
+    assert back.unfinished([]) == [] and back.storage is None and back.total == 4

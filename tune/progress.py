@@ -54,6 +54,11 @@ class ProgressLog(Callback):
         self.started: set[str] = set()
         self.ended: set[str] = set()
 
+    def __setstate__(self, state: dict) -> None:
+        """Tune restores this callback from the sweep's saved state on resume: a sweep started by an older
+        version lacks the newer attributes, which start empty (nothing was tracked then)."""
+        self.__dict__.update({"storage": None, "sweep": None, "started": set(), "ended": set(), **state})
+
     def unfinished(self, trials) -> list[str]:
         """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun."""
         return sorted(t.trial_id for t in trials

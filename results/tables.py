@@ -218,17 +218,16 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
     many_backbones = len(backbones) > 1
     rows: list[list[Any]] = []
 
+    picked = picked_trials(done)
     for backbone, pretrained in backbones:
         suffix = f", {backbone}/{pretrained}" if many_backbones else ""
         mine = df[(df["backbone"] == backbone) & (df["pretrained"] == pretrained)]
-        sub = completed(mine)
         for column, label in BASELINES.get(metric, ()):
-            if column in sub.columns and sub[column].notna().any():
-                cells = [_or_marker(seed_stat(sub[sub["dataset"] == d], column), mine[mine["dataset"] == d])
-                         for d in datasets]
+            reported = {d: _reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets}
+            if any(column in r.columns and r[column].notna().any() for r in reported.values()):
+                cells = [_or_marker(seed_stat(reported[d], column), mine[mine["dataset"] == d]) for d in datasets]
                 rows.append([label + suffix, *cells, _mean_cell(cells)])
 
-    picked = picked_trials(done)
     for g in groups_of(df):
         mine = group_rows(df, g)
         cells = [_or_marker(seed_stat(picked[(g, d)], metric) if (g, d) in picked else Stat(None),
@@ -247,6 +246,15 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
     notes += _standin_notes(done)
     return Table(["Method", *datasets, "Mean"], ["row", *datasets, "mean"], rows, notes, bold_best=True,
                  failures=failure_lines(df))
+
+
+def _reported_runs(picked: dict[tuple, pd.DataFrame], backbone: str, pretrained: str, dataset: str,
+                   empty: pd.DataFrame) -> pd.DataFrame:
+    """The trials behind the table's method cells of one backbone and dataset (every group's picked
+    configuration): the "same runs" of the zero-shot and WCA rows. WCA depends on a run's local settings
+    (crops or tokens, K, top_k), so it is read from the runs the table reports, not averaged over a sweep."""
+    parts = [t for (g, d), t in picked.items() if d == dataset and (g[2], g[3]) == (backbone, pretrained)]
+    return pd.concat(parts) if parts else empty
 
 
 def _has_marker(rows: list[list[Any]]) -> bool:

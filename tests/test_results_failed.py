@@ -164,3 +164,15 @@ def test_plot_keeps_failed_datasets_and_warns(store, tmp_path, caplog, monkeypat
         assert results_main(["plot", "--store", store, "--out", str(tmp_path / "p"), "--no-optuna"]) == 0
     assert f"ucf101\n({FAILED})" in seen["ticks"] and "dtd" in seen["ticks"]
     assert any("results are incomplete" in r.getMessage() for r in caplog.records)
+
+
+def test_wca_row_reads_the_picked_runs_not_an_average_over_the_sweep(tmp_path, capsys, caplog):
+    """WCA depends on a run's local settings; the row reports the runs whose FAIR cell the table shows."""
+    recs = [make_record(dataset="dtd", trial="crops-best", hparams={"local.source": "crops"}, val=80, test=75,
+                        wca=50.0),
+            make_record(dataset="dtd", trial="tokens-worse", hparams={"local.source": "tokens"}, val=60, test=65,
+                        wca=30.0)]
+    collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
+    md, _ = run_table(str(tmp_path / "out"), capsys, caplog)
+    assert md_row(md, "FAIR (grid)")[1] == "**75.0**"
+    assert md_row(md, "WCA (same runs)")[1] == "50.0"          # not 40.0, the mean over both settings

@@ -8,8 +8,8 @@ The cost model, per trial (all in GPU-seconds at full use of one GPU):
     orchestration + setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
 with orchestration the seconds a trial holds its resources before adapt() starts (RUNNER_OVERHEAD_S),
 with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 + eval.local_views)
-(see costs.py; both averaged over the search space: a `tokens` trial cuts no crops), or t_train measured (1 / timings.images_per_s of earlier records, times the GPU share
-they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
+(see costs.py; both averaged over the search space: a `tokens` trial cuts no crops), or t_train measured
+(1 / timings.images_per_s of earlier records, times the GPU share they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
 GPU-hours do not depend on the packing while the wall time does: wall ~ total / (trials at once x g).
 ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
 Everything printed is an estimate; the sweep's own records give the measured numbers afterwards.

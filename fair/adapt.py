@@ -53,10 +53,9 @@ DIGEST_IGNORES = ("run.", "eval.val_every_epoch", "data.num_workers", "train.com
 def config_digest(cfg: FairConfig) -> str:
     """Hash of everything that changes the training trajectory (the `run` section excluded)."""
     d = to_dict(cfg)
-    d.pop("run")
-    d["eval"].pop("val_every_epoch", None)
-    d["data"].pop("num_workers", None)
-    d["train"].pop("compile", None)          # the same computation, compiled or not
+    for key in DIGEST_IGNORES:              # e.g. train.compile: the same computation, compiled or not
+        section, _, name = key.rstrip(".").partition(".")
+        d[section].pop(name, None) if name else d.pop(section)
     # Keys added after runs existed: left out at their old behaviour, so those runs' digests still match.
     if d["data"].get("pipeline") == "pil":
         d["data"].pop("pipeline")

@@ -79,11 +79,16 @@ def adapt_main(argv: list[str]) -> int:
     extra += ["run.progress=false"] if a.quiet else []
     cfg = load_config(a.config, a.overrides + extra)
     if a.quiet:
-        for name in ("", "fair"):          # fair's own logger is pinned at INFO by the `fair` command
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_logs()
     record = run_adapt(cfg)
     print(summary_line(record))
     return 0
+
+
+def quiet_logs() -> None:
+    """--quiet: warnings only, from fair's own logger too (the `fair` command pins it at INFO)."""
+    for name in ("", "fair"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def summary_line(record: dict) -> str:
@@ -116,7 +121,7 @@ def data_main(argv: list[str]) -> int:
     if a.cmd == "prepare":
         from fair.data.prepare import prepare, summary_table
         if a.quiet:
-            logging.getLogger("fair").setLevel(logging.WARNING)
+            quiet_logs()
         if "all" in a.datasets and len(a.datasets) > 1:
             raise FairError("`fair data prepare all` takes no other names")
         outcomes = prepare(a.datasets, a.root, mirror=a.mirror, keep_archives=a.keep_archives, progress=not a.quiet)
@@ -234,8 +239,6 @@ def descriptions_main(argv: list[str]) -> int:
 
 
 def _descriptions_show(a) -> int:
-    import shutil as _shutil
-
     from fair import descriptions as D
     classnames = None
     if a.path:
@@ -256,5 +259,5 @@ def _descriptions_show(a) -> int:
             log.info("checking the file alone, without the dataset's class names (%s)", e)
     lint = D.lint_descriptions(D.read_descriptions_file(path), classnames)
     print(f"{path}:")
-    print("\n".join(D.format_lint(lint, min(_shutil.get_terminal_size().columns, 120))))
+    print("\n".join(D.format_lint(lint, min(shutil.get_terminal_size().columns, 120))))
     return 0

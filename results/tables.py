@@ -222,8 +222,8 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
     for backbone, pretrained in backbones:
         suffix = f", {backbone}/{pretrained}" if many_backbones else ""
         mine = df[(df["backbone"] == backbone) & (df["pretrained"] == pretrained)]
+        reported = {d: _reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets}
         for column, label in BASELINES.get(metric, ()):
-            reported = {d: _reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets}
             if any(column in r.columns and r[column].notna().any() for r in reported.values()):
                 cells = [_or_marker(seed_stat(reported[d], column), mine[mine["dataset"] == d]) for d in datasets]
                 rows.append([label + suffix, *cells, _mean_cell(cells)])

@@ -53,21 +53,20 @@ def _error_text(trial) -> str:
     return trial.get_error() or ""
 
 
-def write_failed_record(plan, trial_id: str, trial_config: dict, error_text: str) -> str:
+def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> str:
     """Build the failed record of one trial (its study's config with its sampled values) and store it."""
     from fair.adapt import failed_record
     from fair.config import from_dict, set_by_path
     from tune import storage
-    from tune.space import apply
-    study = trial_config["study"]
-    cfg_dict = apply(plan.study_configs[study], trial_config.get("hparams") or {})
-    set_by_path(cfg_dict, "run.name", trial_id)
+    from tune.trainable import stamp_record, trial_config
+    study = config["study"]
     key = storage.record_key(plan.sweep, study, trial_id)
     if _completed(plan.storage, key):   # it failed after its record was written: the record stands
         return storage.join(plan.storage, key)
-    record = failed_record(from_dict(cfg_dict), error_line(error_text))
-    record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
-    return storage.write_json(plan.storage, key, record)
+    cfg = trial_config(plan, config)
+    set_by_path(cfg, "run.name", trial_id)             # as adapt_trial names a completed trial's run
+    record = failed_record(from_dict(cfg), error_line(error_text))
+    return storage.write_json(plan.storage, key, stamp_record(record, plan, trial_id, study))
 
 
 def _completed(uri: str, key: str) -> bool:

@@ -73,10 +73,11 @@ def load_saved(storage: str, name: str) -> SweepConfig:
 RESUMABLE_CHANGES = ("ray.", "faults.")   # sweep keys a resume may change: Ray and progress options
 
 
-def _same_search(a: dict, b: dict) -> bool:
-    """Whether a stored sweep and this one define the same experiment (Ray/progress options may change)."""
+def _search_changes(a: dict, b: dict) -> list[str]:
+    """How a stored sweep and this one differ as experiments (empty: the same; Ray/progress options may
+    change), one `key old -> new` per difference."""
     from fair.config import changed_keys
-    return not changed_keys(a, b, RESUMABLE_CHANGES)
+    return changed_keys(a, b, RESUMABLE_CHANGES)
 
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
@@ -139,9 +140,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     exp_path = st.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
     stored = saved_config(uri, cfg.name)
-    if exists and stored is not None and not _same_search(stored, _snapshot(cfg)):
-        from fair.config import changed_keys
-        changes = changed_keys(stored, _snapshot(cfg), RESUMABLE_CHANGES)
+    changes = _search_changes(stored, _snapshot(cfg)) if exists and stored is not None else []
+    if changes:
         more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise FairError(f"sweep {cfg.name!r} already exists in {uri} with a different configuration "
                         f"({'; '.join(changes[:3])}{more}); use another name (--set name=...) or resume it "

@@ -179,8 +179,7 @@ def adapt_trial(payload: dict, session: Session) -> None:
                              scratch / "crash.marker")
     record = adapt(cfg, run_dir, report=reporter, resume_from=resume_from)
     if rank == 0:
-        record["run_id"] = trial_id
-        record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
+        stamp_record(record, plan, trial_id, study)
         path = storage.write_json(plan.storage, storage.record_key(plan.sweep, study, trial_id), record)
         log.info("trial %s: record %s", trial_id, path)
     reporter.finish(record)
@@ -201,13 +200,24 @@ def train_worker(payload: dict) -> None:
 # ------------------------------------------------------------------------------------- trial driver
 
 
+def trial_config(plan: TrialPlan, config: dict) -> dict:
+    """A trial's nested FAIR config from its Tune config: its study's base config with the sampled values."""
+    from tune.space import apply
+    return apply(plan.study_configs[config["study"]], config.get("hparams") or {})
+
+
+def stamp_record(record: dict, plan: TrialPlan, trial_id: str, study: str) -> dict:
+    """A trial's record as the sweep stores it: named by the trial id, with its sweep, trial and study."""
+    record["run_id"] = trial_id
+    record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
+    return record
+
+
 def _payload(config: dict, plan: TrialPlan) -> dict:
     """The trial's id, study and FAIR config (the study's base config with the sampled values)."""
     import ray.tune
-    from tune.space import apply
-    study = config["study"]
-    return {"plan": plan, "trial_id": ray.tune.get_context().get_trial_id(), "study": study,
-            "config": apply(plan.study_configs[study], config.get("hparams") or {})}
+    return {"plan": plan, "trial_id": ray.tune.get_context().get_trial_id(), "study": config["study"],
+            "config": trial_config(plan, config)}
 
 
 def run_trial_direct(config: dict, plan: TrialPlan) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +16,31 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+def pytest_sessionstart(session):
+    """Say so up front when the disk is nearly full. SeaweedFS refuses writes once under 1% of its disk is free
+    (each S3 test then spends minutes on retries and fails) and Ray needs room for its session logs."""
+    usage = shutil.disk_usage(tempfile.gettempdir())
+    need = max(5 * 2**30, 0.02 * usage.total)
+    if usage.free < need:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"warning: {usage.free / 2**30:.1f} GiB free in {tempfile.gettempdir()}, under the "
+                                f"{need / 2**30:.1f} GiB the S3 and Ray tests need: free some space first",
+                                yellow=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used SeaweedFS gets the server's free disk and log tail in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for name in ("private_s3_server", "s3_server", "use_s3"):
+            server = getattr(item, "funcargs", {}).get(name)
+            if server is not None and hasattr(server, "diagnosis"):
+                report.sections.append((f"SeaweedFS ({name})", server.diagnosis()))
+
 
 CLASSES = ["red square", "green circle", "blue triangle", "yellow cross"]
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]

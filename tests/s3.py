@@ -31,6 +31,13 @@ BUCKET = "sweeps"
 _PORT_NAMES = ("master", "volume", "filer", "admin", "s3")
 
 
+def free_disk(path: Path) -> str:
+    """Free space on the file system holding `path` (its nearest existing parent), in GiB."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
+
+
 def weed_binary() -> str | None:
     """The `weed` binary: next to the running Python first (the venv), then on PATH."""
     here = Path(sys.executable).parent / "weed"
@@ -101,7 +108,11 @@ class WeedServer:
         cmd = [binary, f"-logdir={logs}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
                f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
-               f"-admin.port={p['admin']}", f"-s3.port={p['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+               f"-admin.port={p['admin']}", f"-s3.port={p['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               # fixed volume count and size, not `mini`'s guess from free disk (the tests store kilobytes).
+               # NB: the volume server still refuses every write when under 1% of its disk is free (a minute's
+               # hang, then InternalError); `mini` has no flag for that, so conftest warns of a full disk
+               "-volume.max=8", "-master.volumeSizeLimitMB=64"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                     "S3_BUCKET": self.bucket, "TMPDIR": str(self.workdir)})
@@ -117,12 +128,38 @@ class WeedServer:
             try:
                 names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
                 if self.bucket in names and self._serves_objects(client):
-                    return
+                    break
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"weed did not serve bucket {self.bucket!r} within {timeout} s; see {self.workdir}")
+        else:
+            self.stop()
+            raise RuntimeError(f"weed did not serve bucket {self.bucket!r} within {timeout} s\n{self.diagnosis()}")
+        self._probe_write()
+
+    def _probe_write(self) -> None:
+        """Fail the fixture at once, with the reason, when the server lists but cannot store (a full disk made
+        every write hang for a minute and then answer InternalError): better one clear error than 5-minute
+        retries in every S3 test."""
+        from botocore.config import Config
+        client = self.client(config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=20))
+        key = f".fixture-probe-{os.getpid()}"
+        try:
+            client.put_object(Bucket=self.bucket, Key=key, Body=b"probe")
+            client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as e:  # noqa: BLE001 - any failure here means the tests cannot use it
+            self.stop()
+            raise RuntimeError(f"weed serves bucket {self.bucket!r} but cannot store an object ({e})\n"
+                               f"{self.diagnosis()}") from None
+
+    def diagnosis(self, lines: int = 15) -> str:
+        """Free disk space where the server keeps its data, and the tail of its logs: what a failure needs."""
+        parts = [f"free disk under {self.workdir}: {free_disk(self.workdir)}"]
+        for log in (self.workdir / "weed.out", self.workdir / "logs" / "weed.WARNING"):  # glog: WARNING holds ERROR
+            if log.is_file():
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- last lines of {log}:\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _serves_objects(self, client) -> bool:
         """After a restart the bucket lists before the volume server serves the data it holds (GETs answer

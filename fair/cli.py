@@ -4,8 +4,9 @@ So `fair adapt` works without Ray installed and `fair results table` without tor
 """
 from __future__ import annotations
 
-import logging
 import sys
+
+from fair.logs import setup_logging
 
 USAGE = """usage: fair <command> [options]
 
@@ -78,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    # Our packages log at INFO; third-party libraries (open_clip logs to the root logger) at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for name in ("fair", "tune", "results", "cluster", "bench"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    setup_logging()   # our packages at INFO; third-party libraries (open_clip logs to the root) at WARNING
     from fair.errors import FairError
     try:
         if argv[0] == "sweep" and "--plan" in argv:

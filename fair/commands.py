@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fair.errors import FairError
+from fair.logs import quiet_logs
 
 log = logging.getLogger("fair")
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -83,12 +84,6 @@ def adapt_main(argv: list[str]) -> int:
     record = run_adapt(cfg)
     print(summary_line(record))
     return 0
-
-
-def quiet_logs() -> None:
-    """--quiet: warnings only, from fair's own logger too (the `fair` command pins it at INFO)."""
-    for name in ("", "fair"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def summary_line(record: dict) -> str:

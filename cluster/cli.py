@@ -337,5 +337,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from fair.logs import setup_logging
+    setup_logging()
     sys.exit(main(sys.argv[1:]))

@@ -99,5 +99,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":   # python -m tune.cli ... (same as `fair sweep ...`)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fair.logs import setup_logging
+    setup_logging()
     sys.exit(main(sys.argv[1:]))

@@ -48,38 +48,60 @@ def rank() -> int:
 
 # Config keys that do not change a run's result (left out of config_digest; a resume may change them).
 DIGEST_IGNORES = ("run.", "eval.val_every_epoch", "data.num_workers", "train.compile")
+# train.fair_momentum of runs started before it could be auto (null): a resumed one keeps it.
+LEGACY_FAIR_MOMENTUM = 0.0
+
+
+def result_config(config: dict) -> dict:
+    """A nested config dict reduced to what changes a run's result: DIGEST_IGNORES dropped, and keys added
+    after runs existed dropped at their old behaviour, so that older runs still compare equal. The one
+    comparison behind both the checkpoint digest and the resume check of a run folder."""
+    d = copy.deepcopy(config)
+    for key in DIGEST_IGNORES:              # e.g. train.compile: the same computation, compiled or not
+        section, _, name = key.rstrip(".").partition(".")
+        (d.get(section) or {}).pop(name, None) if name else d.pop(section, None)
+    data = d.get("data") or {}
+    if data.get("pipeline", "pil") == "pil":
+        data.pop("pipeline", None)
+    if data.get("cache_size") is None:
+        data.pop("cache_size", None)
+    return d
 
 
 def config_digest(cfg: FairConfig) -> str:
     """Hash of everything that changes the training trajectory (the `run` section excluded)."""
-    d = to_dict(cfg)
-    for key in DIGEST_IGNORES:              # e.g. train.compile: the same computation, compiled or not
-        section, _, name = key.rstrip(".").partition(".")
-        d[section].pop(name, None) if name else d.pop(section)
-    # Keys added after runs existed: left out at their old behaviour, so those runs' digests still match.
-    if d["data"].get("pipeline") == "pil":
-        d["data"].pop("pipeline")
-    if d["data"].get("cache_size") is None:
-        d["data"].pop("cache_size", None)
-    return sha256_json(d)
+    return sha256_json(result_config(to_dict(cfg)))
 
 
-def run_name(cfg: FairConfig) -> str:
-    return cfg.run.name or f"{cfg.data.dataset}-{cfg.method}-s{cfg.seed}"
+def resume_source(run_dir: Path, resume_from: str | Path | None) -> Path | None:
+    """The checkpoint a run resumes from: `resume_from`, else the run folder's last.pt when there is one."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    return Path(resume_from) if resume_from else (last if last.is_file() else None)
 
 
-def record_identity(cfg: FairConfig) -> dict:
-    """The fields of a record that say which run it is (docs/record.md); completed and failed alike."""
+def run_name(cfg: FairConfig | dict) -> str:
+    """run.name, else `<dataset>-<method>-s<seed>`; of a FairConfig or of its nested dict."""
+    if isinstance(cfg, dict):
+        name, dataset, method, seed = cfg["run"].get("name"), cfg["data"]["dataset"], cfg["method"], cfg["seed"]
+    else:
+        name, dataset, method, seed = cfg.run.name, cfg.data.dataset, cfg.method, cfg.seed
+    return name or f"{dataset}-{method}-s{seed}"
+
+
+def record_identity(cfg: FairConfig | dict) -> dict:
+    """The fields of a record that say which run it is (docs/record.md); completed and failed alike. A
+    nested dict is taken as is (a failed run's config may be one that FairConfig refuses)."""
+    d = cfg if isinstance(cfg, dict) else to_dict(cfg)
     return {
-        "schema_version": SCHEMA_VERSION, "run_id": run_name(cfg), "method": cfg.method,
-        "dataset": cfg.data.dataset, "backbone": cfg.model.name, "pretrained": cfg.model.pretrained,
-        "seed": cfg.seed, "sweep": None, "config": to_dict(cfg),
-        "hparams": {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith("run.")
+        "schema_version": SCHEMA_VERSION, "run_id": run_name(d), "method": d["method"],
+        "dataset": d["data"]["dataset"], "backbone": d["model"]["name"], "pretrained": d["model"]["pretrained"],
+        "seed": d["seed"], "sweep": None, "config": d,
+        "hparams": {k: v for k, v in flatten(d).items() if not k.startswith("run.")
                     and not isinstance(v, (list, dict))},
     }
 
 
-def failed_record(cfg: FairConfig, error: str) -> dict:
+def failed_record(cfg: FairConfig | dict, error: str) -> dict:
     """The record of a run that ended in error (status "failed", no metrics), so that results tables can
     say a dataset failed instead of leaving it out."""
     return {**record_identity(cfg), "status": "failed", "error": error, "metrics": None,
@@ -112,8 +134,12 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     # --- set-up: data, model, text embeddings (then the text tower is dropped) -------------------------
     data = prepare_data(cfg.data)
     # Settings that depend on the data are resolved once it is known, so the saved config, the checkpoint
-    # digest and the record all carry the value used.
+    # digest and the record all carry the value used. A resumed run keeps the value it started with.
     cfg = copy.deepcopy(cfg)
+    src = resume_source(run_dir, resume_from)
+    if cfg.train.fair_momentum is None and src is not None:
+        started = engine.checkpoint_resolved(src)
+        cfg.train.fair_momentum = float(started.get("train.fair_momentum", LEGACY_FAIR_MOMENTUM))
     cfg.train.fair_momentum = fair_momentum_for(cfg.train.fair_momentum, len(data.classnames), cfg.train.batch_size)
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -276,10 +302,10 @@ def _train(cfg, student, visual_params, heads, data: PreparedData, views, device
     scaler = grad_scaler(cfg.model.precision, device)
     digest = config_digest(cfg)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
+    src = resume_source(run_dir, resume_from)
     state: dict = {}
     rows: list[dict] = []
     start_epoch = 1
-    src = Path(resume_from) if resume_from else (ckpt_path if ckpt_path.is_file() else None)
     if src is not None:
         blob = engine.load_checkpoint(src, student, optimizer, scheduler, scaler, digest)
         rows, start_epoch = list(blob["rows"]), blob["epoch"] + 1
@@ -312,7 +338,8 @@ def _train(cfg, student, visual_params, heads, data: PreparedData, views, device
             # rewritten whole (atomically): a resumed run never duplicates or half-writes a row
             atomic_write_text(run_dir / "epochs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             if epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                engine.save_checkpoint(ckpt_path, student, optimizer, scheduler, scaler, epoch, rows, state, digest)
+                engine.save_checkpoint(ckpt_path, student, optimizer, scheduler, scaler, epoch, rows, state, digest,
+                                       {"train.fair_momentum": cfg.train.fair_momentum})
                 ckpt_dir = ckpt_path.parent
         if report is not None:
             report(dict(row), ckpt_dir)

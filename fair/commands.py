@@ -21,13 +21,24 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
 
+# What adapt() has written in a run folder before its first epoch ends (an empty checkpoints/ included).
+SETUP_FILES = {"config.yaml", "checkpoints"}
+
+
+def _setup_only(run_dir: Path) -> bool:
+    """True for a folder that adapt() left after a set-up that failed before the first epoch: nothing in it
+    is a result, so it may be reused."""
+    entries = list(run_dir.iterdir())
+    return all(e.name in SETUP_FILES for e in entries) and not any((run_dir / "checkpoints").glob("*"))
+
+
 def prepare_run_dir(cfg) -> Path:
     """The run folder for `cfg`; refuses to touch an existing run unless told to resume or overwrite."""
     from fair.adapt import run_name
     run_dir = Path(cfg.run.out_dir).expanduser() / run_name(cfg)
-    exists = (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "record.json").is_file()
-    if run_dir.exists() and not exists:     # an earlier set-up failed before the first epoch: nothing to keep
+    if run_dir.is_dir() and _setup_only(run_dir):    # an earlier set-up failed: nothing to keep
         shutil.rmtree(run_dir)
+    exists = run_dir.exists()
     if exists and cfg.run.overwrite:
         shutil.rmtree(run_dir)
     elif exists and not cfg.run.resume:
@@ -39,7 +50,7 @@ def prepare_run_dir(cfg) -> Path:
 def check_same_config(cfg, run_dir: Path) -> None:
     """Refuse, naming the keys, to resume a run folder (finished or not) with a config that changes its
     result; nothing in the folder is touched."""
-    from fair.adapt import DIGEST_IGNORES
+    from fair.adapt import result_config
     from fair.config import changed_keys, read_yaml, to_dict
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -47,7 +58,7 @@ def check_same_config(cfg, run_dir: Path) -> None:
     saved, new = read_yaml(saved_path), to_dict(cfg)
     if new["train"].get("fair_momentum") is None:    # auto: resolved from the same data when the run started
         new["train"]["fair_momentum"] = (saved.get("train") or {}).get("fair_momentum")
-    changes = changed_keys(saved, new, DIGEST_IGNORES)
+    changes = changed_keys(result_config(saved), result_config(new))
     if changes:
         more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise FairError(f"run folder {str(run_dir)!r} was made with another config ({'; '.join(changes[:3])}{more}); "

@@ -363,3 +363,6 @@ def validate(cfg: FairConfig) -> None:
     need(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")
     need(cfg.data.randaug_ops >= 0, "config key 'data.randaug_ops' must be >= 0")
     need(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")
+    name = cfg.run.name
+    need(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
+         f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")

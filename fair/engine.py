@@ -252,16 +252,27 @@ def trainable_state(student: Student) -> dict:
 
 
 def save_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, epoch: int, rows: list,
-                    state: dict, config_digest: str) -> None:
-    """Full training state after `epoch`, written atomically."""
+                    state: dict, config_digest: str, resolved: dict | None = None) -> None:
+    """Full training state after `epoch`, written atomically. `resolved`: the values that "auto" config keys
+    took when the run started, which a resumed run must keep (checkpoint_resolved)."""
     blob = {
         "epoch": epoch, "trainable": trainable_state(student), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rows": rows,
-        "running_pbar": state.get("running_pbar"), "config_digest": config_digest,
+        "running_pbar": state.get("running_pbar"), "config_digest": config_digest, "resolved": resolved or {},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     atomic_torch_save(blob, path)
+
+
+def checkpoint_resolved(path: Path) -> dict:
+    """The `resolved` values saved with a checkpoint ({} for one written before they were saved); the
+    tensors are memory-mapped, not read."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint reports an unreadable file with its fix
+        return {}
+    return dict(blob.get("resolved") or {})
 
 
 def load_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, config_digest: str) -> dict:

@@ -311,3 +311,70 @@ def test_ctrl_c_says_how_to_continue_for_each_command(monkeypatch, capsys):
     assert "with --resume" in capsys.readouterr().err
     assert cli.main(["demo"]) == 130
     assert "starts over" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch_1(row, ckpt_dir):
+    if row["epoch"] == 1:
+        raise _Stop
+
+
+def test_a_resumed_run_keeps_the_momentum_it_started_with(tiny_cfg):
+    """A run started before fair_momentum could be auto (0.0, no `resolved` in its checkpoint) resumes with
+    0.0 under today's auto default; resolving afresh (0.9 at 4 classes, batch 16) would refuse its checkpoint."""
+    import yaml
+    from fair.losses import fair_momentum_for
+    from fair.commands import prepare_run_dir
+    assert fair_momentum_for(None, 4, 16) != 0.0
+    d = {**tiny_cfg, "run": {**tiny_cfg["run"], "name": "old"}}
+    old = from_dict({**d, "train": {**d["train"], "fair_momentum": 0.0}})
+    run_dir = prepare_run_dir(old)
+    with pytest.raises(_Stop):
+        adapt(old, run_dir, report=_stop_after_epoch_1)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    blob = torch.load(ckpt, weights_only=False)
+    assert blob.pop("resolved") == {"train.fair_momentum": 0.0}
+    torch.save(blob, ckpt)                                            # as an older version wrote it
+    record = run_adapt(from_dict({**d, "run": {**d["run"], "resume": True}}))
+    assert record["config"]["train"]["fair_momentum"] == 0.0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["fair_momentum"] == 0.0
+    assert [r["epoch"] for r in map(json.loads, (run_dir / "epochs.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_a_folder_holding_results_is_never_deleted_without_overwrite(tiny_cfg, tmp_path):
+    from fair.commands import prepare_run_dir
+    out = Path(tiny_cfg["run"]["out_dir"])
+    for name, files in (("trained", ["config.yaml", "epochs.jsonl"]), ("mine", ["notes.txt"])):
+        (out / name).mkdir(parents=True)
+        for f in files:
+            (out / name / f).write_text("x")
+        cfg = from_dict({**tiny_cfg, "run": {**tiny_cfg["run"], "name": name}})
+        with pytest.raises(FairError, match="already exists"):
+            prepare_run_dir(cfg)
+        assert sorted(p.name for p in (out / name).iterdir()) == sorted(files)
+    for bad in (".", "..", "/abs"):
+        with pytest.raises(FairError, match="run.name"):
+            from_dict({**tiny_cfg, "run": {**tiny_cfg["run"], "name": bad}})
+
+
+def test_resume_accepts_a_run_folder_from_before_newer_keys(tiny_cfg):
+    """config.yaml written before data.pipeline / data.cache_size existed compares equal at their defaults,
+    as the checkpoint digest already does."""
+    import yaml
+    from fair.commands import check_same_config, prepare_run_dir
+    from fair.config import to_dict
+    cfg = from_dict({**tiny_cfg, "run": {**tiny_cfg["run"], "name": "older", "resume": True}})
+    saved = to_dict(cfg)
+    saved["data"].pop("pipeline")
+    saved["data"].pop("cache_size")
+    run_dir = prepare_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_same_config(cfg, run_dir)                                   # no error
+    changed = from_dict({**tiny_cfg, "data": {**tiny_cfg["data"], "pipeline": "device"},
+                         "run": {**tiny_cfg["run"], "name": "older", "resume": True}})
+    with pytest.raises(FairError, match="data.pipeline"):
+        check_same_config(changed, run_dir)

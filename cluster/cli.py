@@ -183,6 +183,9 @@ def load_job_sweep(root: Path, argv: list[str]):
     p = sweep_parser()
     p.error = _sweep_args_error        # one line, not argparse's usage text
     t = p.parse_args(argv)
+    if t.plan or t.records:
+        _sweep_args_error("--plan estimates locally: run `fair sweep --config FILE --plan` here, not on the "
+                          "cluster")
     return load_sweep(str(root / t.config), sweep_overrides(t), smoke_test=t.smoke_test), t
 
 

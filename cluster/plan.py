@@ -94,9 +94,10 @@ def _base(sweep: dict) -> dict:
 
 
 def _space(sweep: dict) -> dict:
-    """The sweep's search space as a {dotted key: spec} mapping ("default": tune's DEFAULT_SPACE)."""
+    """The sweep's search space as a {dotted key: spec} mapping ("default" or unset: tune's DEFAULT_SPACE,
+    as tune.space.parse_space reads it)."""
     raw = sweep.get("space", "default")
-    if raw == "default":
+    if raw in (None, "default"):
         from tune.space import DEFAULT_SPACE
         return DEFAULT_SPACE
     return raw if isinstance(raw, dict) else {}

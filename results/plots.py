@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from results.importance import param_importance  # noqa: E402
 from results.tables import (FAILED, SELECT_BY, STANDIN_NOTE, completed, group_rows, groups_of,  # noqa: E402
-                            method_label, picked_trials, seed_stat)
+                            method_label, picked_trials, reported_runs, seed_stat)
 
 log = logging.getLogger(__name__)
 _DPI = 120
@@ -42,8 +42,9 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_gain(df: pd.DataFrame, path: Path) -> Path:
-    """Grouped bars: per dataset, each method's gain over zero-shot (points), with WCA for reference."""
+def gain_series(df: pd.DataFrame) -> tuple[list[str], list[tuple[str, list]]]:
+    """What plot_gain draws: the datasets, and per bar series its label and one Stat (or None) per dataset:
+    WCA of the runs the table reports, then each method's picked configuration."""
     done = completed(df).copy()
     done["gain"] = done["gain_over_zeroshot"].fillna(done["test_top1"] - done["zeroshot_top1"])
     done["wca_gain"] = done["wca_top1"] - done["zeroshot_top1"]
@@ -52,11 +53,22 @@ def plot_gain(df: pd.DataFrame, path: Path) -> Path:
     groups = groups_of(done)
     many = len({(g[2], g[3]) for g in groups}) > 1
     series = []
-    if done["wca_gain"].notna().any():
-        series.append(("WCA (same runs)", [seed_stat(done[done["dataset"] == d], "wca_gain") for d in datasets]))
+    for backbone, pretrained in sorted({(g[2], g[3]) for g in groups}):
+        # the runs the table reports (each group's picked configuration), as its "WCA (same runs)" row reads
+        runs = [reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets]
+        if any(r["wca_gain"].notna().any() for r in runs):
+            label = "WCA (same runs)" + (f", {backbone}/{pretrained}" if many else "")
+            series.append((label, [seed_stat(r, "wca_gain") for r in runs]))
     for g in groups:
         series.append((method_label(g, many), [seed_stat(picked[(g, d)], "gain") if (g, d) in picked else None
                                                for d in datasets]))
+    return datasets, series
+
+
+def plot_gain(df: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: per dataset, each method's gain over zero-shot (points), with WCA for reference."""
+    done = completed(df)
+    datasets, series = gain_series(df)
     fig = Figure(figsize=(max(6.0, 1.3 * len(datasets) * max(1, len(series)) ** 0.5 + 3), 4.5),
                  layout="constrained")
     ax = fig.add_subplot()

@@ -8,6 +8,7 @@ Credentials come only from the standard AWS chain (env, shared files, instance o
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -136,7 +137,8 @@ class LocalStore(Store):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.fchmod(fd, _FILE_MODE)      # mkstemp's 0600 would hide the tables from the rest of the team
+            with contextlib.suppress(OSError):   # mkstemp's 0600 would hide the tables from the team; some
+                os.fchmod(fd, _FILE_MODE)       # network/FUSE mounts refuse chmod: then keep it, and write
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -222,7 +222,7 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
     for backbone, pretrained in backbones:
         suffix = f", {backbone}/{pretrained}" if many_backbones else ""
         mine = df[(df["backbone"] == backbone) & (df["pretrained"] == pretrained)]
-        reported = {d: _reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets}
+        reported = {d: reported_runs(picked, backbone, pretrained, d, done.iloc[:0]) for d in datasets}
         for column, label in BASELINES.get(metric, ()):
             if any(column in r.columns and r[column].notna().any() for r in reported.values()):
                 cells = [_or_marker(seed_stat(reported[d], column), mine[mine["dataset"] == d]) for d in datasets]
@@ -248,7 +248,7 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
                  failures=failure_lines(df))
 
 
-def _reported_runs(picked: dict[tuple, pd.DataFrame], backbone: str, pretrained: str, dataset: str,
+def reported_runs(picked: dict[tuple, pd.DataFrame], backbone: str, pretrained: str, dataset: str,
                    empty: pd.DataFrame) -> pd.DataFrame:
     """The trials behind the table's method cells of one backbone and dataset (every group's picked
     configuration): the "same runs" of the zero-shot and WCA rows. WCA depends on a run's local settings

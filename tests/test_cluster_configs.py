@@ -271,7 +271,8 @@ def fake_cluster(monkeypatch):
     (["--set", "budget.trials_per_dataset=0"], "trials_per_dataset"),
     (["--", "--set", "budget.epochs=0"], "budget.epochs"),          # `fair sweep` flags after -- too
     (["--", "--no-such-flag"], "--no-such-flag"),
-], ids=["fair-key", "dataset", "storage", "budget", "after-dashdash", "unknown-flag"])
+    (["--", "--plan"], "--plan"),                                      # planning is local, not a job
+], ids=["fair-key", "dataset", "storage", "budget", "after-dashdash", "unknown-flag", "plan"])
 def test_submit_validates_sweep_before_submitting(fake_cluster, bad, says, capsys):
     """What the job's `fair sweep` would refuse is refused here: one line, exit 2, nothing submitted."""
     argv = ["cluster", "submit", "--config", str(ROOT / "configs/sweeps/demo.yaml"), "--storage", "s3://b/p"]

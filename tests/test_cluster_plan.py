@@ -213,3 +213,11 @@ def test_crop_cost_is_averaged_over_the_search_space():
     assert default.views == (5.0, 4.0)             # half the trials crops, num_crops 4..16 -> 10; 8 views
     assert tokens < default.gpu_hours() < crops16
     assert estimate({**sweep(), "space": {}}).views == (8.0, 8.0)   # nothing searched: the base config's
+
+
+def test_an_unset_space_is_planned_as_the_default_space_the_sweep_searches():
+    from cluster.plan import _space
+    from tune.space import DEFAULT_SPACE, parse_space
+    for raw in ({}, {"space": None}, {"space": "default"}):
+        assert _space(raw) == DEFAULT_SPACE
+        assert parse_space(raw.get("space", "default")).describe() == parse_space(DEFAULT_SPACE).describe()

@@ -176,3 +176,8 @@ def test_wca_row_reads_the_picked_runs_not_an_average_over_the_sweep(tmp_path, c
     md, _ = run_table(str(tmp_path / "out"), capsys, caplog)
     assert md_row(md, "FAIR (grid)")[1] == "**75.0**"
     assert md_row(md, "WCA (same runs)")[1] == "50.0"          # not 40.0, the mean over both settings
+    from results.plots import gain_series
+    datasets, series = gain_series(load_trials(open_store(str(tmp_path / "out"))))
+    (wca,) = [stats for label, stats in series if label == "WCA (same runs)"]
+    zs = recs[0]["metrics"]["zeroshot_top1"]
+    assert datasets == ["dtd"] and wca[0].mean == pytest.approx(50.0 - zs)   # gain.png agrees with the table

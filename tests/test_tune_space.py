@@ -281,6 +281,10 @@ def test_a_changed_sweep_names_its_keys_and_smoke_test_is_idempotent():
     a = _snapshot(load_sweep(None, mapping=_sweep()))
     b = _snapshot(load_sweep(None, mapping=_sweep(), overrides=["base.train.lr=0.0005", "ray.summary_every_s=5"]))
     assert _search_changes(a, b) == ["base.train.lr '(unset)' -> 0.0005"]
+    # keys that change no result (fair.adapt.DIGEST_IGNORES) and the concurrency may change on resume
+    c = _snapshot(load_sweep(None, mapping=_sweep(), overrides=["base.data.num_workers=7",
+                                                                "budget.max_concurrent=3"]))
+    assert _search_changes(a, c) == []
     cfg = load_sweep(None, mapping=_sweep(), smoke_test=True)
     shrink_for_smoke_test(cfg)                    # `--resume t-smoke --smoke-test`: still that sweep
     assert cfg.name == "t-smoke"
@@ -295,3 +299,40 @@ def test_progress_callback_pickled_by_an_older_version_still_resumes():
         del old.__dict__[attr]
     back = pickle.loads(pickle.dumps(old))
     assert back.unfinished([]) == [] and back.storage is None and back.total == 4
+
+
+def test_a_restored_sweep_limiter_takes_the_concurrency_of_this_start():
+    """Tune restores a ConcurrencyLimiter's saved state, limit included; the sweep's limiter takes the limit
+    computed now, both when unpickled with the Tuner and when its saved state is applied."""
+    import pickle
+    from tune.searcher import StudySearcher, SweepLimiter
+    from tune.space import parse_space
+    from tune.sweep import _search_changes
+
+    SweepLimiter.set_limit("s-limit", 1)
+    studies = StudySearcher(parse_space("default"), ["dtd"], 4, "max", seeds={"dtd": 0})
+    old = SweepLimiter(studies, "s-limit", 1)
+    state, blob = old.get_state(), pickle.dumps(old)
+    SweepLimiter.set_limit("s-limit", 64)                 # a resume on the grown cluster
+    restored = pickle.loads(blob)
+    assert restored.max_concurrent == 64
+    restored.set_state(state)
+    assert restored.max_concurrent == 64
+    assert _search_changes({"budget": {"max_concurrent": None}}, {"budget": {"max_concurrent": 64}}) == []
+
+
+def test_a_stored_sweep_that_todays_checks_refuse_resumes_with_the_missing_key_set(tmp_path):
+    """An autoscaling sweep stored before budget.max_concurrent was required: --resume NAME says what to
+    set, and --resume NAME --set budget.max_concurrent=64 loads it."""
+    from tune import storage as st
+    from tune.sweep import SWEEP_FILE, _search_changes, _snapshot, load_saved
+    from tune.sweep_config import validate
+    stored = _snapshot(load_sweep(None, mapping=_sweep(name="old-auto")))
+    stored["resources"]["check_cluster"], stored["budget"]["max_concurrent"] = False, None
+    st.write_json(str(tmp_path), f"old-auto/{SWEEP_FILE}", stored)
+    with pytest.raises(FairError, match="budget.max_concurrent"):
+        validate(load_saved(str(tmp_path), "old-auto"))          # as `fair sweep --resume old-auto` does
+    cfg = load_saved(str(tmp_path), "old-auto", ["budget.max_concurrent=64"])
+    validate(cfg)
+    assert cfg.budget.max_concurrent == 64 and cfg.resources.check_cluster is False
+    assert _search_changes(stored, _snapshot(cfg)) == []        # and run() takes it as the same sweep

@@ -109,6 +109,24 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     assert rows.trial["status"] == "failed" and rows.dataset == "fashion_mnist_shifted"
 
 
+def test_a_trial_whose_sampled_config_is_invalid_still_leaves_a_failed_record(tmp_path):
+    """Searched values are checked one by one before the sweep; a combination can still fail FairConfig's
+    cross-field checks in the trial. Its failed record must be written all the same (no Ray needed)."""
+    from results.schema import record_to_rows
+    from tune.failures import write_failed_record
+    from tune.sweep import build_plan
+    cfg = load_sweep(None, mapping=sweep_dict("badcombo", str(tmp_path / "sweeps")))
+    plan = build_plan(cfg, cfg.storage)
+    error = ("Failure # 1 (occurred at 2026-11-29_05-00-00)\nTraceback (most recent call last):\n"
+             "fair.errors.FairError: config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
+    write_failed_record(plan, "t_bad", {"study": "fashion_mnist",
+                                        "hparams": {"local.crop_min": 0.9, "local.crop_max": 0.5}}, error)
+    rec = st.read_json(cfg.storage, st.record_key(cfg.name, "fashion_mnist", "t_bad"))
+    assert rec["status"] == "failed" and "crop_min" in rec["error"] and rec["run_id"] == "t_bad"
+    assert rec["config"]["local"]["crop_min"] == 0.9
+    assert record_to_rows(rec, "test").trial["status"] == "failed"
+
+
 @pytest.mark.parametrize("runner", ["trainer", "direct"])
 def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner):
     """`trainer`: Train restarts the worker group; `direct`: Tune restarts the trial. Both from epoch 1."""

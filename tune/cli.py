@@ -51,6 +51,10 @@ def sweep_overrides(a: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
+    if a.plan or a.records:   # only `fair sweep` hands these to the planner (tune/ never imports cluster/)
+        from fair.errors import FairError
+        raise FairError("--plan and --records are for `fair sweep` (it runs `fair cluster plan`); run "
+                        "`fair sweep --config FILE --plan`, not python -m tune.cli")
     from tune.cluster import set_env_defaults
     set_env_defaults(local=a.address is None)   # before Ray is imported anywhere
 
@@ -61,12 +65,8 @@ def main(argv: list[str]) -> int:
     if a.config:
         cfg = load_sweep(a.config, overrides, smoke_test=a.smoke_test)
     else:
-        from fair.config import merge_overrides
-        cfg = load_saved(st.resolve(a.storage or "./sweeps"), a.resume)
-        if overrides:   # e.g. --set ray.num_cpus=8 on resume; the search itself must stay as stored
-            from tune.sweep import _snapshot
-            from tune.sweep_config import from_mapping
-            cfg = from_mapping(merge_overrides(_snapshot(cfg), overrides))
+        # e.g. --set ray.num_cpus=8 on resume (the search itself must stay as stored: run() checks)
+        cfg = load_saved(st.resolve(a.storage or "./sweeps"), a.resume, overrides)
         if a.smoke_test:
             shrink_for_smoke_test(cfg)
         validate(cfg)
@@ -98,7 +98,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":   # python -m tune.cli ... (same as `fair sweep ...`)
-    from fair.logs import setup_logging
-    setup_logging()
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":   # python -m tune.cli ... is `fair sweep ...` (--plan, one-line errors included)
+    from fair.cli import main as fair_main
+    sys.exit(fair_main(["sweep"] + sys.argv[1:]))

@@ -56,7 +56,8 @@ def _error_text(trial) -> str:
 def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> str:
     """Build the failed record of one trial (its study's config with its sampled values) and store it."""
     from fair.adapt import failed_record
-    from fair.config import from_dict, set_by_path
+    from fair.config import from_dict, set_by_path, to_dict
+    from fair.errors import FairError
     from tune import storage
     from tune.trainable import stamp_record, trial_config
     study = config["study"]
@@ -65,7 +66,11 @@ def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> s
         return storage.join(plan.storage, key)
     cfg = trial_config(plan, config)
     set_by_path(cfg, "run.name", trial_id)             # as adapt_trial names a completed trial's run
-    record = failed_record(from_dict(cfg), error_line(error_text))
+    try:
+        resolved = to_dict(from_dict(cfg))
+    except FairError:      # the sampled combination itself is what failed (e.g. crop_min > crop_max)
+        resolved = cfg
+    record = failed_record(resolved, error_line(error_text))
     return storage.write_json(plan.storage, key, stamp_record(record, plan, trial_id, study))
 
 

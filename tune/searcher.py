@@ -15,7 +15,7 @@ import pickle
 from typing import Dict, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger("tune.searcher")
@@ -101,6 +101,34 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.set_state(pickle.load(fh))
+
+
+class SweepLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter, but the limit is the one this process set for the sweep (`set_limit`),
+    also after a restore.
+
+    Tune restores a limiter's saved state, limit included, so a resumed sweep would keep the concurrency it
+    started with: after the cluster grew, after `--set budget.max_concurrent=...`, or, on an autoscaling
+    cluster, the 1 that a head with no GPU node yet allows.
+    """
+    limits: Dict[str, int] = {}
+
+    def __init__(self, searcher: Searcher, sweep: str, max_concurrent: int):
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.sweep = sweep
+
+    @classmethod
+    def set_limit(cls, sweep: str, max_concurrent: int) -> None:
+        """The concurrency of `sweep` in this process; limiters restored afterwards take it."""
+        cls.limits[sweep] = max_concurrent
+
+    def set_state(self, state: Dict) -> None:
+        super().set_state(state)
+        self.max_concurrent = self.limits.get(self.sweep, self.max_concurrent)
+
+    def __setstate__(self, state: Dict) -> None:   # unpickled with the Tuner on restore
+        self.__dict__.update(state)
+        self.max_concurrent = self.limits.get(self.sweep, self.max_concurrent)
 
 
 class PerStudyASHA(FIFOScheduler):

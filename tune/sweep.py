@@ -61,23 +61,34 @@ def saved_config(storage: str, name: str) -> dict | None:
         return None
 
 
-def load_saved(storage: str, name: str) -> SweepConfig:
-    """The sweep config a previous `fair sweep` stored (for --resume NAME without the sweep file)."""
+def load_saved(storage: str, name: str, overrides: list[str] = ()) -> SweepConfig:
+    """The sweep config a previous `fair sweep` stored (for --resume NAME without the sweep file), with
+    `overrides` (--set) applied before it is validated: a stored sweep that today's checks refuse can be
+    resumed with the missing key set (e.g. budget.max_concurrent)."""
+    from fair.config import merge_overrides
     data = saved_config(storage, name)
     if data is None:
         raise FairError(f"no sweep named {name!r} in {storage} (looked for {name}/{SWEEP_FILE}); "
                         f"check --storage or start it with --config")
-    return from_mapping(data)
+    return from_mapping(merge_overrides(data, list(overrides)) if overrides else data)
 
 
-RESUMABLE_CHANGES = ("ray.", "faults.")   # sweep keys a resume may change: Ray and progress options
+# sweep keys a resume may change: Ray and progress options, and how many trials run at once
+RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent")
 
 
 def _search_changes(a: dict, b: dict) -> list[str]:
-    """How a stored sweep and this one differ as experiments (empty: the same; Ray/progress options may
-    change), one `key old -> new` per difference."""
+    """How a stored sweep and this one differ as experiments (empty: the same; Ray/progress options and
+    FAIR keys that change no result, such as data.num_workers, may change), one `key old -> new` each."""
+    from fair.adapt import DIGEST_IGNORES
     from fair.config import changed_keys
-    return changed_keys(a, b, RESUMABLE_CHANGES)
+
+    def fair_key(key: str) -> str:     # base.data.num_workers / per_dataset.dtd.data.num_workers -> data.num_workers
+        parts = key.split(".")
+        return ".".join(parts[1:] if parts[0] == "base" else parts[2:] if parts[0] == "per_dataset" else parts)
+    changes = changed_keys(a, b, RESUMABLE_CHANGES)
+    return [c for c in changes if not (c.startswith(("base.", "per_dataset."))
+                                       and fair_key(c.split(" ", 1)[0]).startswith(DIGEST_IGNORES))]
 
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
@@ -135,7 +146,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     from tune.cluster import max_concurrent
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
-    from tune.searcher import METRIC, PerStudyASHA, StudySearcher
+    from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter
 
     exp_path = st.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
@@ -153,6 +164,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     st.write_json(uri, f"{cfg.name}/{SWEEP_FILE}", _snapshot(cfg))
 
     conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)
+    SweepLimiter.set_limit(cfg.name, conc)         # before a restore unpickles the sweep's limiter
     plan = build_plan(cfg, uri)
     trainable = trainable_for(cfg, plan)
     mode = cfg.objective.mode
@@ -172,8 +184,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
                  cfg.resources.runner, space.describe())
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.total_trials,
-                                        max_concurrent_trials=conc),
+            tune_config=tune.TuneConfig(search_alg=SweepLimiter(searcher, cfg.name, conc), scheduler=scheduler,
+                                        num_samples=cfg.total_trials),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=uri, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),

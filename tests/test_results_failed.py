@@ -181,3 +181,14 @@ def test_wca_row_reads_the_picked_runs_not_an_average_over_the_sweep(tmp_path, c
     (wca,) = [stats for label, stats in series if label == "WCA (same runs)"]
     zs = recs[0]["metrics"]["zeroshot_top1"]
     assert datasets == ["dtd"] and wca[0].mean == pytest.approx(50.0 - zs)   # gain.png agrees with the table
+
+
+def test_a_setting_null_only_in_failed_records_keeps_its_numeric_column(tmp_path):
+    """Failed records carry unresolved settings (train.fair_momentum: null, auto). A partition holding only
+    those must not turn the column into strings for every dataset."""
+    recs = [make_record(dataset="dtd", trial="ok", hparams={"train.fair_momentum": 0.9}),
+            make_record(dataset="ucf101", trial="bad", hparams={"train.fair_momentum": None}, status="failed")]
+    collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
+    df = load_trials(open_store(str(tmp_path / "out"))).set_index("dataset")
+    assert str(df["hp.train.fair_momentum"].dtype) == "float64"
+    assert df.loc["dtd", "hp.train.fair_momentum"] == 0.9

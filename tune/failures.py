@@ -21,7 +21,9 @@ MAX_ERROR_CHARS = 500
 
 def error_line(text: str) -> str:
     """The most telling line of a trial's error text: the last `SomeError: message` line of its final
-    failure's traceback (the innermost exception), else its last non-empty line."""
+    failure's traceback, else its last non-empty line. That is the exception that ended the trial: the
+    worker's own under Ray's wrapping, and with chaining (`raise X from e`) the outer one, which for our
+    FairErrors is the one that says what to fix."""
     blocks = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", text or "", flags=re.M)
     lines = [ln.rstrip() for ln in blocks[-1].splitlines() if ln.strip()]
     if not lines:

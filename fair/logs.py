@@ -25,36 +25,26 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, fragments: tuple[str, ...]):
-        super().__init__()
-        self.fragments = fragments
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not any(f in msg for f in self.fragments)
-
-
 @contextlib.contextmanager
-def expected_messages(*fragments: str, transformers_reports: bool = True):
-    """Drop log records containing any of `fragments` (warnings that describe what we did on purpose) and,
-    with `transformers_reports`, transformers' weight-loading report and progress bar, for the block."""
-    drop = _DropMessages(fragments)
-    handlers = [h for h in logging.getLogger().handlers]
+def expected_messages(*fragments: str):
+    """For the block: drop log records containing any of `fragments` (warnings that describe what we did on
+    purpose), and transformers' weight-loading report and progress bar."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in fragments)
+    handlers = list(logging.getLogger().handlers)
     for h in handlers:
-        h.addFilter(drop)
+        h.addFilter(keep)
     tlog = old = bars = None
-    if transformers_reports:
-        with contextlib.suppress(ImportError):
-            from transformers.utils import logging as tlog
-            old, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-            tlog.set_verbosity_error()
-            tlog.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as tlog
+        old, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
     try:
         yield
     finally:
         for h in handlers:
-            h.removeFilter(drop)
+            h.removeFilter(keep)
         if tlog is not None:
             tlog.set_verbosity(old)
             if bars:

@@ -294,11 +294,11 @@ def _hp_type(values: list[Any]) -> pa.DataType:
     present = [v for v in values if v is not None]
     if not present:        # e.g. an auto (null) setting in failed records only: unify takes the other partitions'
         return pa.null()
-    if present and all(isinstance(v, bool) for v in present):
+    if all(isinstance(v, bool) for v in present):
         return pa.bool_()
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return pa.int64()
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         return pa.float64()
     return pa.string()
 

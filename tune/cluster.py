@@ -33,8 +33,8 @@ def set_env_defaults(ray_opts=None, local: bool = True) -> dict:
             os.environ.setdefault(k, v)
     # Tune snapshots the experiment state at every trial checkpoint when num_to_keep is set (runner direct;
     # the trainer runner's checkpoints are Train's) and warns when two come within 5 s, i.e. in every sweep
-    # with short epochs. The frequency costs little: about 0.25 ms per trial held, 50 ms at 200 trials
-    # (docs/sweeps.md). Ray's warning for a snapshot that is really slow (>30 s) stays on.
+    # with short epochs. The frequency costs little: about 0.28 ms per trial held, 56 ms at 200 trials
+    # (python -m bench.snapshots; docs/sweeps.md). Ray's warning for a really slow snapshot (>30 s) stays on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     train_env = {}
     if ray_opts is not None:

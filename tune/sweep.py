@@ -82,13 +82,10 @@ def _search_changes(a: dict, b: dict) -> list[str]:
     FAIR keys that change no result, such as data.num_workers, may change), one `key old -> new` each."""
     from fair.adapt import DIGEST_IGNORES
     from fair.config import changed_keys
-
-    def fair_key(key: str) -> str:     # base.data.num_workers / per_dataset.dtd.data.num_workers -> data.num_workers
-        parts = key.split(".")
-        return ".".join(parts[1:] if parts[0] == "base" else parts[2:] if parts[0] == "per_dataset" else parts)
-    changes = changed_keys(a, b, RESUMABLE_CHANGES)
-    return [c for c in changes if not (c.startswith(("base.", "per_dataset."))
-                                       and fair_key(c.split(" ", 1)[0]).startswith(DIGEST_IGNORES))]
+    datasets = {*(a.get("per_dataset") or {}), *(b.get("per_dataset") or {})}
+    fair_roots = ["base.", *(f"per_dataset.{d}." for d in datasets)]
+    neutral = tuple(root + key for root in fair_roots for key in DIGEST_IGNORES)
+    return changed_keys(a, b, RESUMABLE_CHANGES + neutral)
 
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:

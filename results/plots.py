@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
@@ -116,6 +117,7 @@ def plot_history(df: pd.DataFrame, path: Path) -> Path:
             ax.axhline(float(zs.mean()), color="grey", linestyle="--", linewidth=1, label="zero-shot")
         ax.set_title(d, fontsize=10)
         ax.set_xlabel("trial (in order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: never 1.5 with a few trials
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")

@@ -301,6 +301,29 @@ def test_plot_writes_three_pngs(storage, tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_history_plot_numbers_trials_with_integers(tmp_path, monkeypatch):
+    """Four trials (the demo's sweep): the x-axis says 1, 2, 3, 4, not 1.0, 1.5, 2.0 ..."""
+    from results import plots
+    recs = [make_record(dataset="dtd", trial=f"t{i}", hparams={"optim.lr": 10.0 ** -i}, val=60 + i, test=59 + i,
+                        created_at=f"2026-11-28T21:0{i}:00Z") for i in range(1, 5)]
+    collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
+    seen = {}
+    real_save = plots._save
+
+    def keep(fig, path: Path) -> Path:      # tick labels exist once the figure is drawn (saved)
+        out = real_save(fig, path)
+        if path.name == "history.png":
+            seen["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        return out
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert results_main(["plot", "--store", str(tmp_path / "out"), "--out", str(tmp_path / "png"),
+                         "--no-optuna"]) == 0
+    ticks = [t.replace("\u2212", "-") for t in seen["ticks"] if t]
+    assert ticks and all(t.lstrip("-").isdigit() for t in ticks), ticks
+    assert {"1", "4"} <= set(ticks), ticks
+
+
 def test_correlation_importance_ranks_the_parameter_that_matters():
     import pandas as pd
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fair.data.fashion_mnist import CLASSES, TEMPLATES, read_split
+from fair.data.fashion_mnist import CLASSES, TEMPLATES, read_split, require_files
 from fair.io import atomic_write_text
 from fair.logs import expected_messages, setup_logging
 
@@ -454,6 +454,7 @@ def build_standin(cache_root, size: str = "full", seed: int = 0, progress: bool 
     ckpt = out_dir / CHECKPOINT_NAME
     if ckpt.is_file():
         return ckpt
+    require_files()   # before any folder or log line: a missing dataset is one line naming the package
     out_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(out_dir / ".lock"):
         if ckpt.is_file():  # built by another worker while we waited
@@ -548,4 +549,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from fair.errors import FairError
+    try:
+        main()
+    except FairError as e:      # bad input or missing data: one line, as from `fair`
+        print(f"fair.standin: error: {e}", file=sys.stderr)
+        sys.exit(2)

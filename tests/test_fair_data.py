@@ -105,6 +105,24 @@ def test_fashion_mnist_from_debian_files():
     assert data.train.load(0).size == (28, 28)
 
 
+def test_missing_fashion_mnist_is_one_line_naming_the_package(tmp_path):
+    """`make demo`'s first step on a machine without the files: no traceback, the package to install."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FASHION_MNIST_ROOT=str(tmp_path / "none"))
+    p = subprocess.run([sys.executable, "-m", "fair.standin", "--cache-root", str(tmp_path / "cache"),
+                        "--size", "small"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith("fair.standin: error: Fashion-MNIST is not installed") and \
+        "apt-get install dataset-fashion-mnist" in lines[0]
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(FairError, match="dataset fashion_mnist is incomplete.*dataset-fashion-mnist"):
+        check_dataset("fashion_mnist", str(tmp_path / "none"))
+
+
 def test_imagenet_pool_is_50_per_class_after_validation_is_held_out(tmp_path):
     """Spec: "On ImageNet, the unlabelled training set is 50 images per class" - validation must not eat it."""
     base = tmp_path / "imagenet"

@@ -322,8 +322,9 @@ def check_dataset(name: str, root: str | None) -> Path:
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         from fair.data.sources import SOURCES
+        from fair.data.fashion_mnist import INSTALL_HINT
         fix = (f"get it with `fair data prepare {name} --root DIR`, then point data.root or FAIR_DATA_ROOT at DIR"
-               if name in SOURCES else "set data.root")
+               if name in SOURCES else INSTALL_HINT if name.startswith("fashion_mnist") else "set data.root")
         raise FairError(f"dataset {name} is incomplete: missing {shown}; expected layout {spec.layout}; {fix}")
     return dataset_base(spec, root)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fair.errors import FairError
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -25,6 +27,20 @@ def missing_files(root: str | None = None) -> list[str]:
     return [str(r / f) for pair in _FILES.values() for f in pair if not (r / f).is_file()]
 
 
+# How to get the files; shared by every message that finds them missing.
+INSTALL_HINT = ("install Debian's dataset-fashion-mnist (`make fashion-mnist`, or `sudo apt-get install "
+                "dataset-fashion-mnist`) or set FASHION_MNIST_ROOT to a folder holding its four idx .gz files")
+
+
+def require_files(root: str | None = None) -> Path:
+    """The dataset folder, or a one-line FairError naming the package to install when a file is missing."""
+    missing = missing_files(root)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FairError(f"Fashion-MNIST is not installed: {missing[0]}{more} missing; {INSTALL_HINT}")
+    return fashion_mnist_root(root)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
@@ -37,7 +53,7 @@ def read_split(split: str, root: str | None = None) -> tuple[np.ndarray, np.ndar
     """Images (uint8, [N, 28, 28]) and labels (int64, [N]) of the `train` or `test` split."""
     if split not in _FILES:
         raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
-    r = fashion_mnist_root(root)
+    r = require_files(root)
     img_f, lab_f = _FILES[split]
     return _read_idx(r / img_f), _read_idx(r / lab_f).astype(np.int64)
 

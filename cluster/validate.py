@@ -6,7 +6,12 @@ and `validate_config` (jsonschema against ray/autoscaler/ray-schema.json). Both 
 the Ray version is pinned (constraints.txt) and the tests re-check them on every upgrade.
 
 A cluster only works when the client and every node run the same Ray, so each image a config names must
-carry this client's `ray.__version__` in its tag.
+carry this client's `ray.__version__` in its tag. A node boots fast and runs torch's CUDA wheel only when
+(1) its container image already carries the project and torch (cluster/Dockerfile), so a launcher must name
+one, and (2) its machine image has an NVIDIA driver new enough for that wheel: an AWS node type without
+ImageId gets Ray's built-in default (Deep Learning AMI Ubuntu 18.04 V71, CUDA 11.2 driver), so every node
+type must name one; a GCP GPU node type on a Deep Learning VM family must name a driver branch of at least
+MIN_NVIDIA_DRIVER (the `-nvidia-NNN` of families such as common-cu129-ubuntu-2204-nvidia-580).
 """
 from __future__ import annotations
 
@@ -22,6 +27,19 @@ from cluster.resources import NodeType
 log = logging.getLogger("cluster.validate")
 
 _VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
+
+# torch 2.14.1's Linux wheel (constraints.txt) is built for CUDA 13.0 (`torch.version.cuda`); CUDA 13.0 needs
+# an R580 driver or newer (tests/test_cluster_configs.py ties this to the installed torch).
+MIN_NVIDIA_DRIVER = 580
+# The recommended machine images, named in messages and used by the shipped launchers (the tests check both).
+# AWS publishes the newest "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)" of each region under
+# this public SSM parameter; EC2 resolves `resolve:ssm:<name>` at launch (docs/cluster.md, "Machine images").
+AWS_GPU_AMI = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+GCP_GPU_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+PROJECT_IMAGE_HINT = "the project image built from cluster/Dockerfile (ghcr.io/your-org/fair-sweeps:<version>-ray<ray>-py311-gpu)"
+_AMI = re.compile(r"^(ami-[0-9a-f]{8,17}|resolve:ssm:/\S+)$")
+_DLVM_DRIVER = re.compile(r"^projects/deeplearning-platform-release/global/images/(?:family/)?(?P<name>[\w.-]+)$")
+_DRIVER_BRANCH = re.compile(r"-nvidia-(\d+)")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -79,14 +97,64 @@ def check_ray_version(image_names: list[str], source: str = "config") -> None:
                                f"version) in its tag; client and nodes must run the same Ray")
 
 
+def check_images(config: dict, source: str = "config") -> None:
+    """A launcher must name a container image: without one every cold node pip-installs torch and the
+    project (gigabytes) before its first trial, on whatever Python the machine image has."""
+    found = images(config)
+    if not found:
+        raise ClusterError(f"{source} names no docker image; set docker.image to {PROJECT_IMAGE_HINT}, "
+                           f"which carries Ray {__import__('ray').__version__}, torch and the project")
+    for image in found:
+        if image.split(":", 1)[0] in ("rayproject/ray", "docker.io/rayproject/ray"):
+            log.warning("%s: image %s is Ray's own and carries no torch, so every cold node installs it in "
+                        "setup_commands; name %s instead", source, image, PROJECT_IMAGE_HINT)
+
+
+def _gcp_boot_image(node_config: dict) -> str:
+    for disk in node_config.get("disks") or []:
+        if isinstance(disk, dict) and disk.get("boot"):
+            return str((disk.get("initializeParams") or {}).get("sourceImage") or "")
+    return ""
+
+
+def check_machine_images(config: dict, source: str = "config") -> None:
+    """Every node type boots a machine image whose NVIDIA driver runs torch's CUDA wheel (see the module
+    docstring): AWS node types name an ImageId, GCP node types a boot image, GPU ones a new enough driver."""
+    provider = (config.get("provider") or {}).get("type")
+    if provider not in ("aws", "gcp"):
+        return
+    gpus = {n.name: n.gpus for n in node_types(config)}
+    for name, nt in (config.get("available_node_types") or {}).items():
+        nc = (nt or {}).get("node_config") or {}
+        if provider == "aws":
+            ami = str(nc.get("ImageId") or "")
+            if not _AMI.match(ami):
+                what = f"ImageId {ami!r} is not an AMI id or resolve:ssm: parameter" if ami else "sets no ImageId"
+                raise ClusterError(f"{source}: node type {name!r} {what}, and Ray's fallback AMI (Ubuntu 18.04, "
+                                   f"CUDA 11.2 driver) cannot run torch's CUDA wheel; set node_config.ImageId: "
+                                   f"{AWS_GPU_AMI} (or the ami-... it resolves to in your region)")
+            continue
+        image = _gcp_boot_image(nc)
+        if not image:
+            raise ClusterError(f"{source}: node type {name!r} names no boot disk sourceImage; set "
+                               f"node_config.disks[0].initializeParams.sourceImage: {GCP_GPU_IMAGE}")
+        dlvm = _DLVM_DRIVER.match(image)
+        if gpus.get(name) and dlvm:          # a Deep Learning VM image: its name carries the driver branch
+            branch = _DRIVER_BRANCH.search(dlvm.group("name"))
+            if not branch or int(branch.group(1)) < MIN_NVIDIA_DRIVER:
+                raise ClusterError(f"{source}: GPU node type {name!r} boots {dlvm.group('name')!r}, whose NVIDIA "
+                                   f"driver is not R{MIN_NVIDIA_DRIVER}+ as torch's CUDA wheel needs; use "
+                                   f"sourceImage: {GCP_GPU_IMAGE}")
+
+
 def validate_file(path: str | Path) -> dict:
-    """`fair cluster validate`: schema + Ray version of one launcher YAML; returns the prepared config."""
+    """`fair cluster validate` (and submit/plan --cluster-config): schema, Ray version, a container image,
+    machine images with a new enough driver; returns the prepared config."""
     data = read_yaml(path)
     prepared = prepare(data, str(path))
+    check_images(data, str(path))
     check_ray_version(images(data), str(path))
-    if not images(data):
-        log.warning("%s names no docker image; nodes then need Ray %s installed by setup_commands",
-                    path, __import__("ray").__version__)
+    check_machine_images(data, str(path))
     return prepared
 
 

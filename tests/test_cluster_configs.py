@@ -28,6 +28,12 @@ def ray_version():
     return ray.__version__
 
 
+def project_image(ray_version: str) -> str:
+    """The image every launcher and manifest names: the project version and Ray's in its tag."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    return f"ghcr.io/your-org/fair-sweeps:{version}-ray{ray_version}-py311-gpu"
+
+
 def test_launchers_exist():
     assert {p.name for p in LAUNCHERS} >= {"aws-gpu.yaml", "gcp-gpu.yaml"}
 
@@ -38,12 +44,14 @@ def test_launcher_passes_ray_schema_and_pins_ray(path, ray_version):
     raw = validate.read_yaml(path)
     prepared = validate.validate_file(path)                  # prepare_config + validate_config
     assert prepared["available_node_types"][raw["head_node_type"]]["max_workers"] == 0
+    # Every node runs the project image (cluster/Dockerfile: torch and the project at this version inside),
+    # the same one KubeRay runs, so a cold node installs nothing before its first trial.
     imgs = validate.images(raw)
-    assert imgs and all(f":{ray_version}-" in i or f"ray{ray_version}" in i for i in imgs), imgs
-    # The project is installed at a pinned tag equal to the package version, with the pinned constraints.
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-    setup = " ".join(raw["setup_commands"])
-    assert f"@v{version}" in setup and "constraints.txt" in setup
+    assert imgs and set(imgs) == {project_image(ray_version)}, imgs
+    setup = "; ".join(c for k in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+                      for c in raw.get(k) or [])
+    installed = {w for args in re.findall(r"pip install([^&;|]*)", setup) for w in args.split() if w[0] != "-"}
+    assert installed <= {"awscli", "google-api-python-client==1.7.8"}, installed      # small tools only
     # No credentials in the file: identities only.
     text = path.read_text()
     assert not re.search(r"AKIA[0-9A-Z]{12,}|aws_secret_access_key|AWS_SECRET_ACCESS_KEY\s*[:=]", text)
@@ -85,9 +93,75 @@ def test_validate_rejects_typo_in_one_line(tmp_path, capsys):
 
 def test_validate_rejects_wrong_ray_image(tmp_path, capsys):
     bad = tmp_path / "old.yaml"
-    bad.write_text((CLUSTER / "aws-gpu.yaml").read_text().replace("ray:2.60.0-py311", "ray:2.9.0-py311"))
+    bad.write_text((CLUSTER / "aws-gpu.yaml").read_text().replace("-ray2.60.0-py311", "-ray2.9.0-py311"))
     rc, _, err = _fair(["cluster", "validate", str(bad)], capsys)
     assert rc == 2 and err.count("\n") == 1 and "does not pin Ray" in err
+
+
+def test_launchers_boot_a_driver_that_runs_the_pinned_torch():
+    """AWS: every node type names the current DLAMI (Ray's fallback is an Ubuntu 18.04 / CUDA 11.2 one);
+    GCP: every GPU type boots a Deep Learning VM family whose driver branch is at least MIN_NVIDIA_DRIVER,
+    and that minimum is what the installed torch's CUDA build needs (CUDA 12.x: R525+, 13.x: R580+)."""
+    from cluster import validate
+    aws = validate.read_yaml(CLUSTER / "aws-gpu.yaml")
+    assert {n: t["node_config"]["ImageId"] for n, t in aws["available_node_types"].items()} == \
+        dict.fromkeys(aws["available_node_types"], validate.AWS_GPU_AMI)
+    gcp = validate.read_yaml(CLUSTER / "gcp-gpu.yaml")
+    gpu_types = [n.name for n in validate.node_types(gcp) if n.gpus]
+    assert gpu_types and all(validate._gcp_boot_image(gcp["available_node_types"][n]["node_config"])
+                             == validate.GCP_GPU_IMAGE for n in gpu_types)
+    assert int(validate.GCP_GPU_IMAGE.rsplit("-nvidia-", 1)[1]) >= validate.MIN_NVIDIA_DRIVER
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda:
+        needed = {12: 525, 13: 580}[int(torch.version.cuda.split(".")[0])]
+        assert validate.MIN_NVIDIA_DRIVER >= needed, (torch.version.cuda, validate.MIN_NVIDIA_DRIVER)
+
+
+def _without_docker(d):
+    d.pop("docker")
+
+
+def _aws_ami(value):
+    def edit(d):
+        nc = d["available_node_types"]["gpu-small"]["node_config"]
+        nc.pop("ImageId") if value is None else nc.update(ImageId=value)
+    return edit
+
+
+def _gcp_image(value):
+    def edit(d):
+        disk = d["available_node_types"]["gpu-small"]["node_config"]["disks"][0]["initializeParams"]
+        disk.pop("sourceImage") if value is None else disk.update(sourceImage=value)
+    return edit
+
+
+@pytest.mark.parametrize("launcher, edit, says", [
+    ("aws-gpu.yaml", _without_docker, "names no docker image"),
+    ("gcp-gpu.yaml", _without_docker, "names no docker image"),
+    ("aws-gpu.yaml", _aws_ami(None), "'gpu-small' sets no ImageId"),
+    ("aws-gpu.yaml", _aws_ami("latest_dlami"), "'latest_dlami' is not an AMI id"),
+    ("gcp-gpu.yaml", _gcp_image(None), "'gpu-small' names no boot disk sourceImage"),
+    ("gcp-gpu.yaml", _gcp_image("projects/deeplearning-platform-release/global/images/family/common-cu121"),
+     "boots 'common-cu121', whose NVIDIA driver is not R580+"),
+    ("gcp-gpu.yaml", _gcp_image("projects/deeplearning-platform-release/global/images/family/"
+                                "common-cu128-ubuntu-2204-nvidia-570"), "is not R580+"),
+], ids=["aws-no-image", "gcp-no-image", "aws-no-ami", "aws-latest-dlami", "gcp-no-boot-image",
+        "gcp-old-family", "gcp-r570"])
+def test_launcher_that_cannot_boot_is_one_line_wherever_it_is_read(launcher, edit, says, tmp_path, capsys,
+                                                                    fake_cluster):
+    """validate, plan --cluster-config and submit --cluster-config read a launcher through one check (submit
+    before anything is submitted)."""
+    from cluster import validate
+    data = validate.read_yaml(CLUSTER / launcher)
+    edit(data)
+    bad = tmp_path / launcher
+    bad.write_text(yaml.safe_dump(data))
+    sweep = str(ROOT / "configs/sweeps/demo.yaml")
+    for argv in (["validate", str(bad)], ["plan", "--config", sweep, "--cluster-config", str(bad)],
+                 ["submit", "--config", sweep, "--cluster-config", str(bad)]):
+        rc, out, err = _fair(["cluster", *argv], capsys)
+        assert rc == 2 and not out and err.count("\n") == 1 and says in err, (argv[0], err)
+    assert fake_cluster.submitted == []
 
 
 def test_validate_ok_prints_per_file(capsys):
@@ -162,7 +236,7 @@ def test_dockerfile_pins_ray_and_constraints(ray_version):
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))
     assert pins["ray"] == ray_version
     images = {c["image"] for p in KUBERAY for d in _docs(p) for c in _containers(d)}
-    assert all(i.endswith(f"-ray{ray_version}-py311-gpu") for i in images), images
+    assert images == {project_image(ray_version)}, images
 
 
 def _containers(doc):

@@ -2,7 +2,7 @@
 
 Ray uploads `working_dir` to the cluster (once per content hash) and starts the job's entrypoint and every
 trial and Train worker inside it, so the code that runs is the code on the submitter's disk, while the
-dependencies come from the cluster's image (cluster/Dockerfile or the launcher's setup_commands).
+dependencies come from the cluster's image (cluster/Dockerfile, which every launcher and manifest names).
 
 Credentials never travel with a job: on a cloud cluster they come from the nodes' own identity (an IAM
 instance profile, a GCP service account, IRSA / workload identity on Kubernetes). Only the settings that

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from fair import __version__, engine
 from fair.anchors import LearnableAnchors, fixed_head
-from fair.config import FairConfig, flatten, save_config, to_dict
+from fair.config import FairConfig, flatten, hparam_kinds, save_config, to_dict
 from fair.data import PreparedData, prepare_data
 from fair.data.device_views import DevicePipeline
 from fair.data.views import PilPipeline, build_views
@@ -92,12 +92,13 @@ def record_identity(cfg: FairConfig | dict) -> dict:
     """The fields of a record that say which run it is (docs/record.md); completed and failed alike. A
     nested dict is taken as is (a failed run's config may be one that FairConfig refuses)."""
     d = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    hparams = {k: v for k, v in flatten(d).items() if not k.startswith("run.") and not isinstance(v, (list, dict))}
+    kinds = hparam_kinds()
     return {
         "schema_version": SCHEMA_VERSION, "run_id": run_name(d), "method": d["method"],
         "dataset": d["data"]["dataset"], "backbone": d["model"]["name"], "pretrained": d["model"]["pretrained"],
-        "seed": d["seed"], "sweep": None, "config": d,
-        "hparams": {k: v for k, v in flatten(d).items() if not k.startswith("run.")
-                    and not isinstance(v, (list, dict))},
+        "seed": d["seed"], "sweep": None, "config": d, "hparams": hparams,
+        "hparam_types": {k: kinds[k] for k in hparams if k in kinds},   # typed columns even when all null
     }
 
 

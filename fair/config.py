@@ -257,6 +257,35 @@ def changed_keys(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str
     return out
 
 
+_SCALAR_KINDS = {float: "float", int: "int", str: "str", bool: "bool"}
+
+
+def _kind(tp: Any) -> str | None:
+    """float | int | str | bool for a scalar annotation (Optional[X] is X's, a Literal its values'); else None."""
+    if get_origin(tp) is typing.Union:
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        return _kind(tp)
+    if get_origin(tp) is Literal:
+        kinds = {_SCALAR_KINDS.get(type(a)) for a in get_args(tp)}
+        return kinds.pop() if len(kinds) == 1 else None
+    return _SCALAR_KINDS.get(tp)
+
+
+def hparam_kinds(cls: type = FairConfig, prefix: str = "") -> dict[str, str]:
+    """The declared type of every scalar config key, dotted as `flatten` writes it ({"train.lr": "float"}).
+
+    Records carry it (`hparam_types`), so a results table types a hyperparameter column by its declaration
+    even where every value is null (an auto setting of a failed trial). List-valued keys have none.
+    """
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(hparam_kinds(tp, f"{prefix}{name}."))
+        elif (kind := _kind(tp)) is not None:
+            out[f"{prefix}{name}"] = kind
+    return out
+
+
 def set_by_path(data: dict, dotted: str, value: Any) -> None:
     """data["a"]["b"] = value for dotted = "a.b", creating sections as needed."""
     parts = dotted.split(".")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from results.errors import ResultsError
-from results.parquet import compact, write_rows
-from results.schema import RecordRows, record_to_rows
+from results.parquet import compact, table_hp_types, unify_parts, write_rows
+from results.schema import RecordRows, merge_hp_types, record_to_rows
 from results.store import LocalStore, S3Options, S3Store, Store, open_store, s3_uri
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,17 @@ def collect(sources: list[str], store_uri: str, options: S3Options | None = None
     for rows in loaded:
         trials[(rows.sweep, rows.dataset)].append(rows.trial)
         epochs[(rows.sweep, rows.dataset)].extend(rows.epochs)
+    # One schema for every trials part: the store's hyperparameter columns and the new records' (declared)
+    # types, so pandas / pyarrow.dataset / DuckDB read all partitions. Epochs have fixed columns.
+    cache: dict = {}
+    hp_types = merge_hp_types(table_hp_types(store, "trials", cache), *(r.hp_types for r in loaded))
     for (sw, ds) in sorted(trials):
-        write_rows(store, "trials", sw, ds, trials[(sw, ds)])
-        compact(store, "trials", sw, ds)
+        write_rows(store, "trials", sw, ds, trials[(sw, ds)], hp_types)
+        compact(store, "trials", sw, ds, hp_types)
         if epochs[(sw, ds)]:
             write_rows(store, "epochs", sw, ds, epochs[(sw, ds)])
             compact(store, "epochs", sw, ds)
+    unify_parts(store, "trials", hp_types, cache)
     summary = {"records": len(loaded), "skipped": len(found) - len(loaded), "partitions": len(trials),
                "epochs": sum(len(v) for v in epochs.values()), "store": store.uri}
     log.info("collected %(records)d records (%(skipped)d skipped) into %(partitions)d partitions of %(store)s",

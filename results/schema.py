@@ -5,6 +5,7 @@ names it. The tables never hold credentials: only what the record itself carries
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 _ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "int32": pa.int32(),
           "strlist": pa.list_(pa.string())}
+HP_KINDS = {"float": pa.float64(), "int": pa.int64(), "str": pa.string(), "bool": pa.bool_()}  # hparam_types
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class RecordRows:
     dataset: str
     trial: dict
     epochs: list[dict]
+    hp_types: dict[str, pa.DataType]    # arrow type of each `hp.` column of `trial` (see `_record_hp_type`)
 
 
 def record_to_rows(record: Any, source: str, sweep_hint: str | None = None,
@@ -226,6 +229,7 @@ def record_to_rows(record: Any, source: str, sweep_hint: str | None = None,
     for k, v in hparams.items():
         if v is not None and not isinstance(v, (str, int, float, bool)):
             raise ResultsError(f"{where}: field 'hparams.{k}' should be a scalar, got {type(v).__name__}")
+    declared = _declared_types(record, where)
     completed = status == "completed"
     if completed or "metrics" in record:
         metrics = _get(record, ("metrics",), where, completed)
@@ -259,12 +263,36 @@ def record_to_rows(record: Any, source: str, sweep_hint: str | None = None,
                                     "dataset", where)
     sweep_value = check_partition_value(sweep_name or sweep_hint or DEFAULT_SWEEP, "sweep", where)
 
+    hp_types = {HP_PREFIX + k: _record_hp_type(v, declared.get(k)) for k, v in hparams.items()}
     embedded = record.get("epochs")
     if embedded is not None and not isinstance(embedded, list):
         raise ResultsError(f"{where}: field 'epochs' should be a list of objects")
     lines = embedded if embedded is not None else list(epoch_lines or [])
     epochs = [_epoch_row(line, i, row, where) for i, line in enumerate(lines)]
-    return RecordRows(sweep_value, dataset, row, epochs)
+    return RecordRows(sweep_value, dataset, row, epochs, hp_types)
+
+
+def _declared_types(record: dict, where: str) -> dict[str, str]:
+    """The record's optional `hparam_types` ({"train.lr": "float", ...}; older records have none)."""
+    declared = record.get("hparam_types")
+    if declared is None:
+        return {}
+    if not isinstance(declared, dict):
+        raise ResultsError(f"{where}: field 'hparam_types' should be an object, got {type(declared).__name__}")
+    for k, kind in declared.items():
+        if kind not in HP_KINDS:
+            raise ResultsError(f"{where}: field 'hparam_types.{k}' should be one of {', '.join(HP_KINDS)}, "
+                               f"got {json.dumps(kind)[:40]}; fix the record or rerun the trial")
+    return declared
+
+
+def _record_hp_type(value: Any, declared: str | None) -> pa.DataType:
+    """The declared type of a hyperparameter when its value fits it (null always does); else the value's own
+    type (pa.null() for a null: no type known). A failed trial's refused config may hold a misfit value."""
+    if declared is None:
+        return _value_type(value)
+    fits = value is None or (isinstance(value, bool) if declared == "bool" else _type_ok(value, declared))
+    return HP_KINDS[declared] if fits else _value_type(value)
 
 
 def _epoch_row(line: Any, i: int, trial: dict, where: str) -> dict:
@@ -290,17 +318,49 @@ def _epoch_row(line: Any, i: int, trial: dict, where: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ rows -> arrow
 
-def _hp_type(values: list[Any]) -> pa.DataType:
-    present = [v for v in values if v is not None]
-    if not present:        # e.g. an auto (null) setting in failed records only: unify takes the other partitions'
+def _value_type(v: Any) -> pa.DataType:
+    if v is None:
         return pa.null()
-    if all(isinstance(v, bool) for v in present):
+    if isinstance(v, bool):
         return pa.bool_()
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return pa.int64()
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+    return pa.int64() if isinstance(v, int) else pa.float64() if isinstance(v, float) else pa.string()
+
+
+def _hp_type(values: list[Any]) -> pa.DataType:
+    """The type of a hyperparameter column inferred from its values (null when all are null)."""
+    return functools.reduce(_merge_type, map(_value_type, values), pa.null())
+
+
+def _merge_type(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """One type for a column that is `a` in some rows or files and `b` in others."""
+    if a == b or pa.types.is_null(b):
+        return a
+    if pa.types.is_null(a):       # no value and no declaration yet: the other side decides
+        return b
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (a, b)):
         return pa.float64()
     return pa.string()
+
+
+def merge_hp_types(*types: dict[str, pa.DataType]) -> dict[str, pa.DataType]:
+    """Merge column -> type maps: null gives way to any type, int and float give float64, other clashes
+    give string (the values written as canonical JSON)."""
+    out: dict[str, pa.DataType] = {}
+    for t in types:
+        for name, typ in t.items():
+            out[name] = _merge_type(out[name], typ) if name in out else typ
+    return out
+
+
+def hp_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
+    """The hyperparameter columns of a table schema and their types."""
+    return {f.name: f.type for f in schema if f.name.startswith(HP_PREFIX)}
+
+
+def has_columns(schema: pa.Schema, table: str, hp_types: dict[str, pa.DataType]) -> bool:
+    """Whether a part's schema is exactly the one `rows_to_table(table, ..., hp_types)` writes."""
+    names = [f.name for f in FIELDS[table]] + sorted(hp_types)
+    return schema.names == names and hp_types_of(schema) == hp_types
 
 
 def _hp_value(v: Any, typ: pa.DataType) -> Any:
@@ -313,19 +373,23 @@ def _hp_value(v: Any, typ: pa.DataType) -> Any:
     return v
 
 
-def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
-    """An arrow table of `rows` (without the partition columns), in the fixed column order, sorted by key."""
+def rows_to_table(table: str, rows: list[dict], hp_types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """An arrow table of `rows` (without the partition columns), in the fixed column order, sorted by key.
+
+    Hyperparameter columns take the types in `hp_types` (merged with what the values need); a column of
+    `hp_types` that no row has is a column of typed nulls, so every part of a store can share one schema.
+    """
     fields = FIELDS[table]
     rows = sorted(rows, key=lambda r: tuple(r[k] for k in KEYS[table]))
     arrays, names = [], []
     for f in fields:
         arrays.append(pa.array([r.get(f.name) for r in rows], type=_ARROW[f.kind]))
         names.append(f.name)
-    hp_names = sorted({k for r in rows for k in r if k.startswith(HP_PREFIX)})
-    for name in hp_names:
-        values = [r.get(name) for r in rows]
-        typ = _hp_type(values)
-        arrays.append(pa.array([_hp_value(v, typ) for v in values], type=typ))
+    in_rows = {k for r in rows for k in r if k.startswith(HP_PREFIX)}
+    inferred = {name: _hp_type([r.get(name) for r in rows]) for name in in_rows}
+    types = merge_hp_types(hp_types or {}, inferred)
+    for name in sorted(types):
+        arrays.append(pa.array([_hp_value(r.get(name), types[name]) for r in rows], type=types[name]))
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
 
@@ -345,47 +409,23 @@ def check_table(table: pa.Table, name: str, where: str) -> None:
 
 
 def unify(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate tables whose hyperparameter columns differ: missing ones become null, conflicting types
-    become float64 (all numeric) or string."""
+    """Concatenate tables whose columns differ: a missing column becomes nulls, clashing types merge as in
+    `merge_hp_types`."""
     if not tables:
         return pa.table({})
-    types: dict[str, set] = {}
-    order: list[str] = []
-    for t in tables:
-        for f in t.schema:
-            if f.name not in types:
-                order.append(f.name)
-                types[f.name] = set()
-            types[f.name].add(f.type)
-    target = {}
-    for name, ts in types.items():
-        ts.discard(pa.null())
-        if len(ts) <= 1:
-            target[name] = next(iter(ts)) if ts else pa.null()
-        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in ts):
-            target[name] = pa.float64()
-        else:
-            target[name] = pa.string()
+    target = merge_hp_types(*({f.name: f.type for f in t.schema} for t in tables))
     out = []
     for t in tables:
         cols = []
-        for name in order:
-            if name in t.column_names:
-                col = t.column(name)
-                if col.type != target[name]:
-                    col = _cast(col, target[name])
+        for name, typ in target.items():
+            if name not in t.column_names:
+                cols.append(pa.nulls(len(t), type=typ))
+            elif t.column(name).type != typ:
+                cols.append(pa.array([_hp_value(v, typ) for v in t.column(name).to_pylist()], type=typ))
             else:
-                col = pa.nulls(len(t), type=target[name])
-            cols.append(col)
-        out.append(pa.Table.from_arrays(cols, names=order))
+                cols.append(t.column(name))
+        out.append(pa.Table.from_arrays(cols, names=list(target)))
     return pa.concat_tables(out)
-
-
-def _cast(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
-    if pa.types.is_string(typ) and pa.types.is_boolean(col.type):
-        return pa.chunked_array([pa.array([None if v is None else canonical_json(v) for v in col.to_pylist()],
-                                          type=typ)])
-    return col.cast(typ)
 
 
 def dedupe_rows(table: str, rows: list[dict]) -> list[dict]:

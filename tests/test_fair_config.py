@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fair.config import FairConfig, load_config, save_config, to_dict
+from fair.config import FairConfig, flatten, hparam_kinds, load_config, save_config, to_dict
 from fair.errors import FairError
 
 
@@ -52,6 +52,17 @@ def test_saved_config_round_trips(tmp_path):
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved == to_dict(cfg)
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_every_scalar_key_declares_its_type_for_the_results_tables():
+    """Records carry these as `hparam_types`: a column keeps its type where every value is null."""
+    kinds = hparam_kinds()
+    flat = flatten(to_dict(FairConfig()))
+    assert set(kinds) == set(flat) - {"data.templates"}          # a list: never a hyperparameter column
+    assert (kinds["train.fair_momentum"], kinds["data.train_per_class"], kinds["anchors.mode"],
+            kinds["train.compile"], kinds["seed"]) == ("float", "int", "str", "bool", "int")
+    python = {"float": float, "int": int, "str": str, "bool": bool}
+    assert all(type(flat[k]) is python[kind] for k, kind in kinds.items() if flat[k] is not None)
 
 
 def test_the_library_never_imports_ray_and_the_cli_is_lazy():

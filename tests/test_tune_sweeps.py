@@ -124,7 +124,11 @@ def test_a_trial_whose_sampled_config_is_invalid_still_leaves_a_failed_record(tm
     rec = st.read_json(cfg.storage, st.record_key(cfg.name, "fashion_mnist", "t_bad"))
     assert rec["status"] == "failed" and "crop_min" in rec["error"] and rec["run_id"] == "t_bad"
     assert rec["config"]["local"]["crop_min"] == 0.9
-    assert record_to_rows(rec, "test").trial["status"] == "failed"
+    rows = record_to_rows(rec, "test")
+    assert rows.trial["status"] == "failed"
+    # declared types (docs/record.md) type the columns, even for a config FairConfig refused
+    assert set(rec["hparam_types"]) == set(rec["hparams"]) and rec["hparam_types"]["local.crop_min"] == "float"
+    assert str(rows.hp_types["hp.local.crop_min"]) == "double"
 
 
 @pytest.mark.parametrize("runner", ["trainer", "direct"])

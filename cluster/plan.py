@@ -278,9 +278,10 @@ def _fill_nodes(req: Resources, nodes: list[NodeType], wanted: int,
     return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9)), capped
 
 
-def _dataset_work(ds: str, cfg: FairConfig, trials: int, e_asha: float, req: Resources, accelerator: str,
-                  space: SearchSpace, calibration: Optional[dict]) -> DatasetWork:
-    """One dataset's images per epoch and per-trial GPU-seconds, from its FairConfig in the sweep."""
+def _dataset_work(sweep: SweepConfig, ds: str, cfg: FairConfig, e_asha: float, accelerator: str,
+                  calibration: Optional[dict]) -> DatasetWork:
+    """One dataset's images per epoch and per-trial GPU-seconds, from its FairConfig `cfg` in the sweep."""
+    req = sweep.resources
     size = costs.DATASETS.get(ds, costs.UNKNOWN_DATASET)
     val = cfg.data.val_per_class * size.classes
     train = max(0, size.pool - val)
@@ -293,13 +294,13 @@ def _dataset_work(ds: str, cfg: FairConfig, trials: int, e_asha: float, req: Res
         test = min(test, cfg.data.test_per_class * size.classes)
     if cfg.train.max_steps_per_epoch:
         train = min(train, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
-    crops, views = local_views(space, cfg)
+    crops, views = local_views(sweep.search_space(), cfg)
     t_train, t_eval, setup, source = _image_costs(cfg.model.name, accelerator if accelerator != "CPU"
                                                   else costs.DEFAULT_GPU, crops, views, calibration)
     share = req.gpus if req.gpus > 0 else 1.0
     per_epoch = train * t_train + val * t_eval
     fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
-    return DatasetWork(ds, train, val, test, trials, fixed + cfg.train.epochs * per_epoch,
+    return DatasetWork(ds, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
                        fixed + e_asha * per_epoch, source, size.note)
 
 
@@ -311,12 +312,11 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
     if node_types is None:
         node_types = default_node_types()
         max_workers = default_max_workers() if max_workers is None else max_workers
-    budget, req, space = sweep.budget, sweep.resources, sweep.search_space()
+    budget, req = sweep.budget, sweep.resources
     configs = {ds: sweep.fair_config(ds) for ds in sweep.datasets}
     e_asha = asha_epochs(budget.epochs, budget.early_stopping)
     accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
-    works = [_dataset_work(ds, cfg, budget.trials_per_dataset, e_asha, req, accelerator, space, calibration)
-             for ds, cfg in configs.items()]
+    works = [_dataset_work(sweep, ds, cfg, e_asha, accelerator, calibration) for ds, cfg in configs.items()]
     backbone = ", ".join(dict.fromkeys(cfg.model.name for cfg in configs.values()))
 
     trials = sweep.total_trials
@@ -331,7 +331,7 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
     needs_max_concurrent = budget.max_concurrent is None and not req.check_cluster
     return Estimate(sweep.name, backbone, accelerator, req, works, budget.epochs, e_asha, trials, concurrency, uses,
                     unfit, (calibration or {}).get("source"), head, max_workers, capped, needs_max_concurrent,
-                    local_views(space, next(iter(configs.values()))))
+                    local_views(sweep.search_space(), configs[sweep.datasets[0]]))
 
 
 def default_node_types() -> list[NodeType]:

@@ -1,7 +1,8 @@
 """One typed config for a FAIR run: dataclasses, loaded from YAML, overridden with `--set key=value`.
 
 Every option the specification leaves open is a named field here; those fields are what sweeps search.
-Unknown keys and values of the wrong type are errors that name the key (FairError, one line).
+Unknown keys and values of the wrong type are errors that name the key (FairError, one line). The typed
+builder, `build`, is shared: tune's SweepConfig is built by it too.
 """
 from __future__ import annotations
 

@@ -31,14 +31,11 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
-from fair.config import build, require
+from fair.config import FairConfig, build, deep_merge, from_dict, merge_overrides, read_yaml, require
 from fair.errors import FairError
 from tune.space import SearchSpace, parse_space, validate_against
-
-if TYPE_CHECKING:
-    from fair.config import FairConfig
 
 log = logging.getLogger("tune.sweep_config")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -144,7 +141,6 @@ class SweepConfig:
 
     def study_config(self, dataset: str) -> dict:
         """The nested FAIR config of one dataset's trials, before the searched values."""
-        from fair.config import deep_merge
         d = deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
         d = deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
                             "run": {"progress": False}})
@@ -157,10 +153,9 @@ class SweepConfig:
             d["run"]["cache_root"] = str(Path(root).resolve())
         return d
 
-    def fair_config(self, dataset: str) -> "FairConfig":
+    def fair_config(self, dataset: str) -> FairConfig:
         """The validated FairConfig of one dataset's trials, before the searched values (FAIR's own
         defaults for every key the sweep leaves unset)."""
-        from fair.config import from_dict
         return from_dict(self.study_config(dataset))
 
     @property
@@ -175,7 +170,6 @@ class SweepConfig:
 
 def _load_base(raw: Any, sweep_file: Optional[Path]) -> Any:
     """`base:` as a mapping: a path is read, relative to the sweep file (an absolute path as it is)."""
-    from fair.config import read_yaml
     if not isinstance(raw, str):
         return {} if raw is None else raw
     p = Path(raw).expanduser()
@@ -238,7 +232,6 @@ def read_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_te
                mapping: Optional[dict] = None) -> SweepConfig:
     """Read a sweep file (or take `mapping`), apply overrides and --smoke-test; not validate()d yet: what
     `fair cluster plan` reads (the plan is how to find a missing budget.max_concurrent)."""
-    from fair.config import merge_overrides, read_yaml
     sweep_file = Path(path).expanduser().resolve() if path else None
     data = read_yaml(sweep_file) if sweep_file else copy.deepcopy(mapping or {})
     cfg = from_mapping(merge_overrides(data, overrides), sweep_file)

@@ -13,7 +13,6 @@ followed job SUCCEEDED), 1 a followed job FAILED or was STOPPED, 2 bad input (on
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import shlex
 import sys
@@ -91,15 +90,6 @@ def parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def read_sweep(path: str, overrides: list[str]) -> dict:
-    """The sweep file with `--set` overrides applied (the same semantics as `fair sweep`)."""
-    from fair.config import merge_overrides, read_yaml
-    data = merge_overrides(read_yaml(path), overrides)
-    if not isinstance(data, dict) or not data.get("name"):
-        raise ClusterError(f"{path}: not a sweep file (needs at least 'name' and 'datasets')")
-    return data
-
-
 def _launcher(path: Path):
     """(node types, top-level max_workers) of a launcher config that passes Ray's schema."""
     from cluster import validate
@@ -107,28 +97,20 @@ def _launcher(path: Path):
     return validate.node_types(validate.read_yaml(path)), validate.worker_cap(prepared)
 
 
-def smoke_sweep(sweep: dict, path: str) -> dict:
-    """The sweep mapping as `fair sweep --smoke-test` shrinks it (tune's own shrink, no validation)."""
-    from tune.sweep_config import from_mapping, shrink_for_smoke_test
-    cfg = from_mapping(sweep, Path(path).expanduser().resolve())
-    shrink_for_smoke_test(cfg)
-    return dataclasses.asdict(cfg)
-
-
-def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
-    """Refuse a sweep whose trial workers fit no node (Ray would queue it forever, silently).
+def check_resources(cluster, req, launcher: Optional[Path]) -> None:
+    """Refuse a sweep whose trial workers fit no node (Ray would queue it forever, silently); `req` is
+    the sweep's tune.sweep_config.Resources.
 
     Against the launcher's node types when given (authoritative: what the autoscaler may add); else
     against the live nodes: a warning on a cluster whose autoscaler reports node types (it may add the
     missing GPUs as trials queue), an error otherwise (a hang is worse than a flag to pass).
     """
-    from cluster.resources import missing_resources, trial_request
-    req = trial_request(sweep)
+    from cluster.resources import describe, missing_resources
     if launcher is not None:
         workers = [n for n in _launcher(launcher)[0] if n.max_workers > 0]
         missing = missing_resources(req, workers)
         if missing:
-            raise ClusterError(f"the sweep asks {req.describe()} per trial, but no node type of {launcher} "
+            raise ClusterError(f"the sweep asks {describe(req)} per trial, but no node type of {launcher} "
                                f"has {'; '.join(missing)}; change resources.per_worker or the node types")
         return
     nodes = cluster.nodes()
@@ -139,7 +121,7 @@ def check_resources(cluster, sweep: dict, launcher: Optional[Path]) -> None:
         return
     if not cluster.autoscaling():
         raise ClusterError(f"the cluster at {cluster.address} cannot hold one trial worker "
-                           f"({req.describe()}): {'; '.join(missing)}, and it does not autoscale; lower "
+                           f"({describe(req)}): {'; '.join(missing)}, and it does not autoscale; lower "
                            f"resources.per_worker, or if it does autoscale pass --cluster-config LAUNCHER.yaml "
                            f"(or --no-check)")
     log.warning("no node of the cluster holds a trial worker now (%s); an autoscaler must add one "
@@ -218,7 +200,7 @@ def cmd_submit(a) -> int:
     renv = runtime_env.build(root, env_file, _pairs(a.env, "--env"))
     cluster = Cluster(a.address)
     if not a.no_check:
-        check_resources(cluster, dataclasses.asdict(cfg), a.cluster_config)
+        check_resources(cluster, cfg.resources, a.cluster_config)
     storage = cfg.storage
     if "://" not in storage and not Path(storage).is_absolute():
         log.warning("storage %s is relative: it lands in the job's folder on the head node and is lost with "
@@ -312,9 +294,8 @@ def cmd_validate(a) -> int:
 
 def cmd_plan(a) -> int:
     from cluster.plan import calibration_from_records, load_records, plan
-    sweep = read_sweep(a.config, a.overrides)
-    if a.smoke_test:
-        sweep = smoke_sweep(sweep, a.config)
+    from tune.sweep_config import read_sweep
+    sweep = read_sweep(a.config, a.overrides, smoke_test=a.smoke_test)
     calibration = None
     if a.records:
         recs = load_records(a.records)

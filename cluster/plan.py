@@ -1,15 +1,18 @@
 """What a sweep will cost before it runs: trials, concurrency, GPU-hours, wall time, dollars, node types.
 
     from cluster.plan import plan, estimate, calibration_from_records
-    print(plan(sweep_mapping))                                  # built-in cost table (cluster/costs.py)
-    print(plan(sweep_mapping, calibration_from_records(recs)))  # measured costs of earlier runs
+    from tune.sweep_config import read_sweep
+    sweep = read_sweep("configs/sweeps/paper13-vitb32.yaml")   # tune's SweepConfig, the one reader
+    print(plan(sweep))                                          # built-in cost table (cluster/costs.py)
+    print(plan(sweep, calibration_from_records(recs)))          # measured costs of earlier runs
 
 The cost model, per trial (all in GPU-seconds at full use of one GPU):
     orchestration + setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
 with orchestration the seconds a trial holds its resources before adapt() starts (RUNNER_OVERHEAD_S),
 with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 + eval.local_views)
 (see costs.py; both averaged over the search space: a `tokens` trial cuts no crops), or t_train measured
-(1 / timings.images_per_s of earlier records, times the GPU share they ran with). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
+(1 / timings.images_per_s of earlier records, times the GPU share they ran with). Every FAIR value comes
+from each dataset's FairConfig as the sweep builds it (SweepConfig.fair_config). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
 GPU-hours do not depend on the packing while the wall time does: wall ~ total / (trials at once x g).
 ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
 Everything printed is an estimate; the sweep's own records give the measured numbers afterwards.
@@ -22,11 +25,15 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from cluster import costs
-from cluster.errors import ClusterError
-from cluster.resources import NodeType, TrialRequest, missing_resources, trial_request
+from cluster.resources import NodeType, describe, missing_resources
+
+if TYPE_CHECKING:
+    from fair.config import FairConfig
+    from tune.space import Param, SearchSpace
+    from tune.sweep_config import EarlyStopping, Resources, SweepConfig
 
 log = logging.getLogger("cluster.plan")
 
@@ -36,26 +43,9 @@ SETUP_S = 60.0                 # model load, text encoding of the class prompts,
 RUNNER_OVERHEAD_S = {"trainer": 20.0, "direct": 2.0}
 NODE_START_S = 600.0           # a cold GPU node: boot, image pull, setup_commands (autoscaler)
 DEFAULT_LAUNCHER = Path(__file__).with_name("aws-gpu.yaml")
-_FAIR_DEFAULTS = {"val_per_class": 10, "num_crops": 8, "local_views": 8, "batch_size": 64, "epochs": 15,
-                  "model": "ViT-B-32"}
 
 
-# ------------------------------------------------------------------------------------------- sweep file
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _get(d: dict, dotted: str, default=None):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or d.get(part) is None:
-            return default
-        d = d[part]
-    return d
-
+# ----------------------------------------------------------------------------------- per-dataset work
 
 @dataclass
 class DatasetWork:
@@ -71,76 +61,45 @@ class DatasetWork:
     note: str = ""
 
 
-def _datasets(sweep: dict) -> list[str]:
-    raw = sweep.get("datasets") or []
-    if isinstance(raw, str):
-        raw = [raw]
-    names = [d if isinstance(d, str) else (d or {}).get("name") for d in raw]
-    if not names or any(not n for n in names):
-        raise ClusterError("sweep needs 'datasets': a list of dataset names (or mappings with 'name')")
-    return [str(n) for n in names]
+def _mean_value(param: Optional[Param], default: float) -> float:
+    """The mean of a searched numeric value: a range's middle, a choice's average, a fixed value itself."""
+    if param is None:
+        return float(default)
+    if param.kind == "fixed":
+        return float(param.value) if _is_number(param.value) else float(default)
+    if param.kind == "choice":
+        nums = [float(x) for x in param.choices if _is_number(x)]
+        return sum(nums) / len(nums) if nums else float(default)
+    return (float(param.low) + float(param.high)) / 2
 
 
-def _base(sweep: dict) -> dict:
-    base = sweep.get("base") or {}
-    if isinstance(base, str):      # a path to a FAIR YAML: best effort, the plan only needs a few keys
-        try:
-            import yaml
-            base = yaml.safe_load(Path(base).expanduser().read_text()) or {}
-        except OSError:
-            log.warning("base config %s not readable here; planning with FAIR's defaults", base)
-            base = {}
-    return base if isinstance(base, dict) else {}
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _space(sweep: dict) -> dict:
-    """The sweep's search space as a {dotted key: spec} mapping ("default" or unset: tune's DEFAULT_SPACE,
-    as tune.space.parse_space reads it)."""
-    raw = sweep.get("space", "default")
-    if raw in (None, "default"):
-        from tune.space import DEFAULT_SPACE
-        return DEFAULT_SPACE
-    return raw if isinstance(raw, dict) else {}
-
-
-def _mean_value(spec, default: float) -> float:
-    """The mean of a searched numeric value: a range's middle, a choice's average, a constant itself."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return float(spec)
-    if isinstance(spec, dict):
-        for kind in ("int", "uniform", "loguniform"):
-            if isinstance(spec.get(kind), list) and len(spec[kind]) == 2:
-                return sum(float(x) for x in spec[kind]) / 2
-        nums = [float(x) for x in spec.get("choice") or [] if isinstance(x, (int, float))]
-        if nums:
-            return sum(nums) / len(nums)
-    return float(default)
-
-
-def _share_of(spec, value: str, default: str) -> float:
+def _share_of(param: Optional[Param], value: str, default: str) -> float:
     """The fraction of trials in which a searched value equals `value` (a choice is sampled uniformly)."""
-    if isinstance(spec, dict) and isinstance(spec.get("choice"), list) and spec["choice"]:
-        return spec["choice"].count(value) / len(spec["choice"])
-    return 1.0 if (spec if isinstance(spec, str) else default) == value else 0.0
+    if param is not None and param.kind == "choice":
+        return param.choices.count(value) / len(param.choices)
+    return 1.0 if (param.value if param is not None else default) == value else 0.0
 
 
-def local_views(sweep: dict, cfg: dict) -> tuple[float, float]:
+def local_views(space: SearchSpace, cfg: FairConfig) -> tuple[float, float]:
     """(train crops, eval crop views) per image, averaged over the trials the search space draws: a
     `tokens` trial cuts no crops, and a searched local.num_crops counts at its mean."""
-    space = _space(sweep)
-    crops_share = _share_of(space.get("local.source"), "crops", str(_get(cfg, "local.source", "crops")))
-    crops = _mean_value(space.get("local.num_crops"), _get(cfg, "local.num_crops", _FAIR_DEFAULTS["num_crops"]))
-    views = _mean_value(space.get("eval.local_views"), _get(cfg, "eval.local_views", _FAIR_DEFAULTS["local_views"]))
+    params = {p.name: p for p in space.params}
+    crops_share = _share_of(params.get("local.source"), "crops", cfg.local.source)
+    crops = _mean_value(params.get("local.num_crops"), cfg.local.num_crops)
+    views = _mean_value(params.get("eval.local_views"), cfg.eval.local_views)
     return crops_share * crops, crops_share * views
 
 
-def asha_epochs(epochs: int, early_stopping: Optional[dict]) -> float:
+def asha_epochs(epochs: int, early_stopping: Optional[EarlyStopping]) -> float:
     """Expected epochs per trial under ASHA in the ideal case: a 1/rf fraction passes each rung
     (rungs at grace_period x rf^k below the epoch budget)."""
-    if not early_stopping:
+    if early_stopping is None:
         return float(epochs)
-    grace = max(1, int(early_stopping.get("grace_period", 1)))
-    rf = float(early_stopping.get("reduction_factor", 2))
+    grace, rf = max(1, early_stopping.grace_period), early_stopping.reduction_factor
     if rf <= 1 or grace >= epochs:
         return float(epochs)
     total, reached, start, rung = 0.0, 1.0, 0, grace
@@ -152,6 +111,15 @@ def asha_epochs(epochs: int, early_stopping: Optional[dict]) -> float:
 
 
 # ------------------------------------------------------------------------------------------ calibration
+
+def _get(d: dict, dotted: str, default=None):
+    """d["a"]["b"] of a run record for "a.b" (`default` where missing or null)."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or d.get(part) is None:
+            return default
+        d = d[part]
+    return d
+
 
 def load_records(paths: Iterable[str | Path]) -> list[dict]:
     """Run records (record.json / <trial_id>.json, docs/record.md) from files or folders (recursively)."""
@@ -218,7 +186,7 @@ class Estimate:
     name: str
     backbone: str
     accelerator: str
-    request: TrialRequest
+    request: Resources                    # one trial's request: the sweep's `resources`
     datasets: list[DatasetWork]
     epochs: int
     asha_epochs: float
@@ -263,7 +231,7 @@ class Estimate:
         return total + (head.on_demand * wall if head else 0.0)
 
 
-def _accelerator(nodes: list[NodeType], req: TrialRequest) -> str:
+def _accelerator(nodes: list[NodeType], req: Resources) -> str:
     for n in nodes:
         if n.accelerator and n.workers_per_node(req) >= 1:
             return n.accelerator
@@ -285,7 +253,7 @@ def _image_costs(backbone: str, accelerator: str, num_crops: float, views: float
     return fwd * (4 + num_crops) / 1000, fwd * (1 + views) / 1000, setup, "table"
 
 
-def _fill_nodes(req: TrialRequest, nodes: list[NodeType], wanted: int,
+def _fill_nodes(req: Resources, nodes: list[NodeType], wanted: int,
                 max_workers: Optional[int] = None) -> tuple[list[NodeUse], int, bool]:
     """Spread `wanted` concurrent trials over the worker node types, cheapest per trial slot first (what
     the autoscaler roughly does for pending bundles), at most `max_workers` nodes of all types together
@@ -310,72 +278,60 @@ def _fill_nodes(req: TrialRequest, nodes: list[NodeType], wanted: int,
     return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9)), capped
 
 
-def estimate(sweep: dict, calibration: Optional[dict] = None,
+def _dataset_work(sweep: SweepConfig, ds: str, cfg: FairConfig, e_asha: float, accelerator: str,
+                  calibration: Optional[dict]) -> DatasetWork:
+    """One dataset's images per epoch and per-trial GPU-seconds, from its FairConfig `cfg` in the sweep."""
+    req = sweep.resources
+    size = costs.DATASETS.get(ds, costs.UNKNOWN_DATASET)
+    val = cfg.data.val_per_class * size.classes
+    train = max(0, size.pool - val)
+    if size.pool_per_class:
+        train = min(train, size.pool_per_class * size.classes)
+    if cfg.data.train_per_class:
+        train = min(train, cfg.data.train_per_class * size.classes)
+    test = size.test
+    if cfg.data.test_per_class:
+        test = min(test, cfg.data.test_per_class * size.classes)
+    if cfg.train.max_steps_per_epoch:
+        train = min(train, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
+    crops, views = local_views(sweep.search_space(), cfg)
+    t_train, t_eval, setup, source = _image_costs(cfg.model.name, accelerator if accelerator != "CPU"
+                                                  else costs.DEFAULT_GPU, crops, views, calibration)
+    share = req.gpus if req.gpus > 0 else 1.0
+    per_epoch = train * t_train + val * t_eval
+    fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
+    return DatasetWork(ds, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
+                       fixed + e_asha * per_epoch, source, size.note)
+
+
+def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
              node_types: Optional[list[NodeType]] = None, max_workers: Optional[int] = None) -> Estimate:
-    """The numbers behind `plan` (see the module docstring). `max_workers`: the launcher's top-level
-    cap on worker nodes of all types together (None with node_types None: cluster/aws-gpu.yaml's)."""
-    if not isinstance(sweep, dict):
-        raise ClusterError("a sweep must be a mapping (the sweep YAML)")
+    """The numbers behind `plan` (see the module docstring) for a sweep as tune.sweep_config reads it.
+    `max_workers`: the launcher's top-level cap on worker nodes of all types together (None with
+    node_types None: cluster/aws-gpu.yaml's)."""
     if node_types is None:
         node_types = default_node_types()
         max_workers = default_max_workers() if max_workers is None else max_workers
-    name = str(sweep.get("name") or "sweep")
-    datasets = _datasets(sweep)
-    base = _base(sweep)
-    budget = sweep.get("budget") or {}
-    req = trial_request(sweep)
-    epochs = int(budget.get("epochs") or _get(base, "train.epochs", _FAIR_DEFAULTS["epochs"]))
-    per_ds_trials = int(budget.get("trials_per_dataset") or 8)
-    if epochs < 1 or per_ds_trials < 1:
-        raise ClusterError("sweep budget needs epochs >= 1 and trials_per_dataset >= 1")
-    es = budget.get("early_stopping")
-    e_asha = asha_epochs(epochs, es if isinstance(es, dict) else None)
-    steps_cap = budget.get("max_steps_per_epoch")
-    backbone = str(_get(base, "model.name", _FAIR_DEFAULTS["model"]))
+    budget, req = sweep.budget, sweep.resources
+    configs = {ds: sweep.fair_config(ds) for ds in sweep.datasets}
+    e_asha = asha_epochs(budget.epochs, budget.early_stopping)
     accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
+    works = [_dataset_work(sweep, ds, cfg, e_asha, accelerator, calibration) for ds, cfg in configs.items()]
+    backbone = ", ".join(dict.fromkeys(cfg.model.name for cfg in configs.values()))
 
-    works = []
-    for ds in datasets:
-        cfg = _merge(base, (sweep.get("per_dataset") or {}).get(ds) or {})
-        size = costs.DATASETS.get(ds, costs.UNKNOWN_DATASET)
-        val_pc = int(_get(cfg, "data.val_per_class", _FAIR_DEFAULTS["val_per_class"]))
-        val = val_pc * size.classes
-        train = max(0, size.pool - val)
-        if size.pool_per_class:
-            train = min(train, size.pool_per_class * size.classes)
-        if _get(cfg, "data.train_per_class"):
-            train = min(train, int(cfg["data"]["train_per_class"]) * size.classes)
-        test = size.test
-        if _get(cfg, "data.test_per_class"):
-            test = min(test, int(cfg["data"]["test_per_class"]) * size.classes)
-        if steps_cap:
-            train = min(train, int(steps_cap) * int(_get(cfg, "train.batch_size", _FAIR_DEFAULTS["batch_size"])))
-        crops, views = local_views(sweep, cfg)
-        t_train, t_eval, setup, source = _image_costs(backbone, accelerator if accelerator != "CPU"
-                                                      else costs.DEFAULT_GPU, crops, views, calibration)
-        share = req.gpus if req.gpus > 0 else 1.0
-        per_epoch = train * t_train + val * t_eval
-        fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
-        works.append(DatasetWork(ds, train, val, test, per_ds_trials, fixed + epochs * per_epoch,
-                                 fixed + e_asha * per_epoch, source, size.note))
-
-    trials = per_ds_trials * len(datasets)
-    wanted = min(trials, int(budget["max_concurrent"]) if budget.get("max_concurrent") else trials)
+    trials = sweep.total_trials
+    wanted = min(trials, budget.max_concurrent or trials)
     workers = [n for n in node_types if n.max_workers > 0]
     head = next((n for n in node_types if n.max_workers == 0), None)
     uses, fit, capped = _fill_nodes(req, workers, wanted, max_workers)
     unfit = missing_resources(req, workers) if workers else ["no worker node types"]
     concurrency = min(wanted, fit) if uses else 0
-    return Estimate(name, backbone, accelerator, req, works, epochs, e_asha, trials, concurrency, uses, unfit,
-                    (calibration or {}).get("source"), head, max_workers, capped, _needs_max_concurrent(sweep),
-                    local_views(sweep, base))
-
-
-def _needs_max_concurrent(sweep: dict) -> bool:
-    """True when the sweep leaves its concurrency to the cluster it cannot see: budget.max_concurrent null
-    on an autoscaling cluster (resources.check_cluster false), where only the plan knows the full size."""
-    budget, res = sweep.get("budget") or {}, sweep.get("resources") or {}
-    return budget.get("max_concurrent") is None and res.get("check_cluster", True) is False
+    # The sweep leaves its concurrency to a cluster it cannot see (budget.max_concurrent null on an
+    # autoscaling cluster, resources.check_cluster false): only the plan knows the full size.
+    needs_max_concurrent = budget.max_concurrent is None and not req.check_cluster
+    return Estimate(sweep.name, backbone, accelerator, req, works, budget.epochs, e_asha, trials, concurrency, uses,
+                    unfit, (calibration or {}).get("source"), head, max_workers, capped, needs_max_concurrent,
+                    local_views(sweep.search_space(), configs[sweep.datasets[0]]))
 
 
 def default_node_types() -> list[NodeType]:
@@ -403,7 +359,7 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     lines.append(f"  trials: {len(e.datasets)} datasets x {e.datasets[0].trials if e.datasets else 0} = {e.trials}, "
                  f"{e.epochs} epochs each" + (f" (ASHA: ~{e.asha_epochs:.1f} epochs/trial expected)" if asha else ""))
     per_gpu = f"; {e.trials_per_gpu:g} trials per GPU" if e.trials_per_gpu else ""
-    lines.append(f"  per trial: {e.request.describe()} = {e.request.gpus:g} GPU{per_gpu}")
+    lines.append(f"  per trial: {describe(e.request)} = {e.request.gpus:g} GPU{per_gpu}")
     lines.append(f"  local crops per image: {e.views[0]:.1f} in training, {e.views[1]:.1f} in evaluation (mean over "
                  f"the search space; `tokens` trials cut none)")
     lines.append(f"  node types{' (' + launcher + ')' if launcher else ''}:")
@@ -443,9 +399,9 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     return "\n".join(lines)
 
 
-def plan(sweep: dict, calibration: Optional[dict] = None, node_types: Optional[list[NodeType]] = None,
+def plan(sweep: SweepConfig, calibration: Optional[dict] = None, node_types: Optional[list[NodeType]] = None,
          launcher: str = "", max_workers: Optional[int] = None) -> str:
-    """Printable plan of a sweep mapping: trials, concurrency, GPU-hours, wall time, cost, node types.
+    """Printable plan of a sweep (tune.sweep_config.read_sweep): trials, concurrency, GPU-hours, wall time, cost, node types.
 
     `calibration`: from `calibration_from_records` (measured costs); None uses the built-in table.
     `node_types`: a launcher config's (cluster.validate.node_types); None uses cluster/aws-gpu.yaml's.

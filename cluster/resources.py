@@ -1,83 +1,29 @@
-"""What one trial asks of a cluster, what a node type offers, and how many trials fit on a node.
+"""What a node type offers, and how many trials of a sweep fit on a node.
 
 A trial of `fair sweep` is a Tune trial driver (a tiny CPU request, `resources.trial_driver_cpu`) plus a
 Ray Train worker group of `resources.num_workers` bundles of `resources.per_worker` each, e.g.
 {CPU: 2, GPU: 0.25}: four ViT-B trials share one GPU. Pending bundles are what makes the autoscaler add
 nodes, so the arithmetic here is the same one the autoscaler does, kept small enough to print in a plan.
-
-The sweep mapping is read tolerantly: the sweep file schema of `tune/sweep_config.py`
-(`num_workers`, `per_worker`, `trial_driver_cpu`) and a flat one (`workers_per_trial`, `gpus_per_worker`,
-`cpus_per_worker`) both work, so `plan` stays usable on hand-written dicts.
+The request itself is the sweep's `resources` section as tune reads it (tune.sweep_config.Resources).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-from cluster.errors import ClusterError
+if TYPE_CHECKING:
+    from tune.sweep_config import Resources
 
 # Resources that Ray reports but that no trial of ours requests; ignored in fit checks.
 _BOOKKEEPING = ("memory", "object_store_memory")
 
 
-@dataclass(frozen=True)
-class TrialRequest:
-    """Resources one trial holds while it runs."""
-    num_workers: int = 1
-    per_worker: dict = field(default_factory=lambda: {"CPU": 1.0})
-    driver_cpu: float = 0.01
-    runner: str = "trainer"          # resources.runner; `direct`: the trial is its one worker, no driver
-
-    @property
-    def gpus(self) -> float:
-        """GPUs one trial holds (0.25: four trials share a GPU)."""
-        return self.num_workers * float(self.per_worker.get("GPU", 0.0))
-
-    def total(self) -> dict[str, float]:
-        """The driver plus every worker bundle (what bounds concurrency on a cluster)."""
-        out = {k: float(v) * self.num_workers for k, v in self.per_worker.items() if v}
-        out["CPU"] = out.get("CPU", 0.0) + self.driver_cpu
-        return out
-
-    def describe(self) -> str:
-        bundle = ", ".join(f"{k}: {v:g}" for k, v in self.per_worker.items())
-        driver = " (runner direct)" if self.runner == "direct" else f" + driver {{CPU: {self.driver_cpu:g}}}"
-        return f"{self.num_workers} worker(s) x {{{bundle}}}{driver}"
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ClusterError(f"sweep key 'resources.{key}' must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def trial_request(sweep: dict) -> TrialRequest:
-    """The per-trial request of a sweep mapping (either schema, see the module docstring)."""
-    r = sweep.get("resources") or {}
-    if not isinstance(r, dict):
-        raise ClusterError("sweep key 'resources' must be a mapping")
-    workers = r.get("num_workers", r.get("workers_per_trial", 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ClusterError(f"sweep key 'resources.num_workers' must be an integer >= 1, got {workers!r}")
-    per_worker = r.get("per_worker") or {}
-    if not isinstance(per_worker, dict):
-        raise ClusterError("sweep key 'resources.per_worker' must map resource names to numbers, "
-                           "e.g. {CPU: 2, GPU: 0.25}")
-    per_worker = {str(k): _number(v, f"per_worker.{k}") for k, v in per_worker.items()}
-    for flat, name in (("gpus_per_worker", "GPU"), ("cpus_per_worker", "CPU")):
-        if r.get(flat) is not None:
-            per_worker[name] = _number(r[flat], flat)
-    per_worker.setdefault("CPU", 1.0)
-    gpu = per_worker.get("GPU", 0.0)
-    if gpu > 1 and gpu != int(gpu):
-        raise ClusterError("sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a whole number")
-    runner = str(r.get("runner") or "trainer")
-    if runner not in ("trainer", "direct"):
-        raise ClusterError(f"sweep key 'resources.runner' must be trainer or direct, got {runner!r}")
-    # under the `direct` runner the Tune trial is the worker: no separate driver request
-    driver = 0.0 if runner == "direct" else _number(r.get("trial_driver_cpu", 0.01), "trial_driver_cpu")
-    return TrialRequest(workers, {k: v for k, v in per_worker.items() if v > 0} or {"CPU": 1.0}, driver, runner)
+def describe(req: Resources) -> str:
+    """One trial's request in words, e.g. `1 worker(s) x {CPU: 2, GPU: 0.25} + driver {CPU: 0.01}`."""
+    bundle = ", ".join(f"{k}: {v:g}" for k, v in req.per_worker.items() if v)
+    driver = " (runner direct)" if req.runner == "direct" else f" + driver {{CPU: {req.trial_driver_cpu:g}}}"
+    return f"{req.num_workers} worker(s) x {{{bundle}}}{driver}"
 
 
 @dataclass(frozen=True)
@@ -94,21 +40,21 @@ class NodeType:
     def gpus(self) -> float:
         return float(self.resources.get("GPU", 0))
 
-    def workers_per_node(self, req: TrialRequest) -> int:
+    def workers_per_node(self, req: Resources) -> int:
         """How many of the request's worker bundles one node holds (0: a worker does not fit)."""
         fits = [math.floor(float(self.resources.get(k, 0)) / v + 1e-9) for k, v in req.per_worker.items() if v > 0]
         return min(fits) if fits else 0
 
-    def trials_per_node(self, req: TrialRequest) -> float:
+    def trials_per_node(self, req: Resources) -> float:
         """Trials one node runs at once. Whole trials for single-worker trials (driver included); for DDP
         trials a fraction when one trial spans nodes (Train packs its bundles, then spreads them)."""
         if req.num_workers == 1:
-            fits = [math.floor(float(self.resources.get(k, 0)) / v + 1e-9) for k, v in req.total().items() if v > 0]
+            fits = [math.floor(float(self.resources.get(k, 0)) / v + 1e-9) for k, v in req.per_trial().items() if v > 0]
             return float(min(fits)) if fits else 0.0
         return self.workers_per_node(req) / req.num_workers
 
 
-def missing_resources(req: TrialRequest, nodes: list[NodeType]) -> list[str]:
+def missing_resources(req: Resources, nodes: list[NodeType]) -> list[str]:
     """Human-readable reasons why no node type can hold a worker bundle of `req` (empty: it fits)."""
     if any(n.workers_per_node(req) >= 1 for n in nodes):
         return []

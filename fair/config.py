@@ -1,12 +1,14 @@
 """One typed config for a FAIR run: dataclasses, loaded from YAML, overridden with `--set key=value`.
 
 Every option the specification leaves open is a named field here; those fields are what sweeps search.
-Unknown keys and values of the wrong type are errors that name the key (FairError, one line).
+Unknown keys and values of the wrong type are errors that name the key (FairError, one line). The typed
+builder, `build`, is shared: tune's SweepConfig is built by it too.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +137,13 @@ class FairConfig:
 
 # ----------------------------------------------------------------------------------------- typing
 
+_UNIONS = (typing.Union, types.UnionType)
 
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+def _choices(tp: Any) -> str:
+    """A Literal's values as a reader would list them: `a, b or c`."""
+    names = [str(a) for a in get_args(tp)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def parse_number(value: Any) -> float | int | None:
@@ -154,69 +158,100 @@ def parse_number(value: Any) -> float | int | None:
     return value
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; convert where lossless (int -> float). Errors name `key`."""
+def _coerce(value: Any, tp: Any, key: str, what: str) -> Any:
+    """Check `value` against the annotation `tp`; convert where lossless (int -> float). Errors name
+    `what` key `key`."""
     origin = get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
+    if tp is Any:
+        return value
+    if origin in _UNIONS:  # Optional[X]
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        return _coerce(value, args[0], key, what)
     if origin is Literal:
         if value not in get_args(tp):
             close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise FairError(f"config key '{key}' must be one of {_type_name(tp)}, got {value!r}{hint}")
+            raise FairError(f"{what} key '{key}' must be {_choices(tp)}, got {value!r}{hint}")
         return value
-    if origin is list:
-        (item_tp,) = get_args(tp)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise FairError(f"{what} key '{key}' must be a mapping, got {type(value).__name__} {value!r}")
+        item_tp = get_args(tp)[1] if origin is dict else Any
+        return {k: _coerce(v, item_tp, f"{key}.{k}", what) for k, v in value.items()}
+    if tp is list or origin is list:
         if not isinstance(value, (list, tuple)):
-            raise FairError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+            raise FairError(f"{what} key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        item_tp = get_args(tp)[0] if origin is list else Any
+        return [_coerce(v, item_tp, f"{key}[{i}]", what) for i, v in enumerate(value)]
     if tp is float:
         number = parse_number(value)
         if number is None:
-            raise FairError(f"config key '{key}' must be a number, got {type(value).__name__} {value!r}")
+            raise FairError(f"{what} key '{key}' must be a number, got {type(value).__name__} {value!r}")
         return float(number)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise FairError(f"config key '{key}' must be an integer, got {type(value).__name__} {value!r}")
+            raise FairError(f"{what} key '{key}' must be an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise FairError(f"config key '{key}' must be true or false, got {value!r}")
+            raise FairError(f"{what} key '{key}' must be true or false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return str(value)
-            raise FairError(f"config key '{key}' must be a string, got {type(value).__name__} {value!r}")
+            raise FairError(f"{what} key '{key}' must be a string, got {type(value).__name__} {value!r}")
         return value
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")
 
 
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict, with type checks and unknown-key errors."""
+def _section(tp: Any) -> Optional[type]:
+    """The dataclass a field holds, also inside Optional (None: a plain value)."""
+    args = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in _UNIONS else [tp]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def build(cls: type, data: Any, prefix: str = "", what: str = "config") -> Any:
+    """Dataclass `cls` from a nested mapping, checked against its annotations (int, float, bool, str,
+    Literal, Optional, list[X], dict[str, X], Any and nested dataclasses): a wrong type, a Literal value
+    that is not allowed or an unknown key is a one-line FairError naming the `what` key (with "did you
+    mean"). Missing keys take their defaults; a section that is null takes its defaults too, unless the
+    field is Optional (then it stays None). Fields with init=False are not keys. A field's metadata
+    "note" is added to its type errors (why the allowed values are what they are)."""
     if not isinstance(data, dict):
-        raise FairError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+        raise FairError(f"{what} section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
+        close = difflib.get_close_matches(str(k), list(fields), n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
-        raise FairError(f"unknown config key '{prefix}{k}'{hint}")
+        raise FairError(f"unknown {what} key '{prefix}{k}'{hint}")
     kwargs = {}
     for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+        tp, section = hints[name], _section(hints[name])
+        if section is not None and (value is not None or section is tp):
+            kwargs[name] = build(section, value or {}, f"{prefix}{name}.", what)
+            continue
+        try:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}", what)
+        except FairError as e:
+            note = fields[name].metadata.get("note")
+            if not note:
+                raise
+            raise FairError(f"{e}; {note}") from None
     return cls(**kwargs)
+
+
+def require(ok: bool, message: str) -> None:
+    """A range or cross-field check of a validate(): FairError(message) unless `ok`."""
+    if not ok:
+        raise FairError(message)
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -229,7 +264,7 @@ def to_dict(cfg: FairConfig) -> dict:
 
 def from_dict(data: dict | None) -> FairConfig:
     """A validated config from a nested dict; missing keys take their defaults."""
-    cfg = _build(FairConfig, dict(data or {}))
+    cfg = build(FairConfig, dict(data or {}))
     validate(cfg)
     return cfg
 
@@ -363,35 +398,31 @@ def save_config(cfg: FairConfig, path: str | Path) -> None:
 
 
 def validate(cfg: FairConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise FairError(msg)
-
-    need(cfg.train.epochs >= 0, "config key 'train.epochs' must be >= 0")
-    need(cfg.train.batch_size >= 1, "config key 'train.batch_size' must be >= 1")
-    need(cfg.train.lr > 0, "config key 'train.lr' must be > 0")
-    need(0 < cfg.local.crop_min <= cfg.local.crop_max <= 1,
-         "config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
-    need(cfg.local.num_crops >= 1, "config key 'local.num_crops' must be >= 1")
-    need(cfg.local.top_k >= 1, "config key 'local.top_k' must be >= 1")
-    need(0 <= cfg.local.beta <= 1, "config key 'local.beta' must lie in [0, 1]")
+    """Value ranges and cross-field checks that types alone cannot express."""
+    require(cfg.train.epochs >= 0, "config key 'train.epochs' must be >= 0")
+    require(cfg.train.batch_size >= 1, "config key 'train.batch_size' must be >= 1")
+    require(cfg.train.lr > 0, "config key 'train.lr' must be > 0")
+    require(0 < cfg.local.crop_min <= cfg.local.crop_max <= 1,
+            "config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
+    require(cfg.local.num_crops >= 1, "config key 'local.num_crops' must be >= 1")
+    require(cfg.local.top_k >= 1, "config key 'local.top_k' must be >= 1")
+    require(0 <= cfg.local.beta <= 1, "config key 'local.beta' must lie in [0, 1]")
     for k in ("gamma_start", "gamma_end"):
-        need(0 <= getattr(cfg.pseudo, k) <= 1, f"config key 'pseudo.{k}' must lie in [0, 1]")
-    need(0 <= cfg.weighting.min < 1, "config key 'weighting.min' must lie in [0, 1)")
-    need(cfg.weighting.power >= 0, "config key 'weighting.power' must be >= 0")
-    need(cfg.data.val_per_class >= 0, "config key 'data.val_per_class' must be >= 0")
+        require(0 <= getattr(cfg.pseudo, k) <= 1, f"config key 'pseudo.{k}' must lie in [0, 1]")
+    require(0 <= cfg.weighting.min < 1, "config key 'weighting.min' must lie in [0, 1)")
+    require(cfg.weighting.power >= 0, "config key 'weighting.power' must be >= 0")
+    require(cfg.data.val_per_class >= 0, "config key 'data.val_per_class' must be >= 0")
     for key in ("train_per_class", "test_per_class"):
         cap = getattr(cfg.data, key)
-        need(cap is None or cap >= 1, f"config key 'data.{key}' must be >= 1, or null for every image")
-    need(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
-    need(cfg.train.fair_momentum is None or 0 <= cfg.train.fair_momentum < 1,
-         "config key 'train.fair_momentum' must lie in [0, 1), or be null (auto, by the number of classes)")
-    need(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")
-    need(0 < cfg.data.strong_scale_min <= 1, "config key 'data.strong_scale_min' must lie in (0, 1]")
-    need(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")
-    need(cfg.data.randaug_ops >= 0, "config key 'data.randaug_ops' must be >= 0")
-    need(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")
+        require(cap is None or cap >= 1, f"config key 'data.{key}' must be >= 1, or null for every image")
+    require(0 <= cfg.data.max_bad_images <= 1, "config key 'data.max_bad_images' must lie in [0, 1]")
+    require(cfg.train.fair_momentum is None or 0 <= cfg.train.fair_momentum < 1,
+            "config key 'train.fair_momentum' must lie in [0, 1), or be null (auto, by the number of classes)")
+    require(cfg.eval.local_views >= 1, "config key 'eval.local_views' must be >= 1")
+    require(0 < cfg.data.strong_scale_min <= 1, "config key 'data.strong_scale_min' must lie in (0, 1]")
+    require(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")
+    require(cfg.data.randaug_ops >= 0, "config key 'data.randaug_ops' must be >= 0")
+    require(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")
     name = cfg.run.name
-    need(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
-         f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")
+    require(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
+            f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")

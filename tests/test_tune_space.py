@@ -122,6 +122,13 @@ def test_bad_spaces_give_one_line_errors(space, words, tmp_path, capsys):
     ({"search": {"sampler": "cmaes"}}, ["tpe"]),
     ({"resources": {"runner": "ray"}}, ["trainer or direct"]),
     ({"resources": {"runner": "direct", "num_workers": 2}}, ["num_workers must be 1"]),
+    # typed by fair.config.build, as FairConfig is: types, allowed values, did-you-mean
+    ({"budget": {"trials_per_dataset": 2, "epochs": "two"}}, ["budget.epochs", "integer"]),
+    ({"resources": {"backend": "ncl"}}, ["resources.backend", "did you mean 'nccl'"]),
+    ({"resources": {"per_worker": {"GPU": "a quarter"}}}, ["resources.per_worker.GPU", "number"]),
+    ({"budget": {"trials_per_dataset": 2, "epochs": 1, "early_stoping": None}}, ["budget.early_stopping"]),
+    ({"datasets": [["fashion_mnist"]]}, ["datasets[0]", "string"]),
+    ({"per_dataset": {"fashion_mnist": 3}}, ["per_dataset.fashion_mnist", "mapping"]),
 ])
 def test_bad_sweep_files_give_one_line_errors(over, words, tmp_path, capsys):
     p = tmp_path / "s.yaml"
@@ -131,6 +138,16 @@ def test_bad_sweep_files_give_one_line_errors(over, words, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+def test_each_datasets_fair_config_is_the_study_config_typed_with_fairs_defaults():
+    from fair.config import FairConfig
+    cfg = load_sweep(None, mapping=_sweep(per_dataset={"fashion_mnist": {"data": {"val_per_class": 3}}},
+                                          budget={"trials_per_dataset": 2, "epochs": 4}))
+    fcfg = cfg.fair_config("fashion_mnist")
+    assert isinstance(fcfg, FairConfig) and fcfg.data.dataset == "fashion_mnist"
+    assert fcfg.train.epochs == 4 and fcfg.data.val_per_class == 3 and fcfg.model.name == "fair-tiny-vit"
+    assert fcfg.local.num_crops == FairConfig().local.num_crops            # unset: FAIR's default
 
 
 def test_missing_dataset_fails_data_check_before_ray(tmp_path, capsys):

@@ -18,26 +18,26 @@
     ray: {num_cpus: null, worker_start_timeout_s: 60, controller_failure_limit: -1,
           worker_max_failures: 2, trial_max_failures: 1, summary_every_s: 60}
 
-Loading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, then
-checks everything that can be checked without Ray (FairError, one line, naming the key).
+This module is the one reader of sweep files (`fair sweep` and `fair cluster` both read them here).
+Reading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, and
+builds the typed SweepConfig with fair.config.build (types, allowed values, unknown keys: FairError, one
+line, naming the key); loading then checks everything else that can be checked without Ray.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
+from fair.config import FairConfig, build, deep_merge, from_dict, merge_overrides, read_yaml, require
 from fair.errors import FairError
 from tune.space import SearchSpace, parse_space, validate_against
 
 log = logging.getLogger("tune.sweep_config")
-OBJECTIVES = {"val_top1": "max", "head_agreement": "max"}
-SAMPLERS = ("tpe", "tpe-multivariate", "random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -60,16 +60,22 @@ class Budget:
 @dataclass
 class Resources:
     num_workers: int = 1                   # DDP processes per trial
-    per_worker: dict = field(default_factory=lambda: {"CPU": 1})   # e.g. {CPU: 4, GPU: 0.25}
+    per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1}, metadata={
+        "note": "it maps resource names to numbers, e.g. {CPU: 2, GPU: 0.25}"})
     trial_driver_cpu: float = 0.01         # the Tune function that drives a TorchTrainer (must be > 0)
-    backend: str = "auto"                  # auto (nccl with GPUs, else gloo) | gloo | nccl
+    backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl with GPUs, else gloo
     check_cluster: bool = True             # refuse requests the cluster cannot hold right now
-    runner: str = "trainer"                # trainer: a Ray Train TorchTrainer per trial | direct: the Tune
-    #                                        trial runs adapt() itself (1 worker; no Train processes)
+    runner: Literal["trainer", "direct"] = "trainer"    # trainer: a Ray Train TorchTrainer per trial |
+    #                                        direct: the Tune trial runs adapt() itself (1 worker; no Train)
 
     @property
     def use_gpu(self) -> bool:
-        return float(self.per_worker.get("GPU", 0) or 0) > 0
+        return self.per_worker.get("GPU", 0) > 0
+
+    @property
+    def gpus(self) -> float:
+        """GPUs one trial holds (0.25: four trials share a GPU)."""
+        return self.num_workers * float(self.per_worker.get("GPU", 0))
 
     def per_trial(self) -> dict[str, float]:
         """Everything one trial holds: its driver plus its workers (what decides concurrency).
@@ -82,13 +88,14 @@ class Resources:
 
 @dataclass
 class Objective:
-    metric: str = "val_top1"
-    mode: str = "max"
+    metric: Literal["val_top1", "head_agreement"] = field(
+        default="val_top1", metadata={"note": "test accuracy never drives the search"})
+    mode: Literal["max", "min"] = "max"
 
 
 @dataclass
 class Search:
-    sampler: str = "tpe"
+    sampler: Literal["tpe", "tpe-multivariate", "random"] = "tpe"
     seed: int = 0
 
     def seed_for(self, dataset: str) -> int:
@@ -117,10 +124,12 @@ class Faults:
 @dataclass
 class SweepConfig:
     name: str
-    datasets: list
-    base: dict = field(default_factory=dict)
-    per_dataset: dict = field(default_factory=dict)
-    space: Any = "default"
+    datasets: list[str] = field(metadata={"note": "it lists distinct dataset names, e.g. [dtd, eurosat]"})
+    base: dict = field(default_factory=dict,   # a path in the file is read into the mapping
+                       metadata={"note": "it is a FAIR config mapping or the path of a FAIR YAML file"})
+    per_dataset: dict[str, Optional[dict]] = field(
+        default_factory=dict, metadata={"note": "it maps dataset names to FAIR config mappings"})
+    space: Any = "default"                               # checked by tune.space.parse_space
     search: Search = field(default_factory=Search)
     budget: Budget = field(default_factory=Budget)
     resources: Resources = field(default_factory=Resources)
@@ -128,11 +137,10 @@ class SweepConfig:
     storage: str = "./sweeps"
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
-    source: Optional[str] = None           # the sweep file (set by load_sweep)
+    source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
 
     def study_config(self, dataset: str) -> dict:
         """The nested FAIR config of one dataset's trials, before the searched values."""
-        from fair.config import deep_merge
         d = deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
         d = deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
                             "run": {"progress": False}})
@@ -145,6 +153,11 @@ class SweepConfig:
             d["run"]["cache_root"] = str(Path(root).resolve())
         return d
 
+    def fair_config(self, dataset: str) -> FairConfig:
+        """The validated FairConfig of one dataset's trials, before the searched values (FAIR's own
+        defaults for every key the sweep leaves unset)."""
+        return from_dict(self.study_config(dataset))
+
     @property
     def total_trials(self) -> int:
         return self.budget.trials_per_dataset * len(self.datasets)
@@ -155,90 +168,82 @@ class SweepConfig:
 
 # --------------------------------------------------------------------------------------------- loading
 
-_SECTIONS = {"search": Search, "budget": Budget, "resources": Resources, "objective": Objective,
-             "ray": RayOptions, "faults": Faults, "early_stopping": EarlyStopping}
-
-
-def _build(cls, data: Any, key: str):
-    """A dataclass from a mapping; unknown keys are errors that suggest the close one."""
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise FairError(f"sweep key '{key}' must be a mapping, got {data!r}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        if k not in names:
-            import difflib
-            close = difflib.get_close_matches(k, list(names), n=1)
-            hint = f"; did you mean '{key}.{close[0]}'?" if close else f"; known: {', '.join(names)}"
-            raise FairError(f"unknown sweep key '{key}.{k}'{hint}")
-        if k in _SECTIONS and (v is not None):
-            v = _build(_SECTIONS[k], v, f"{key}.{k}")
-        kwargs[k] = v
-    return cls(**kwargs)
-
-
-def _load_base(raw: Any, sweep_file: Optional[Path]) -> dict:
-    from fair.config import read_yaml
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
-        p = Path(raw).expanduser()
-        if not p.is_absolute() and sweep_file is not None:
-            p = sweep_file.parent / p
-        return read_yaml(p)
-    if not isinstance(raw, dict):
-        raise FairError("sweep key 'base' must be a FAIR config mapping or the path of a FAIR YAML file")
-    return raw
+def _load_base(raw: Any, sweep_file: Optional[Path]) -> Any:
+    """`base:` as a mapping: a path is read, relative to the sweep file (an absolute path as it is)."""
+    if not isinstance(raw, str):
+        return {} if raw is None else raw
+    p = Path(raw).expanduser()
+    if not p.is_absolute() and sweep_file is not None:
+        p = sweep_file.parent / p
+    return read_yaml(p)
 
 
 def from_mapping(data: dict, sweep_file: Optional[Path] = None) -> SweepConfig:
-    """A SweepConfig from the sweep file's mapping (after overrides); structural checks only."""
+    """A SweepConfig from the sweep file's mapping (after overrides): built by fair.config.build (types,
+    allowed values, unknown keys), then its own values checked (check_values); validate() does the rest."""
     data = copy.deepcopy(data)
-    known = {f.name for f in dataclasses.fields(SweepConfig)} - {"source"}
-    for k in data:
-        if k not in known:
-            import difflib
-            close = difflib.get_close_matches(str(k), list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"
-            raise FairError(f"unknown sweep key '{k}'{hint}")
     for req in ("name", "datasets"):
         if not data.get(req):
             raise FairError(f"sweep file needs '{req}'")
-    name = str(data["name"])
-    if not _NAME.match(name):
-        raise FairError(f"sweep name {name!r} must be a plain path segment (letters, digits, _ . -)")
-    datasets = data["datasets"]
-    if isinstance(datasets, str):
-        datasets = [datasets]
-    if not isinstance(datasets, list) or len(set(datasets)) != len(datasets):
+    if isinstance(data["datasets"], str):
+        data["datasets"] = [data["datasets"]]
+    data["base"] = _load_base(data.get("base"), sweep_file)
+    if data.get("storage") is None:
+        data["storage"] = "./sweeps"
+    cfg = build(SweepConfig, data, what="sweep")
+    cfg.source = str(sweep_file) if sweep_file else None
+    if not _NAME.match(cfg.name):
+        raise FairError(f"sweep name {cfg.name!r} must be a plain path segment (letters, digits, _ . -)")
+    if len(set(cfg.datasets)) != len(cfg.datasets):
         raise FairError("sweep key 'datasets' must be a list of distinct dataset names")
-    per = data.get("per_dataset") or {}
-    if not isinstance(per, dict):
-        raise FairError("sweep key 'per_dataset' must map dataset names to FAIR config mappings")
-    unused = [k for k in per if k not in datasets]
+    check_values(cfg)
+    unused = [k for k in cfg.per_dataset if k not in cfg.datasets]
     if unused:   # e.g. `--set datasets=[dtd]` on the paper sweep: its sun397 entry is simply not needed
-        log.warning("per_dataset entries for datasets not in this sweep are ignored: %s", ", ".join(map(str, unused)))
-        per = {k: v for k, v in per.items() if k in datasets}
-    cfg = SweepConfig(
-        name=name, datasets=list(datasets), base=_load_base(data.get("base"), sweep_file), per_dataset=per,
-        space=data.get("space", "default"),
-        **{k: _build(cls, data.get(k), k) for k, cls in _SECTIONS.items() if k in known},
-        storage=str(data.get("storage") or "./sweeps"),
-        source=str(sweep_file) if sweep_file else None)
+        log.warning("per_dataset entries for datasets not in this sweep are ignored: %s", ", ".join(unused))
+        cfg.per_dataset = {k: v for k, v in cfg.per_dataset.items() if k in cfg.datasets}
     return cfg
 
 
-def load_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_test: bool = False,
+def check_values(cfg: SweepConfig) -> None:
+    """The ranges, and the rules between the sweep's own keys, that SweepConfig's types cannot express."""
+    b, r = cfg.budget, cfg.resources
+    require(b.trials_per_dataset >= 1, "sweep key 'budget.trials_per_dataset' must be >= 1")
+    require(b.epochs >= 1, "sweep key 'budget.epochs' must be >= 1")
+    require(b.max_concurrent is None or b.max_concurrent >= 1, "sweep key 'budget.max_concurrent' must be >= 1 "
+            "or null (as many trials as the resources allow)")
+    es = b.early_stopping
+    require(es is None or (1 <= es.grace_period <= b.epochs and es.reduction_factor > 1),
+            "sweep key 'budget.early_stopping' needs 1 <= grace_period <= budget.epochs and reduction_factor > 1")
+    require(r.num_workers >= 1, "sweep key 'resources.num_workers' must be >= 1")
+    require(all(v >= 0 for v in r.per_worker.values()), "sweep key 'resources.per_worker' must map resource "
+            "names to numbers >= 0, e.g. {CPU: 2, GPU: 0.25}")
+    gpu = r.per_worker.get("GPU", 0)
+    require(gpu <= 1 or gpu == int(gpu), "sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a "
+            "whole number")
+    require(r.trial_driver_cpu > 0, "sweep key 'resources.trial_driver_cpu' must be > 0 (Ray refuses a zero "
+            "request); use 0.01")
+    require(r.runner != "direct" or r.num_workers == 1, "sweep key 'resources.runner' is direct (adapt() runs "
+            "inside the trial process), so resources.num_workers must be 1; use runner trainer for DDP across workers")
+    require(r.backend != "nccl" or r.use_gpu, "sweep key 'resources.backend' is nccl but resources.per_worker "
+            "has no GPU")
+
+
+def read_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_test: bool = False,
                mapping: Optional[dict] = None) -> SweepConfig:
-    """Read a sweep file (or take `mapping`), apply overrides and --smoke-test, validate offline."""
-    from fair.config import merge_overrides, read_yaml
+    """Read a sweep file (or take `mapping`), apply overrides and --smoke-test; not validate()d yet: what
+    `fair cluster plan` reads (the plan is how to find a missing budget.max_concurrent)."""
     sweep_file = Path(path).expanduser().resolve() if path else None
     data = read_yaml(sweep_file) if sweep_file else copy.deepcopy(mapping or {})
     cfg = from_mapping(merge_overrides(data, overrides), sweep_file)
     if smoke_test:
         shrink_for_smoke_test(cfg)
+    return cfg
+
+
+def load_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_test: bool = False,
+               mapping: Optional[dict] = None) -> SweepConfig:
+    """read_sweep, then validate offline (what `fair sweep` and `fair cluster submit` run)."""
+    cfg = read_sweep(path, overrides, smoke_test, mapping)
     validate(cfg)
     return cfg
 
@@ -260,69 +265,30 @@ def shrink_for_smoke_test(cfg: SweepConfig) -> None:
 
 
 def validate(cfg: SweepConfig) -> None:
-    """Every check that needs neither Ray nor the storage (those are in tune.cluster / tune.storage)."""
-    from fair.config import from_dict
-    b, r, o = cfg.budget, cfg.resources, cfg.objective
-    if not isinstance(b.trials_per_dataset, int) or b.trials_per_dataset < 1:
-        raise FairError("sweep key 'budget.trials_per_dataset' must be an integer >= 1")
-    if not isinstance(b.epochs, int) or b.epochs < 1:
-        raise FairError("sweep key 'budget.epochs' must be an integer >= 1")
-    if b.max_concurrent is not None and (not isinstance(b.max_concurrent, int) or b.max_concurrent < 1):
-        raise FairError("sweep key 'budget.max_concurrent' must be an integer >= 1 or null")
-    es = b.early_stopping
-    if es is not None and (es.grace_period < 1 or es.grace_period > b.epochs or es.reduction_factor <= 1):
-        raise FairError("sweep key 'budget.early_stopping' needs 1 <= grace_period <= budget.epochs and "
-                        "reduction_factor > 1")
-    if not isinstance(r.num_workers, int) or r.num_workers < 1:
-        raise FairError("sweep key 'resources.num_workers' must be an integer >= 1")
-    if not isinstance(r.per_worker, dict) or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in r.per_worker.values()):
-        raise FairError("sweep key 'resources.per_worker' must map resource names to numbers >= 0, "
-                        "e.g. {CPU: 2, GPU: 0.25}")
-    gpu = float(r.per_worker.get("GPU", 0) or 0)
-    if gpu > 1 and gpu != int(gpu):
-        raise FairError("sweep key 'resources.per_worker.GPU' must be a fraction <= 1 or a whole number")
-    if r.trial_driver_cpu <= 0:
-        raise FairError("sweep key 'resources.trial_driver_cpu' must be > 0 (Ray refuses a zero request); "
-                        "use 0.01")
-    if r.runner not in ("trainer", "direct"):
-        raise FairError(f"sweep key 'resources.runner' must be trainer or direct, got {r.runner!r}")
-    if r.runner == "direct" and r.num_workers != 1:
-        raise FairError("sweep key 'resources.runner' is direct (adapt() runs inside the trial process), so "
-                        "resources.num_workers must be 1; use runner trainer for DDP across workers")
-    if r.backend not in ("auto", "gloo", "nccl"):
-        raise FairError(f"sweep key 'resources.backend' must be auto, gloo or nccl, got {r.backend!r}")
-    if r.backend == "nccl" and not r.use_gpu:
-        raise FairError("sweep key 'resources.backend' is nccl but resources.per_worker has no GPU")
-    if o.metric not in OBJECTIVES:
-        raise FairError(f"sweep key 'objective.metric' must be one of {', '.join(OBJECTIVES)} "
-                        f"(test accuracy never drives the search), got {o.metric!r}")
-    if o.mode not in ("max", "min"):
-        raise FairError(f"sweep key 'objective.mode' must be max or min, got {o.mode!r}")
-    if cfg.search.sampler not in SAMPLERS:
-        raise FairError(f"sweep key 'search.sampler' must be one of {', '.join(SAMPLERS)}, got {cfg.search.sampler!r}")
+    """Every check beyond the file's own values (from_mapping) that needs neither Ray nor the storage
+    (those are in tune.cluster / tune.storage): the concurrency of an autoscaling cluster, the storage URI,
+    the dataset names, and every dataset's FAIR config, alone and with every value of the search space."""
+    b, r = cfg.budget, cfg.resources
     base_train = cfg.base.get("train") or {}
     for key, value in (("epochs", b.epochs), ("max_steps_per_epoch", b.max_steps_per_epoch)):
         if base_train.get(key) is not None and base_train[key] != value and (key == "epochs" or value is not None):
             log.warning("base.train.%s=%s is replaced by budget.%s=%s: set the budget to change it",
                         key, base_train[key], key, value)
-    if r.check_cluster is False and b.max_concurrent is None:
-        raise FairError("sweep key 'budget.max_concurrent' must be set when resources.check_cluster is false (an "
-                        "autoscaling cluster): the sweep cannot see how large the cluster will grow; use the "
-                        "concurrency `fair cluster plan` prints")
+    require(r.check_cluster or b.max_concurrent is not None, "sweep key 'budget.max_concurrent' must be set when "
+            "resources.check_cluster is false (an autoscaling cluster): the sweep cannot see how large the cluster "
+            "will grow; use the concurrency `fair cluster plan` prints")
     from tune.storage import check_uri
     check_uri(cfg.storage)
     from fair.data.catalog import get_spec
     for ds in cfg.datasets:
-        get_spec(str(ds))               # an unknown name fails here, not in every trial on the cluster
+        get_spec(ds)                    # an unknown name fails here, not in every trial on the cluster
     space = cfg.search_space()
     for ds in cfg.datasets:
-        base = cfg.study_config(ds)
-        fcfg = from_dict(base)          # the dataset's base config itself must be valid
-        if o.metric == "val_top1" and fcfg.data.val_per_class < 1:
+        fcfg = cfg.fair_config(ds)      # the dataset's base config itself must be valid
+        if cfg.objective.metric == "val_top1" and fcfg.data.val_per_class < 1:
             raise FairError(f"objective val_top1 needs a validation split, but data.val_per_class is 0 for {ds}; "
                             f"raise it or use objective.metric=head_agreement")
-        validate_against(space, base, ds)
+        validate_against(space, cfg.study_config(ds), ds)
 
 
 def check_datasets(cfg: SweepConfig) -> None:
@@ -342,11 +308,10 @@ def check_datasets(cfg: SweepConfig) -> None:
 
 def check_dataset_ready(cfg: SweepConfig, ds: str) -> None:
     """One dataset of the sweep: its files, and a descriptions file that covers every class (fair/wca)."""
-    from fair.config import from_dict
     from fair.data import descriptions_path
     from fair.data.catalog import check_dataset, get_spec
     from fair.text import load_descriptions
-    fcfg = from_dict(cfg.study_config(ds))
+    fcfg = cfg.fair_config(ds)
     base = check_dataset(ds, fcfg.data.root)
     if fcfg.method not in ("fair", "wca") or fcfg.data.description_fallback:
         return

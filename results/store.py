@@ -18,8 +18,8 @@ import os
 import random
 import re
 import tempfile
-import uuid
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar

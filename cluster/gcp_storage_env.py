@@ -1,6 +1,6 @@
 """Print `export ...` lines that point the S3 code path at Google Cloud Storage, from the node's identity.
 
-Sweep storage goes through the S3 API (tune/storage.py, pyarrow). GCS speaks it at
+Sweep storage goes through the S3 API (Ray's pyarrow, results/store.py's boto3). GCS speaks it at
 https://storage.googleapis.com, but only with HMAC keys. So that no key sits in any file or image, a GCP
 node fetches them at `ray start` from Secret Manager with its own service account (metadata server
 token), and the raylet (hence every trial) inherits them as environment variables:

@@ -1,4 +1,9 @@
-"""Small file helpers: atomic writes (a reader never sees a half-written file), hashing, JSON lines."""
+"""Small file helpers: atomic writes (a reader never sees a half-written file), hashing, JSON lines.
+
+`atomic_path` is fair's one atomic writer (every other write of fair's own files goes through it). The
+storage layer of sweeps and tables has its own in `results.store`: `fair` never imports `results` and
+`results` never imports `fair`, so each layer keeps exactly one.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -16,26 +22,35 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, mode: int = FILE_MODE) -> Iterator[Path]:
+    """A temp file beside `path` for the caller to fill (by name: numpy memmaps, safetensors); when the block
+    ends it gets `mode` and is renamed onto `path` in one step; when the block raises it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         with contextlib.suppress(OSError):     # some network/FUSE mounts refuse chmod: keep mkstemp's mode
-            os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+    with atomic_path(path, mode) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | Path, text: str, mode: int = FILE_MODE) -> None:
+    atomic_write_bytes(path, text.encode(), mode)
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

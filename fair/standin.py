@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fair.data.fashion_mnist import CLASSES, TEMPLATES, read_split, require_files
-from fair.io import atomic_write_text
+from fair.io import atomic_path, atomic_write_text
 from fair.logs import expected_messages, setup_logging
 
 log = logging.getLogger(__name__)
@@ -469,13 +469,11 @@ def build_standin(cache_root, size: str = "full", seed: int = 0, progress: bool 
 def _write_checkpoint(out_dir: Path, state: dict, info: dict) -> Path:
     from safetensors.torch import save_file
     ckpt = out_dir / CHECKPOINT_NAME
-    tmp = out_dir / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "standin": json.dumps(info, default=str)})
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; other workers/users of a shared cache must read it
-    tmp_info = out_dir / f".info.json.{os.getpid()}.tmp"
-    tmp_info.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp_info, out_dir / "info.json")
-    os.replace(tmp, ckpt)  # last: the checkpoint's presence means the build is complete
+    # 0644: safetensors writes 0600; other workers/users of a shared cache must read it. The checkpoint is
+    # renamed into place last: its presence means the build is complete.
+    with atomic_path(ckpt, mode=0o644) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "standin": json.dumps(info, default=str)})
+        atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2, default=str))
     return ckpt
 
 

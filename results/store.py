@@ -4,7 +4,11 @@ Every write is atomic: a local file is written next to its final name and rename
 is one PUT of the complete bytes (never multipart), so a reader sees the whole object or none.
 S3 calls that fail for a transient reason (connection refused, timeout, 5xx, throttling) are retried with
 exponential backoff, then fail loudly with a `ResultsError` that names the key, never a credential.
-Credentials come only from the standard AWS chain (env, shared files, instance or workload identity).
+Credentials come only from the standard AWS chain (env, shared files, instance or workload identity); a
+`user:password@` in the endpoint is dropped, never sent or shown.
+
+This is the one storage layer of the project: `results` reads and writes its tables here, and `tune` writes
+its sweep records and state here (a sweep's own checkpoints and experiment state are Ray's).
 """
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import contextlib
 import logging
 import os
 import random
+import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from results.errors import ResultsError, scrub
 
@@ -26,6 +32,8 @@ T = TypeVar("T")
 _UMASK = os.umask(0o022)     # read once (os.umask can only be read by setting it): files get open()'s mode
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+# a URI scheme (two characters at least, so that a Windows drive `C:/` stays a path) and the slashes after it
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<slashes>/*)")
 
 _RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
@@ -53,20 +61,21 @@ class S3Options:
     extra: dict = field(default_factory=dict)
 
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        """The endpoint URL (None: AWS's own), https:// when it names no scheme, and never with the
+        `user:password@` an endpoint may carry: credentials come only from the AWS chain."""
+        raw = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if not raw:
+            return None
+        parts = urlsplit(raw if "://" in raw else f"https://{raw}")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), parts.query, ""))
 
-    def resolved_region(self) -> str:
-        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    def resolved_region(self, default: str | None = "us-east-1") -> str | None:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or default
 
 
 def _shown_endpoint(endpoint: str | None) -> str:
-    if not endpoint:
-        return "the default AWS S3 endpoint"
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}" if parts.scheme else endpoint  # never the user:password@ part
+    return endpoint or "the default AWS S3 endpoint"
 
 
 class Store:
@@ -97,6 +106,14 @@ class Store:
     def describe(self, key: str = "") -> str:
         """The full location of `key`, for messages."""
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
+
+    def probe(self, prefix: str = "") -> None:
+        """Write, read back and delete a marker under `prefix`: a missing bucket or folder, an unreachable
+        endpoint, bad credentials or no write permission fail here, as one ResultsError, before any work."""
+        key = f"{prefix.strip('/')}/.probe-{uuid.uuid4().hex[:8]}".lstrip("/")
+        self.put(key, b"storage probe\n")
+        self.get(key)
+        self.delete(key)
 
 
 class LocalStore(Store):
@@ -146,7 +163,7 @@ class LocalStore(Store):
             os.replace(tmp, path)
             tmp = None
         except OSError as e:
-            raise ResultsError(f"cannot write {path}: {e.strerror or e}; check the --store folder") from None
+            raise ResultsError(f"cannot write {path}: {e.strerror or e}; check that its folder is writable") from None
         finally:
             if tmp is not None:
                 try:
@@ -285,30 +302,46 @@ class S3Store(Store):
         from pyarrow import fs
 
         o = self.options
-        kwargs = {"region": o.resolved_region(), "force_virtual_addressing": False,
-                  "connect_timeout": o.connect_timeout_s, "request_timeout": o.read_timeout_s}
+        # bounded timeouts and tries: a dead endpoint fails in seconds instead of retrying for minutes
+        kwargs = {"force_virtual_addressing": False, "connect_timeout": o.connect_timeout_s,
+                  "request_timeout": o.read_timeout_s,
+                  "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=max(1, o.tries))}
+        region = o.resolved_region(default=None)    # unset: the AWS SDK's own chain (profile, instance)
+        if region:
+            kwargs["region"] = region
         endpoint = o.resolved_endpoint()
-        if endpoint:
-            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-            kwargs["endpoint_override"] = parts.netloc.rsplit("@", 1)[-1]
+        if endpoint:   # pyarrow reads AWS_ENDPOINT_URL only in FileSystem.from_uri, so it is passed here
+            parts = urlsplit(endpoint)
+            kwargs["endpoint_override"] = parts.netloc
             kwargs["scheme"] = parts.scheme
         path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return fs.S3FileSystem(**kwargs), path
 
 
 def s3_uri(text: str) -> str | None:
-    """`text` as `s3://...` (scheme in lower case) when it names S3, else None. A text that starts with
-    `s3:` but not `s3://` (e.g. `s3:/bucket/x`) is a ResultsError rather than a local folder of that name."""
-    scheme, colon, rest = text.partition(":")
-    if not colon or scheme.lower() != "s3":
+    """`text` as `s3://...` (scheme in lower case) when it names S3, else None (a local path or file://).
+    The one check of a location: a text that starts like a URI but is not one this layer reads is a
+    ResultsError rather than a local folder of that name: `s3:/bucket/x` or `s3:bucket` (not two slashes),
+    `file:/x` (one slash), `gs://bucket` (another scheme)."""
+    m = _SCHEME.match(text)
+    if m is None:
         return None
-    if not rest.startswith("//"):
-        raise ResultsError(f"{text!r} is not an S3 location: write s3://bucket/prefix (two slashes)")
-    return "s3://" + rest[2:]
+    scheme, slashes = m["scheme"].lower(), m["slashes"]
+    if scheme == "s3":
+        if not slashes.startswith("//"):
+            raise ResultsError(f"{text!r} is not an S3 location: write s3://bucket/prefix (two slashes)")
+        return "s3://" + text[len("s3://"):]
+    if slashes == "/":
+        raise ResultsError(f"{text!r} is not a URI (one slash?): write s3://bucket/prefix, or a local folder "
+                           "without a scheme")
+    if slashes.startswith("//") and scheme != "file":
+        raise ResultsError(f"unsupported location {text!r}: use a local folder or s3://BUCKET/PREFIX")
+    return None
 
 
 def open_store(uri: str | os.PathLike, options: S3Options | None = None) -> Store:
-    """A store for a local folder or `s3://bucket/prefix`."""
+    """A store for a local folder or `s3://bucket/prefix`. No I/O: a bad location fails here, an unusable
+    one at the first call (or at `probe`)."""
     text = os.fspath(uri)
     s3 = s3_uri(text)
     if s3 is not None:
@@ -316,6 +349,4 @@ def open_store(uri: str | os.PathLike, options: S3Options | None = None) -> Stor
         if not bucket:
             raise ResultsError(f"{text!r} names no bucket; use s3://BUCKET/PREFIX")
         return S3Store(bucket, prefix, options)
-    if "://" in text and not text.startswith("file://"):
-        raise ResultsError(f"unsupported store {text!r}: use a local folder or s3://BUCKET/PREFIX")
-    return LocalStore(text[7:] if text.startswith("file://") else text)
+    return LocalStore(text[len("file://"):] if text.startswith("file://") else text)

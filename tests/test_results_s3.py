@@ -247,3 +247,17 @@ def test_server_restarted_within_the_backoff_gives_a_retried_write(private_s3_se
 def test_env_is_set_for_clients(s3_server):
     assert os.environ["AWS_ENDPOINT_URL"] == s3_server.endpoint
     assert S3Options().resolved_endpoint() == s3_server.endpoint
+
+
+def test_probe_with_a_wrong_secret_is_refused_without_echoing_it(s3_server, monkeypatch):
+    """What `fair sweep` checks before it starts (tune.storage.probe is this probe)."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    with pytest.raises(ResultsError, match="rejected the credentials") as e:
+        open_store(f"s3://{s3_server.bucket}/x").probe("sw")
+    assert "wrong-secret-value" not in str(e.value) and s3_server.access_key not in str(e.value)
+
+
+def test_probe_on_s3_leaves_no_object(s3_server):
+    prefix = uniq("probe")
+    open_store(f"s3://{s3_server.bucket}/{prefix}").probe("sw")
+    assert object_keys(s3_server, prefix + "/") == []

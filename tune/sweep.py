@@ -55,9 +55,10 @@ def _snapshot(cfg: SweepConfig) -> dict:
 
 
 def saved_config(storage: str, name: str) -> dict | None:
+    from results.store import MissingKey
     try:
         return st.read_json(storage, f"{name}/{SWEEP_FILE}")
-    except (OSError, FileNotFoundError):
+    except MissingKey:
         return None
 
 

@@ -277,8 +277,8 @@ def validate(cfg: SweepConfig) -> None:
     require(r.check_cluster or b.max_concurrent is not None, "sweep key 'budget.max_concurrent' must be set when "
             "resources.check_cluster is false (an autoscaling cluster): the sweep cannot see how large the cluster "
             "will grow; use the concurrency `fair cluster plan` prints")
-    from tune.storage import check_uri
-    check_uri(cfg.storage)
+    from results.store import open_store
+    open_store(cfg.storage)             # a location the store cannot read is refused here (no I/O)
     from fair.data.catalog import get_spec
     for ds in cfg.datasets:
         get_spec(ds)                    # an unknown name fails here, not in every trial on the cluster

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from tune import storage
+
 log = logging.getLogger("tune.trainable")
 
 
@@ -156,7 +158,6 @@ def adapt_trial(payload: dict, session: Session) -> None:
     writes the record to the sweep's storage."""
     from fair.adapt import adapt
     from fair.config import from_dict, set_by_path
-    from tune import storage
     plan: TrialPlan = payload["plan"]
     trial_id, study, rank = payload["trial_id"], payload["study"], session.rank
     scratch = scratch_dir(plan.sweep, trial_id)
@@ -244,7 +245,7 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
             # no timestamp: a resumed sweep reruns this trial under the same name, and Train finds the
             # checkpoints of the interrupted attempt there
             name=f"train-{trial_id}",
-            storage_path=_join(plan.storage, plan.sweep),
+            storage_path=storage.join(plan.storage, plan.sweep),
             failure_config=ray.train.FailureConfig(max_failures=plan.worker_max_failures,
                                                    controller_failure_limit=plan.controller_failure_limit),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
@@ -252,7 +253,3 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
         ),
     )
     trainer.fit()
-
-
-def _join(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"

@@ -19,7 +19,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fair.data.images import ImageSet
-from fair.io import atomic_write_text, sha256_bytes, sha256_json
+from fair.io import atomic_path, atomic_write_text, sha256_bytes, sha256_json
 
 log = logging.getLogger(__name__)
 # Bump whenever a change here changes the cached pixels: it is part of the key.
@@ -101,10 +100,9 @@ def decode_square(images: ImageSet, i: int, size: int) -> np.ndarray:
 
 def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, progress: bool, desc: str) -> None:
     n = len(images)
-    fd, tmp = tempfile.mkstemp(dir=npy.parent, prefix=f".{npy.name}.", suffix=".tmp")
-    os.close(fd)
     bad = np.zeros(n, dtype=bool)
-    try:
+    # 0644 whatever the umask: other users' trials on the node read the cache too
+    with atomic_path(npy, mode=0o644) as tmp:
         # open_memmap writes straight to disk: a large split never has to fit in memory.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
 
@@ -121,15 +119,9 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
                 pass
         out.flush()
         del one, out           # the last references: the memmap is closed before the rename
-        os.chmod(tmp, 0o644)   # mkstemp makes it private; other users' trials on the node read it too
-        os.replace(tmp, npy)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     # The meta file is written last: its presence marks a complete cache.
     atomic_write_text(meta, json.dumps({"n": n, "size": size, "version": CACHE_VERSION,
-                                        "bad": np.flatnonzero(bad).tolist()}))
-    os.chmod(meta, 0o644)
+                                        "bad": np.flatnonzero(bad).tolist()}), mode=0o644)
 
 
 def decoded(images: ImageSet, size: int, cache_root: str | Path, progress: bool = True,

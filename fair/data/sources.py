@@ -3,8 +3,8 @@
 One `Source` per dataset: the files (official URLs; checksums as published by the dataset or by
 torchvision, which checks them with md5), the recipe that extracts them into the catalog's layout
 (`fair.data.catalog`) with a `fair.data.recipe.Job` and makes the split file, and what a user must fetch
-by hand where no source is reachable. Splits follow CoOp (Zhou et al., "Learning to Prompt for Vision-
-Language Models"): its `split_zhou_*.json` is fetched from the Google Drive file CoOp's DATASETS.md
+by hand where no source is reachable. Splits follow CoOp (Zhou et al., "Learning to Prompt for
+Vision-Language Models"): its `split_zhou_*.json` is fetched from the Google Drive file CoOp's DATASETS.md
 links; when that fails it is made by CoOp's own rule from the official metadata with a fixed seed (same
 proportions and class names; other images per part, since CoOp's file came from an unrecorded random
 state), and the split's sidecar `<split>.meta.json` says which.

@@ -196,9 +196,9 @@ def test_import_from_a_loopback_url_with_a_class_list(llm, tmp_path, capsys):
     # bad sources: one line each, nothing written
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    for src, words in ((f"{llm.url}/cupl/missing.json", "HTTP 404"), (str(bad), "is not JSON"),
+    for src, words in ((f"{llm.url}/cupl/missing.json", "HTTP 404"), (str(bad), "is not valid JSON"),
                        (str(tmp_path / "nope.json"), "cannot read"),
-                       (str(classes), "is not JSON")):
+                       (str(classes), "is not valid JSON")):
         assert main(["descriptions", "import", src, "--dataset", "imagefolder", "--classes", str(classes),
                      "--out", str(tmp_path / "x.json")]) == 2
         assert words in _error_line(capsys)

@@ -9,6 +9,8 @@ from fair.errors import FairError
 
 
 def requests_module():
+    """The requests package, imported when a command first talks to the network: every run imports this
+    package (through fair.text to read its descriptions) and never needs it."""
     try:
         import requests
     except ModuleNotFoundError:

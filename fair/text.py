@@ -5,7 +5,6 @@ of all the texts in order. The text tower is used only here; callers drop it aft
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fair.descriptions.classnames import match_classes
+from fair.descriptions.cupl import parse_cupl
 from fair.errors import FairError
 from fair.io import atomic_torch_save, sha256_bytes, sha256_json
 
@@ -33,7 +34,9 @@ def load_descriptions(path: str | Path | None, classnames: list[str], fallback: 
 
     A class with no sentences is an error naming it, unless `fallback` — then its list is empty (the
     anchors use its templates) and it is recorded in `fallback_classes`. With no file at all and
-    `fallback`, every class falls back.
+    `fallback`, every class falls back. A file that names one of the classes more than once (the same key
+    twice, or two spellings such as "red square" and "Red_Square") is refused: which list was meant is
+    unknown. Keys are matched as `fair.descriptions.classnames.match_classes` says.
     """
     if path is None:
         if not fallback:
@@ -44,29 +47,19 @@ def load_descriptions(path: str | Path | None, classnames: list[str], fallback: 
     if not p.is_file():
         raise FairError(f"descriptions file {str(p)!r} not found; fix data.descriptions")
     raw = p.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FairError(f"descriptions file {str(p)!r} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
-                        f"it must be a CuPL object {{\"class\": [\"sentence\", ...]}}") from None
-    if not isinstance(data, dict) or not data:
-        raise FairError(f"descriptions file {str(p)!r} is empty or not an object; it must map each class "
-                        f"name to a list of sentences (CuPL format)")
-    # Class names are matched exactly first, then case/underscore-insensitively (CuPL files vary).
-    norm = {_norm(k): v for k, v in data.items()}
-    per_class, missing = [], []
-    for c in classnames:
-        sents = data.get(c, norm.get(_norm(c)))
-        if isinstance(sents, str):
-            sents = [sents]
-        if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
-            if sents is not None:
-                raise FairError(f"descriptions for class {c!r} in {str(p)!r} must be a list of strings")
-            sents = []
-        sents = [s.strip() for s in sents if s.strip()]
-        if not sents:
-            missing.append(c)
-        per_class.append(sents)
+    label = f"descriptions file {str(p)!r}"
+    cupl = parse_cupl(raw, label)
+    keys, several = match_classes(list(cupl.sentences), classnames)
+    used = set(keys.values())
+    twice = [repr(k) for k in cupl.repeated if k in used] + \
+        [f"{c!r} as {' and '.join(map(repr, ks))}" for c, ks in several.items()]
+    if twice:   # JSON keeps the last list of a repeated key without a word; which one was meant is unknown
+        named = twice
+        shown = ", ".join(map(str, named[:5])) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        raise FairError(f"{label} names {len(named)} classes more than once ({shown}); merge each into one list, "
+                        f"or re-import it with `fair descriptions import FILE --dataset NAME` (which merges them)")
+    per_class = [cupl.sentences[keys[c]] if keys[c] else [] for c in classnames]
+    missing = [c for c, sents in zip(classnames, per_class) if not sents]
     if missing and not fallback:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise FairError(f"classes without descriptions in {str(p)!r}: {shown}; add them or set "
@@ -74,10 +67,6 @@ def load_descriptions(path: str | Path | None, classnames: list[str], fallback: 
     if missing:
         log.warning("%d classes have no description and fall back to templates: %s", len(missing), missing[:5])
     return Descriptions(per_class, sha256_bytes(raw), missing)
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("_", " ").strip()
 
 
 @torch.no_grad()
@@ -88,6 +77,37 @@ def encode_texts(model, tokenizer, texts: list[str], device: torch.device, batch
         tokens = tokenizer(texts[i:i + batch_size]).to(device)
         out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def overlong(tokenizer, texts: list[str]) -> list[bool]:
+    """Which texts the tokenizer cuts to fit the text encoder's context (its `context_length` tokens).
+
+    Asks the tokenizer itself for one token more than the context: a text is cut when that last position
+    is not padding, so CLIP's BPE and Hugging Face tokenizers are judged by their own rules.
+    """
+    ctx = getattr(tokenizer, "context_length", None)
+    if not ctx or not texts:
+        return [False] * len(texts)
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+    longer = tokenizer(texts, context_length=ctx + 1)
+    return (longer[:, ctx] != pad).tolist()
+
+
+def warn_overlong(tokenizer, classnames: list[str], per_class: list[list[str]]) -> dict[str, int]:
+    """Warn, before encoding cuts them, about sentences longer than the text encoder's context; {class: how many}."""
+    cut = overlong(tokenizer, [t for texts in per_class for t in texts])
+    counts, i = {}, 0
+    for c, texts in zip(classnames, per_class):
+        if sum(cut[i:i + len(texts)]):
+            counts[c] = sum(cut[i:i + len(texts)])
+        i += len(texts)
+    if counts:
+        shown = ", ".join(f"{c!r} ({n})" for c, n in list(counts.items())[:10]) + \
+            (f" and {len(counts) - 10} more classes" if len(counts) > 10 else "")
+        log.warning("%d description sentences of %d classes are longer than the text encoder's context (%d tokens) "
+                    "and are cut to fit: %s; shorten them to keep their ends", sum(counts.values()), len(counts),
+                    tokenizer.context_length, shown)
+    return counts
 
 
 @dataclass
@@ -120,6 +140,7 @@ def build_text_embeddings(model, tokenizer, classnames: list[str], templates: li
             return TextEmbeddings(blob["class_emb"], blob["desc_emb"], blob["desc_mask"])
         except Exception:  # noqa: BLE001 - a broken cache entry is recomputed, never fatal
             log.warning("text cache entry %s is unreadable; recomputing", path)
+    warn_overlong(tokenizer, classnames, desc_texts)
     flat = [t for tt in template_texts for t in tt] + [t for dd in desc_texts for t in dd]
     log.info("encoding %d texts (%d classes)", len(flat), len(classnames))
     emb = encode_texts(model, tokenizer, flat, device)

@@ -196,9 +196,9 @@ def test_import_from_a_loopback_url_with_a_class_list(llm, tmp_path, capsys):
     # bad sources: one line each, nothing written
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    for src, words in ((f"{llm.url}/cupl/missing.json", "HTTP 404"), (str(bad), "is not JSON"),
+    for src, words in ((f"{llm.url}/cupl/missing.json", "HTTP 404"), (str(bad), "is not valid JSON"),
                        (str(tmp_path / "nope.json"), "cannot read"),
-                       (str(classes), "is not JSON")):
+                       (str(classes), "is not valid JSON")):
         assert main(["descriptions", "import", src, "--dataset", "imagefolder", "--classes", str(classes),
                      "--out", str(tmp_path / "x.json")]) == 2
         assert words in _error_line(capsys)
@@ -362,3 +362,78 @@ def test_show_flags_empty_repeated_shared_and_short(tmp_path, capsys):
     assert "keys that match no class of the dataset (1): 'purple hexagon'" in capsys.readouterr().out
     assert main(["descriptions", "show", str(tmp_path / "none.json")]) == 2
     assert "not found" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------------ bad input (issue 16)
+
+
+def test_a_run_refuses_a_file_that_names_a_class_twice(tmp_path):
+    from fair.errors import FairError
+    from fair.text import load_descriptions
+    f = tmp_path / "d.json"
+    # the same key twice: json.load would keep the second list without a word
+    f.write_text('{"red square": ["A red square."], "green circle": ["A green circle."], '
+                 '"red square": ["A square, red."]}')
+    with pytest.raises(FairError, match=r"names 1 classes more than once \('red square'\).*fair descriptions import"):
+        load_descriptions(f, ["red square", "green circle"], fallback=True)
+    # two spellings of one class: a run would have taken one of them
+    f.write_text(json.dumps({"red square": ["A red square."], "Red_Square": ["A square, red."],
+                             "green circle": ["A green circle."]}))
+    with pytest.raises(FairError, match="'red square' as 'red square' and 'Red_Square'"):
+        load_descriptions(f, ["red square", "green circle"], fallback=True)
+    # a repeated key that is no class of the run changes nothing the run reads
+    f.write_text('{"red square": ["A red square."], "other": ["x."], "other": ["y."]}')
+    assert load_descriptions(f, ["red square"], fallback=False).per_class == [["A red square."]]
+
+
+def test_import_merges_a_class_named_twice_with_a_warning_and_show_flags_it(tmp_path, capsys, caplog):
+    src = tmp_path / "cupl.json"
+    src.write_text('{"red square": ["A red square."], "Green_Circle": ["A green circle."], '
+                   '"red square": ["A square, red."], "green circle": ["A round green shape."]}')
+    out = tmp_path / "descriptions.json"
+    assert main(["descriptions", "show", str(src)]) == 0
+    assert "classes the file names more than once (1; a run refuses it): 'red square'" in capsys.readouterr().out
+    with caplog.at_level("WARNING"):
+        assert main(["descriptions", "import", str(src), "--dataset", "imagefolder", "--classes",
+                     str(_class_list(tmp_path)), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "source keys named more than once, their sentences merged (1): 'red square'" in printed
+    assert "classes named by several source keys, their sentences merged (1): 'green circle' <- 'Green_Circle'" \
+        in printed
+    assert "merged into one list" in caplog.text
+    data = json.loads(out.read_text())
+    assert data["red square"] == ["A red square.", "A square, red."]
+    assert data["green circle"] == ["A round green shape.", "A green circle."]
+    matching = json.loads(sidecar_path(out).read_text())["matching"]
+    assert matching["repeated_keys"] == ["red square"] and matching["merged"] == [["green circle", "Green_Circle"]]
+    # the merged file is one a run reads, and show no longer flags it
+    assert main(["descriptions", "show", str(out)]) == 0
+    assert "more than once" not in capsys.readouterr().out
+
+
+def _class_list(tmp_path):
+    p = tmp_path / "classes.txt"
+    p.write_text("\n".join(CLASSES) + "\n")
+    return p
+
+
+def test_sentences_longer_than_the_context_are_reported_before_encoding(tmp_path, caplog):
+    import torch
+
+    from fair.config import ModelConfig
+    from fair.models import load_clip
+    from fair.text import Descriptions, build_text_embeddings
+    model, tokenizer, _ = load_clip(ModelConfig(name="fair-tiny-vit", pretrained="", device="cpu"),
+                                    torch.device("cpu"))
+    assert tokenizer.context_length == 32
+    long = "A red square " + "with a very thin dark outline " * 6 + "on grey."
+    per_class = [["A red square.", long, long + " Again."], ["A green circle."], [long]]
+    with caplog.at_level("WARNING", logger="fair.text"):
+        te = build_text_embeddings(model, tokenizer, ["red square", "green circle", "blue triangle"],
+                                   ["a photo of a {}."], Descriptions(per_class, None), "random", tmp_path,
+                                   torch.device("cpu"))
+    assert te.desc_emb.shape[:2] == (3, 3)
+    msg = [r.getMessage() for r in caplog.records if "context" in r.getMessage()]
+    assert len(msg) == 1
+    assert msg[0].startswith("3 description sentences of 2 classes are longer than the text encoder's context "
+                             "(32 tokens)") and "'red square' (2), 'blue triangle' (1)" in msg[0]

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from fair.cli import main
-from fair.data import prepare as P
+from fair.data import archives, disk, download, mat, recipe
 from fair.data import sources as S
 from fair.data.catalog import dataset_base, get_spec
 from fair.errors import FairError
@@ -280,7 +280,7 @@ def test_zhou_datasets_end_to_end(name, mirror, monkeypatch, tmp_path, capsys):
     split_file = base / get_spec(name).required[1]
     meta = json.loads(Path(f"{split_file}.meta.json").read_text())
     assert meta["made"] == made and (made == "downloaded" or meta["seed"] == S.SEED)
-    assert not any((base / P.DOWNLOAD_DIR).glob("*")) and not list(base.glob(".staging-*"))
+    assert not any((base / recipe.DOWNLOAD_DIR).glob("*")) and not list(base.glob(".staging-*"))
     data = json.loads(split_file.read_text())
     assert data["train"] and data["val"] and data["test"]
 
@@ -410,13 +410,13 @@ def test_stanford_cars_split_made_from_the_devkit(mirror, monkeypatch, tmp_path)
 
 def test_interrupted_download_resumes_with_range(mirror, monkeypatch, tmp_path):
     data = serve_dtd(mirror, monkeypatch, drop=True)
-    monkeypatch.setattr(P, "CHUNK", 64)          # so what arrived before the hang-up is on disk
+    monkeypatch.setattr(download, "CHUNK", 64)          # so what arrived before the hang-up is on disk
     assert prep(mirror, tmp_path, "dtd") == 0
     archive = [r for r in mirror.requests if r[0].endswith(".tar.gz")]
     assert len(archive) == 2 and archive[0][1] is None
     start = int(archive[1][1].removeprefix("bytes=").rstrip("-"))
     assert 0 < start <= len(data) // 2 and start % 64 == 0
-    state = json.loads((tmp_path / "dtd" / P.STATE_FILE).read_text())
+    state = json.loads((tmp_path / "dtd" / recipe.STATE_FILE).read_text())
     assert state["files"]["dtd-r1.0.1.tar.gz"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert state["complete"]
 
@@ -427,7 +427,7 @@ def test_corrupt_archive_is_moved_aside_with_one_line(mirror, monkeypatch, tmp_p
     assert prep(mirror, tmp_path, "oxford_pets") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match its checksum" in err and ".corrupt" in err
-    assert (tmp_path / "oxford_pets" / P.DOWNLOAD_DIR / "images.tar.gz.corrupt").is_file()
+    assert (tmp_path / "oxford_pets" / recipe.DOWNLOAD_DIR / "images.tar.gz.corrupt").is_file()
     assert not (tmp_path / "oxford_pets" / "images").exists()
 
 
@@ -451,7 +451,7 @@ def test_second_run_downloads_nothing(mirror, monkeypatch, tmp_path, capsys):
 
 def test_full_disk_is_refused_before_downloading(mirror, monkeypatch, tmp_path, capsys):
     serve_dtd(mirror, monkeypatch)
-    monkeypatch.setattr(P, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 1000)
     assert prep(mirror, tmp_path, "dtd") == 2
     err = capsys.readouterr().err
     assert "not enough disk space" in err and mirror.requests == []
@@ -481,7 +481,7 @@ def test_archive_without_the_expected_layout(mirror, monkeypatch, tmp_path, caps
     assert prep(mirror, tmp_path, "dtd") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not contain 'dtd/images'" in err and "textures" in err
-    assert (tmp_path / "dtd" / P.DOWNLOAD_DIR / "dtd-r1.0.1.tar.gz.corrupt").is_file()
+    assert (tmp_path / "dtd" / recipe.DOWNLOAD_DIR / "dtd-r1.0.1.tar.gz.corrupt").is_file()
 
 
 def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path, capsys):
@@ -492,7 +492,7 @@ def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path,
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()                                                      # nothing listens there
-    monkeypatch.setattr(P, "ATTEMPTS", 1)
+    monkeypatch.setattr(download, "ATTEMPTS", 1)
     assert run("prepare", "cub200", "--root", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -500,7 +500,7 @@ def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path,
 
 
 def test_all_reports_every_dataset_in_one_table(mirror, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(P, "ATTEMPTS", 1)
+    monkeypatch.setattr(download, "ATTEMPTS", 1)
     serve_dtd(mirror, monkeypatch)
     assert run("prepare", "all", "--root", str(tmp_path), "--mirror", mirror.url, "--quiet") == 2
     out, err = capsys.readouterr()
@@ -512,12 +512,12 @@ def test_extraction_refuses_paths_outside_the_folder(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(tar_gz({"../evil.txt": b"x"}))
     with pytest.raises(FairError, match="outside"):
-        P.extract_archive(bad, tmp_path / "out")
+        archives.extract_archive(bad, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists()
     badzip = tmp_path / "bad.zip"
     badzip.write_bytes(zip_bytes({"/abs.txt": b"x", "a/../../evil.txt": b"x"}))
     with pytest.raises(FairError, match="outside"):
-        P.extract_archive(badzip, tmp_path / "out2")
+        archives.extract_archive(badzip, tmp_path / "out2")
 
 
 def test_mat_reader_reads_scipy_files_too(tmp_path):
@@ -526,6 +526,6 @@ def test_mat_reader_reads_scipy_files_too(tmp_path):
         path = tmp_path / f"labels{compress}.mat"
         scipy_io.savemat(path, {"labels": np.array([[3, 1, 2]], dtype=np.uint8), "other": np.eye(2)},
                          do_compression=compress)
-        assert P.read_mat_array(path, "labels").tolist() == [3, 1, 2]
+        assert mat.read_mat_array(path, "labels").tolist() == [3, 1, 2]
     (tmp_path / "ours.mat").write_bytes(mat_v5("labels", [1, 2]))
     assert scipy_io.loadmat(tmp_path / "ours.mat")["labels"].ravel().tolist() == [1, 2]

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # case-insensitive
+
 
 @dataclass
 class ImageSet:
@@ -65,5 +67,9 @@ def cap_per_class(labels: np.ndarray, cap: int | None, seed: int = 0) -> np.ndar
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under `folder`, sorted (common extensions, case-insensitive)."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def is_image(p: Path) -> bool:
+    """A visible file with an image extension (what a dataset's recipe counts as one of its images)."""
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")

@@ -1,13 +1,13 @@
-"""Where each of the 13 datasets comes from and how `fair data prepare` lays it out (`fair.data.prepare`).
+"""Where each of the 13 datasets comes from and how `fair data prepare` lays it out (its recipe).
 
 One `Source` per dataset: the files (official URLs; checksums as published by the dataset or by
 torchvision, which checks them with md5), the recipe that extracts them into the catalog's layout
-(`fair.data.catalog`) and makes the split file, and what a user must fetch by hand where no source is
-reachable. Splits follow CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models"): its
-`split_zhou_*.json` is fetched from the Google Drive file CoOp's DATASETS.md links; when that fails it is
-made by CoOp's own rule from the official metadata with a fixed seed (same proportions and class names;
-other images per part, since CoOp's file came from an unrecorded random state), and the split's sidecar
-`<split>.meta.json` says which.
+(`fair.data.catalog`) with a `fair.data.recipe.Job` and makes the split file, and what a user must fetch
+by hand where no source is reachable. Splits follow CoOp (Zhou et al., "Learning to Prompt for
+Vision-Language Models"): its `split_zhou_*.json` is fetched from the Google Drive file CoOp's DATASETS.md
+links; when that fails it is made by CoOp's own rule from the official metadata with a fixed seed (same
+proportions and class names; other images per part, since CoOp's file came from an unrecorded random
+state), and the split's sidecar `<split>.meta.json` says which.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from fair.data.prepare import Job, Remote, Source, is_image, read_mat_array
+from fair.data.images import is_image
+from fair.data.mat import read_mat_array
+from fair.data.recipe import Job, Remote, Source
 from fair.errors import FairError
 
 SEED = 1   # Python `random.Random(SEED)` for generated splits (CoOp's configs use seed 1)

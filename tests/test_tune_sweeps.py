@@ -244,7 +244,7 @@ def _studies(uri: str, name: str) -> dict:
     """Each dataset's Optuna study as the sweep stored it (the searcher state Tune saves with the experiment),
     with `tune_ids`: Tune trial id -> the study's trial number."""
     import pickle
-    files = sorted(Path(uri, name).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    files = sorted(Path(uri, name).glob("searcher-state-*.pkl"))   # named by the run's start time
     state = pickle.loads(files[-1].read_bytes())
     out = {}
     for d, s in state["studies"].items():

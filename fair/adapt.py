@@ -109,6 +109,14 @@ def failed_record(cfg: FairConfig | dict, error: str) -> dict:
             "provenance": {"created_at": _now()}}
 
 
+def stopped_record(cfg: FairConfig | dict, last_epoch: dict) -> dict:
+    """The record of a sweep trial that a scheduler stopped before its final evaluation (status
+    "stopped_early", no metrics): `last_epoch` is its last epoch row, whose `val_top1` (global head, one
+    view) is not comparable with a finished run's metrics and so is kept apart from them."""
+    return {**record_identity(cfg), "status": "stopped_early", "error": None, "metrics": None,
+            "last_epoch": last_epoch, "provenance": {"created_at": _now()}}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -23,6 +23,7 @@ DEFAULT_SWEEP = "runs"        # sweep partition of plain `fair adapt` runs
 HP_PREFIX = "hp."             # flattened hyperparameters become columns `hp.<dotted key>`
 PARTITION_COLUMNS = ("sweep", "dataset")
 TABLES = ("trials", "epochs")
+STATUSES = ("completed", "failed", "stopped_early")   # stopped_early: a scheduler (ASHA) cut the trial short
 KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch")}
 VERSION_COLUMN = {"trials": "created_at", "epochs": "record_created_at"}  # the latest version of a row wins
 
@@ -218,8 +219,8 @@ def record_to_rows(record: Any, source: str, sweep_hint: str | None = None,
         raise ResultsError(f"{where}: schema_version {version!r} is unknown to this reader (knows "
                            f"{', '.join(map(str, RECORD_VERSIONS))}); upgrade fair-sweeps")
     status = _typed(_get(record, ("status",), where, True), "str", "status", where)
-    if status not in ("completed", "failed"):
-        raise ResultsError(f"{where}: field 'status' should be 'completed' or 'failed', got {status!r}")
+    if status not in STATUSES:
+        raise ResultsError(f"{where}: field 'status' should be one of {', '.join(STATUSES)}, got {status!r}")
     sweep = _get(record, ("sweep",), where, False)
     if sweep is not None and not isinstance(sweep, dict):
         raise ResultsError(f"{where}: field 'sweep' should be an object or null, got {type(sweep).__name__}")

@@ -8,6 +8,10 @@ then the mean ± sample std over the seeds of that configuration.
 Failed trials are never hidden: every dataset with a record gets a column, a group with no completed trial on
 a dataset shows `failed` there (CSV: an empty value), its Mean is withheld, and each dataset with failed trials
 gets a line under the table (`Table.failures`) with its counts and most common error.
+
+Trials a scheduler stopped early (`status: stopped_early`, ASHA) never reached their final evaluation: they
+are never picked, and they are counted apart from completed and failed ones (a note under the table; a cell
+whose trials were all stopped says `stopped early`).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ METRIC_WORDS = {"test_top1": "test top-1 accuracy (%)", "test_mean_per_class": "
                 "gain_over_zeroshot": "gain of test top-1 over zero-shot (points)"}
 STANDIN_NOTE = "stand-in model, not CLIP results"
 FAILED = "failed"                          # the cell marker of a group whose trials on a dataset all failed
+STOPPED = "stopped early"                  # ... whose trials on a dataset were all stopped early (none failed)
 NO_ERROR = "(no error message)"
 FAILURES_TITLE = "Incomplete: failed trials (per dataset: counts and the most common error)"
 
@@ -94,6 +99,27 @@ def failed(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "failed"]
 
 
+def stopped(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials a scheduler stopped before their final evaluation (no metrics to pick from)."""
+    return df[df["status"] == "stopped_early"]
+
+
+def _counts(rows: pd.DataFrame) -> str:
+    """'N completed, [M stopped early, ]K failed' of `rows` (stopped only when there are any)."""
+    n_stopped = len(stopped(rows))
+    return (f"{int((rows['status'] == 'completed').sum())} completed, "
+            + (f"{n_stopped} stopped early, " if n_stopped else "") + f"{len(failed(rows))} failed")
+
+
+def stopped_note(df: pd.DataFrame) -> list[str]:
+    """A note with every dataset's trial counts when some trials were stopped early, else nothing."""
+    if stopped(df).empty:
+        return []
+    per = "; ".join(f"{d}: {_counts(df[df['dataset'] == d])}" for d in sorted(df["dataset"].unique()))
+    return [f"Trials stopped early by the scheduler (ASHA) never reached their final evaluation and are never "
+            f"picked; trials per dataset: {per}."]
+
+
 def _first_line(error: Any) -> str:
     text = "" if error is None or pd.isna(error) else str(error).strip()
     line = text.splitlines()[0].strip() if text else NO_ERROR
@@ -113,16 +139,16 @@ def failure_lines(df: pd.DataFrame) -> list[str]:
         rows = df[df["dataset"] == d]
         n_failed = len(failed(rows))
         error, count = top_error(rows)
-        lines.append(f"{d}: {int((rows['status'] == 'completed').sum())} completed, {n_failed} failed; "
-                     f"most common error ({count} of {n_failed}): {error}")
+        lines.append(f"{d}: {_counts(rows)}; most common error ({count} of {n_failed}): {error}")
     return lines
 
 
 def _or_marker(stat: Stat, rows: pd.DataFrame) -> Stat:
-    """`stat`, or when it has no value the marker `failed` if `rows` (the cell's trials) are failed only."""
+    """`stat`, or when it has no value and `rows` (the cell's trials) hold no completed one, the marker
+    `failed` (some failed) or `stopped early` (all were stopped)."""
     if stat.mean is not None or rows.empty or (rows["status"] == "completed").any():
         return stat
-    return Stat(None, marker=FAILED)
+    return Stat(None, marker=FAILED if not failed(rows).empty else STOPPED)
 
 
 def seed_stat(rows: pd.DataFrame, column: str) -> Stat:
@@ -240,10 +266,12 @@ def main_table(df: pd.DataFrame, metric: str = "test_top1") -> Table:
              + ("; mean ± std over seeds where there are several." if n_max > 1 else ".")
              + f" Rows in parentheses name the sweep. Mean: over all {len(datasets)} datasets, withheld (–) "
                "for a row that lacks one."
-             + (f" `{FAILED}`: every trial of the row on that dataset failed." if _has_marker(rows) else "")]
+             + (f" `{FAILED}`: every trial of the row on that dataset failed." if _has_marker(rows) else "")
+             + (f" `{STOPPED}`: every trial of the row on that dataset was stopped early."
+                if _has_marker(rows, STOPPED) else "")]
     if many_backbones:
         notes.append("Rows name backbone/pretrained weights.")
-    notes += _standin_notes(done)
+    notes += _standin_notes(done) + stopped_note(df)
     return Table(["Method", *datasets, "Mean"], ["row", *datasets, "mean"], rows, notes, bold_best=True,
                  failures=failure_lines(df))
 
@@ -257,8 +285,8 @@ def reported_runs(picked: dict[tuple, pd.DataFrame], backbone: str, pretrained: 
     return pd.concat(parts) if parts else empty
 
 
-def _has_marker(rows: list[list[Any]]) -> bool:
-    return any(isinstance(c, Stat) and c.marker == FAILED for r in rows for c in r)
+def _has_marker(rows: list[list[Any]], marker: str = FAILED) -> bool:
+    return any(isinstance(c, Stat) and c.marker == marker for r in rows for c in r)
 
 
 def _failed_summary(df: pd.DataFrame) -> str:

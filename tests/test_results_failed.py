@@ -192,3 +192,32 @@ def test_a_setting_null_only_in_failed_records_keeps_its_numeric_column(tmp_path
     df = load_trials(open_store(str(tmp_path / "out"))).set_index("dataset")
     assert str(df["hp.train.fair_momentum"].dtype) == "float64"
     assert df.loc["dtd", "hp.train.fair_momentum"] == 0.9
+
+
+def stopped_record(dataset: str, trial: str, seed: int = 0) -> dict:
+    """A `stopped_early` record as the sweep driver writes it for a trial ASHA stopped (fair.adapt)."""
+    rec = make_record(dataset=dataset, trial=trial, seed=seed, status="stopped_early")
+    rec.update(error=None, last_epoch={"epoch": 1, "val_top1": 99.0, "objective": 99.0})
+    return rec
+
+
+def test_stopped_trials_are_counted_apart_and_never_picked(tmp_path, capsys, caplog):
+    """dtd: 2 completed + 2 stopped (one with a higher epoch objective, which must not count); eurosat: 1
+    completed, 1 stopped, 1 failed; ucf101: stopped only."""
+    recs = [make_record(dataset="dtd", trial=f"dtd-{s}", seed=s, val=70 + s, test=71 + s) for s in (0, 1)]
+    recs += [stopped_record("dtd", "dtd-x0"), stopped_record("dtd", "dtd-x1", seed=1),
+             make_record(dataset="eurosat", trial="eu-ok", val=60, test=61), stopped_record("eurosat", "eu-x"),
+             make_record(dataset="eurosat", trial="eu-f", status="failed"), stopped_record("ucf101", "ucf-x")]
+    collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
+    df = load_trials(open_store(str(tmp_path / "out")))
+    assert sorted(df[df["status"] == "stopped_early"]["trial_id"]) == ["dtd-x0", "dtd-x1", "eu-x", "ucf-x"]
+    table = main_table(df)
+    fair = next(r for r in table.rows if r[0].startswith("FAIR"))
+    assert fair[1].text() == "71.5 ± 0.7" and fair[2].text() == "61.0" and fair[3].text() == "stopped early"
+    note = next(n for n in table.notes if "trials per dataset" in n)
+    assert ("dtd: 2 completed, 2 stopped early, 0 failed; eurosat: 1 completed, 1 stopped early, 1 failed; "
+            "ucf101: 0 completed, 1 stopped early, 0 failed") in note
+    assert table.failures == ["eurosat: 1 completed, 1 stopped early, 1 failed; most common error (1 of 1): "
+                              "CUDA out of memory"]
+    out, warnings = run_table(str(tmp_path / "out"), capsys, caplog)
+    assert "stopped early" in out and len(warnings) == 2                 # a stopped trial is not a failure

@@ -70,8 +70,8 @@ def test_searcher_round_robins_and_respects_budget():
     got = [s.suggest(f"t{i}") for i in range(5)]
     assert [g["study"] for g in got[:4]] == ["a", "b", "a", "b"] and got[4] == s.FINISHED
     s.on_trial_result("t0", {"objective": 1.0, "training_iteration": 1})
-    s.on_trial_complete("t0", {"objective": 1.0})
-    s.on_trial_complete("t1", {"loss": 1.0})                      # no objective: not a crash
+    s.on_trial_complete("t0", {"objective": 1.0, "final_val_top1": 1.0})
+    s.on_trial_complete("t1", {"loss": 1.0, "final_loss": 1.0})   # no objective: not a crash
     import pickle
     import tempfile
     with tempfile.NamedTemporaryFile() as f:
@@ -80,9 +80,64 @@ def test_searcher_round_robins_and_respects_budget():
         s2.restore(f.name)
     assert s2.remaining() == {"a": 0, "b": 0} and s2.owner["t2"] == "a"
     assert len(s2.studies["a"]._ot_study.trials) == 2
-    s2.on_trial_complete("t2", {"objective": 3.0})                 # an in-flight trial completes after restore
+    s2.on_trial_complete("t2", {"objective": 3.0, "final_val_top1": 3.0})   # in flight, completes after restore
     assert s2.studies["a"]._ot_study.best_value == 3.0
     assert pickle.loads(pickle.dumps(s2)).remaining() == {"a": 0, "b": 0}
+
+
+def _final(objective: float) -> dict:
+    """A trial's final report (tune.trainable): its objective and the record's metrics as final_*."""
+    return {"objective": objective, "final_val_top1": objective, "epoch": 2, "training_iteration": 2}
+
+
+def _limited_searcher():
+    from tune.searcher import StudySearcher, SweepLimiter
+    s = StudySearcher(parse_space(SPACE), ["a"], 3, "max", seeds={"a": 1})
+    return SweepLimiter(s, "t-late", 2), s
+
+
+def test_a_stopped_trial_is_pruned_and_never_the_best():
+    """ASHA stops a trial on an epoch result (global head, one view): the study records PRUNED, never a
+    COMPLETE whose value could beat a finished trial's final objective."""
+    lim, s = _limited_searcher()
+    lim.suggest("t0"), lim.suggest("t1")
+    lim.on_trial_result("t1", {"objective": 90.0, "epoch": 1, "training_iteration": 1})
+    lim.on_trial_complete("t0", _final(50.0))
+    lim.on_trial_complete("t1", {"objective": 99.0, "epoch": 2, "training_iteration": 2})  # stopped: no final_*
+    study = s.studies["a"]._ot_study
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert study.trials[1].intermediate_values == {1: 90.0, 2: 99.0}   # the stopping epoch included
+    assert study.best_value == 50.0 and study.best_trial.number == 0
+
+
+def test_an_errored_trial_resumed_later_reaches_its_study_once_also_after_a_restore(tmp_path):
+    """Tune's limiter drops completions of trials it no longer holds and Optuna cannot re-tell a FAIL: the
+    late result of a trial resumed after its error (same id) is added as a COMPLETE copy, exactly once."""
+    import pickle
+    from tune.searcher import LATE_ATTR, outcome
+    lim, s = _limited_searcher()
+    lim.suggest("t0"), lim.suggest("t1")
+    lim.on_trial_complete("t0", error=True)
+    lim.on_trial_complete("t1", _final(40.0))
+    assert "t0" not in lim.live_trials
+    lim.searcher.save(str(tmp_path / "state.pkl"))                   # what Tune stores with the sweep
+    _, s2 = _limited_searcher()
+    lim2 = pickle.loads(pickle.dumps(lim))                           # Tuner.restore unpickles the limiter
+    s2.restore(str(tmp_path / "state.pkl"))
+    lim2.searcher = s2
+    lim2.on_trial_result("t0", {"objective": 30.0, "epoch": 1, "training_iteration": 1})   # no warning, no tell
+    lim2.on_trial_complete("t0", _final(70.0))
+    lim2.on_trial_complete("t0", _final(70.0))                       # a repeated completion adds nothing
+    study = s2.studies["a"]._ot_study
+    failed, done, late = study.trials
+    assert (failed.state.name, done.state.name, late.state.name) == ("FAIL", "COMPLETE", "COMPLETE")
+    assert late.params == failed.params and late.distributions == failed.distributions
+    assert late.user_attrs == {LATE_ATTR: "t0"} and study.best_value == 70.0
+    s3 = pickle.loads(pickle.dumps(s2))                              # the added trial survives the state
+    s3.on_trial_complete("t0", _final(70.0))
+    assert len(s3.studies["a"]._ot_study.trials) == 3
+    assert [outcome(None, True), outcome({"objective": 1.0}, False), outcome(_final(1.0), False),
+            outcome({"final_val_top1": None}, False)] == ["FAIL", "PRUNED", "COMPLETE", "FAIL"]
 
 
 @pytest.mark.parametrize("space, words", [

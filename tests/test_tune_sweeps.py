@@ -232,3 +232,83 @@ def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsy
     assert fair_main(["sweep", "-c", str(p), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "6.01 CPU" in err and "cluster has 4" in err and len(err.splitlines()) == 1
+
+
+def _studies(uri: str, name: str) -> dict:
+    """Each dataset's Optuna study as the sweep stored it (the searcher state Tune saves with the experiment),
+    with `tune_ids`: Tune trial id -> the study's trial number."""
+    import pickle
+    files = sorted(Path(uri, name).glob("searcher-state-*.pkl"))   # named by the run's start time
+    state = pickle.loads(files[-1].read_bytes())
+    out = {}
+    for d, s in state["studies"].items():
+        out[d] = s["_ot_study"]
+        out[d].tune_ids = {t: ot.number for t, ot in s["_ot_trials"].items()}
+    return out
+
+
+@pytest.mark.parametrize("runner", ["trainer", "direct"])
+def test_errored_trial_resumes_under_its_id_and_its_study_learns_the_late_result(ray_session, tmp_path, runner):
+    """A trial that errors (no retries left) is resumed by the rerun: same trial id, from its epoch-1
+    checkpoint; its completed record replaces the failed one; its study, which was told FAIL, holds the
+    late result as COMPLETE (and as its best)."""
+    from ray.tune import ExperimentAnalysis
+    from tune.searcher import LATE_ATTR
+    from tune.sweep import preflight, run
+    d = sweep_dict("late", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=1, epochs=2,
+                   faults={"crash_worker_in_epoch": 2},
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner},
+                   ray={"worker_start_timeout_s": 30, "controller_failure_limit": 0, "summary_every_s": 3600,
+                        "trial_max_failures": 0, "worker_max_failures": 0})
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg)
+    first = run(cfg, uri)
+    assert len(first.errored) == 1
+    (tid,) = st.list_records(uri, cfg.name)["fashion_mnist"]
+    assert st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))["status"] == "failed"
+    assert [t.state.name for t in _studies(uri, cfg.name)["fashion_mnist"].trials] == ["FAIL"]
+
+    second = run(cfg, uri)                                           # the rerun resumes the sweep
+    assert not second.errored and second.trials == 1 and second.best["fashion_mnist"]["trial_id"] == tid
+    assert st.list_records(uri, cfg.name) == {"fashion_mnist": [tid]}   # one record: the completed one
+    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))
+    assert rec["status"] == "completed" and [r["epoch"] for r in rec["epochs"]] == [1, 2]
+    (df,) = ExperimentAnalysis(st.join(uri, cfg.name)).trial_dataframes.values()
+    assert list(df["resumed_from_epoch"])[-1] == 1                   # from its checkpoint, not from scratch
+    study = _studies(uri, cfg.name)["fashion_mnist"]
+    failed, late = study.trials
+    assert (failed.state.name, late.state.name) == ("FAIL", "COMPLETE")
+    assert late.params == failed.params and late.user_attrs[LATE_ATTR] == tid
+    assert late.value == rec["metrics"]["val_top1"] and study.best_trial.number == late.number
+
+
+def test_early_stopped_trials_are_pruned_recorded_and_counted_apart(ray_session, tmp_path):
+    """ASHA stops a trial after epoch 1: Optuna records it PRUNED (never the best), it leaves a
+    `stopped_early` record, and `fair results table` counts it apart from completed and failed trials."""
+    from results.collect import collect
+    from results.tables import load_trials, main_table
+    from results.store import open_store
+    from tune.sweep import preflight, run
+    d = sweep_dict("asha", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=4, epochs=2,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"},
+                   space={**SPACE, "train.lr": {"loguniform": [1.0e-5, 1.0]}})
+    d["budget"].update(max_concurrent=1, early_stopping={"grace_period": 1, "reduction_factor": 2})
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg)
+    result = run(cfg, uri)
+    assert not result.errored
+    ids = st.list_records(uri, cfg.name)["fashion_mnist"]
+    recs = {t: st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", t)) for t in ids}
+    stopped = {t for t, r in recs.items() if r["status"] == "stopped_early"}
+    assert len(ids) == 4 and stopped and len(stopped) < 4, {t: r["status"] for t, r in recs.items()}
+    assert result.stopped_by == {"fashion_mnist": len(stopped)}
+    for t in stopped:
+        assert recs[t]["metrics"] is None and recs[t]["last_epoch"]["epoch"] == 1
+    study = _studies(uri, cfg.name)["fashion_mnist"]
+    states = {t: study.trials[n].state.name for t, n in study.tune_ids.items()}
+    assert states == {t: "PRUNED" if t in stopped else "COMPLETE" for t in ids}, states
+    assert study.best_trial.state.name == "COMPLETE"
+    collect([uri], str(tmp_path / "out"))
+    table = main_table(load_trials(open_store(str(tmp_path / "out"))))
+    assert any(f"{4 - len(stopped)} completed, {len(stopped)} stopped early, 0 failed" in n
+               for n in table.notes), table.notes

@@ -1,10 +1,11 @@
-"""A record for every trial that ends in error, so a results table shows the failure instead of a gap.
+"""A record for every trial that ends without its final evaluation, so a results table shows it instead of
+a gap: `failed` for an error, `stopped_early` for a trial the scheduler (ASHA) stopped.
 
 Completed trials write their record themselves (tune.trainable.adapt_trial). A trial that errors after all
-its retries writes nothing, and a dataset whose trials all failed would silently vanish from the results
-table. This driver-side callback writes a `status: failed` record at the same key a completed record would
-use; if the trial is later restarted (a resumed sweep restarts errored trials) and completes, its completed
-record replaces the failed one.
+its retries, or that ASHA stops, writes nothing, and a dataset whose trials all failed would silently vanish
+from the results table. This driver-side callback writes such a record at the same key a completed record
+would use (records are keyed by trial id); a resumed sweep resumes errored trials under the same id, and
+when one completes, its completed record replaces the failed one.
 """
 from __future__ import annotations
 
@@ -34,17 +35,29 @@ def error_line(text: str) -> str:
 
 
 class FailedTrialRecords(Callback):
-    """on_trial_error (the trial's last failure, retries spent): write its `failed` record to the storage."""
+    """on_trial_error (the trial's last failure, retries spent): write its `failed` record to the storage;
+    on_trial_complete without the final report (stopped by the scheduler): its `stopped_early` record.
+    (The name predates stopped records; sweeps pickled it under this name.)"""
 
     def __init__(self, plan):
         self.plan = plan
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._write("failed", trial, lambda: write_failed_record(self.plan, trial.trial_id, trial.config,
+                                                                 _error_text(trial)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from tune.progress import finished_result
+        if not finished_result(trial.last_result):
+            self._write("stopped_early", trial, lambda: write_stopped_record(
+                self.plan, trial.trial_id, trial.config, trial.last_result or {}))
+
+    @staticmethod
+    def _write(kind: str, trial, write) -> None:
         try:
-            path = write_failed_record(self.plan, trial.trial_id, trial.config, _error_text(trial))
-            log.warning("trial %s: failed record %s", trial.trial_id, path)
+            log.warning("trial %s: %s record %s", trial.trial_id, kind, write())
         except Exception as e:  # noqa: BLE001 - never let bookkeeping take the sweep down
-            log.warning("trial %s: could not write its failed record (%s: %s)", trial.trial_id,
+            log.warning("trial %s: could not write its %s record (%s: %s)", trial.trial_id, kind,
                         type(e).__name__, e)
 
 
@@ -58,13 +71,30 @@ def _error_text(trial) -> str:
 def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> str:
     """Build the failed record of one trial (its study's config with its sampled values) and store it."""
     from fair.adapt import failed_record
+    return _write_unfinished(plan, trial_id, config, lambda cfg: failed_record(cfg, error_line(error_text)))
+
+
+def write_stopped_record(plan, trial_id: str, config: dict, last_result: dict) -> str:
+    """Store the `stopped_early` record of a trial the scheduler stopped; `last_result` is its last report
+    (an epoch row, kept as the record's `last_epoch`)."""
+    from fair.adapt import stopped_record
+    from ray.tune.result import AUTO_RESULT_KEYS
+    ray_keys = {*AUTO_RESULT_KEYS, "trial_id", "done", "experiment_tag", "should_checkpoint", "study"}
+    last_epoch = {k: v for k, v in last_result.items()     # what the trial reported (tune.trainable)
+                  if k not in ray_keys and "/" not in k and (v is None or isinstance(v, (int, float, str)))}
+    return _write_unfinished(plan, trial_id, config, lambda cfg: stopped_record(cfg, last_epoch))
+
+
+def _write_unfinished(plan, trial_id: str, config: dict, make) -> str:
+    """Store `make(resolved config)`, the record of a trial without a final evaluation, at the trial's key,
+    unless a completed record is there already (it ended after its record was written: the record stands)."""
     from fair.config import from_dict, set_by_path, to_dict
     from fair.errors import FairError
     from tune import storage
     from tune.trainable import stamp_record, trial_config
     study = config["study"]
     key = storage.record_key(plan.sweep, study, trial_id)
-    if _completed(plan.storage, key):   # it failed after its record was written: the record stands
+    if _completed(plan.storage, key):
         return storage.join(plan.storage, key)
     cfg = trial_config(plan, config)
     set_by_path(cfg, "run.name", trial_id)             # as adapt_trial names a completed trial's run
@@ -72,8 +102,7 @@ def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> s
         resolved = to_dict(from_dict(cfg))
     except FairError:      # the sampled combination itself is what failed (e.g. crop_min > crop_max)
         resolved = cfg
-    record = failed_record(resolved, error_line(error_text))
-    return storage.write_json(plan.storage, key, stamp_record(record, plan, trial_id, study))
+    return storage.write_json(plan.storage, key, stamp_record(make(resolved), plan, trial_id, study))
 
 
 def _completed(uri: str, key: str) -> bool:

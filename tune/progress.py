@@ -86,14 +86,17 @@ class ProgressLog(Callback):
         r = trial.last_result or {}
         obj = r.get("objective")
         d = trial.config.get("study", "?")
-        if obj is not None:
+        if obj is not None and finished_result(r):      # a stopped trial's epoch objective is no result
             better = d not in self.best or (obj > self.best[d][0] if self.mode == "max" else obj < self.best[d][0])
             if better:
                 self.best[d] = (obj, trial.trial_id)
         extras = " ".join(f"{k[6:]}={_fmt(r.get(k))}" for k in _SHOWN_FINAL
                           if k in r and k != f"final_{self.objective}")
-        stopped = "" if "final_val_top1" in r or "final_test_top1" in r else " (stopped early)"
-        log.info("trial %s completed%s: %s=%s %s", self._name(trial), stopped, self.objective, _fmt(obj), extras)
+        if not finished_result(r):
+            log.info("trial %s stopped early after epoch %s: %s=%s", self._name(trial), r.get("epoch"),
+                     self.objective, _fmt(obj))
+            return
+        log.info("trial %s completed: %s=%s %s", self._name(trial), self.objective, _fmt(obj), extras)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended.add(trial.trial_id)

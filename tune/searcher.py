@@ -7,6 +7,13 @@ experiment, so `fair sweep --resume` continues every study where it stopped.
 
 `PerStudyASHA` does the same for early stopping: accuracies of different datasets are not comparable, so
 each dataset gets its own ASHA rungs.
+
+How a trial ended reaches its study as one Optuna state (`outcome`): COMPLETE only with the trial's final
+report (its real objective), PRUNED when it ended without one (stopped by the scheduler: its last result
+is an epoch's global-head accuracy, not comparable with a final objective, so it must never be a study's
+best), FAIL on error. A trial that errored and was resumed by a later `fair sweep` (same trial id) comes
+back with its late result: Optuna cannot tell a finished trial again, so the study gets a copy of it (same
+parameters and distributions) in the late state, once (`StudySearcher._tell_late`).
 """
 from __future__ import annotations
 
@@ -20,6 +27,19 @@ from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger("tune.searcher")
 METRIC = "objective"   # what every report carries: the sweep's objective (val_top1 or head_agreement)
+LATE_ATTR = "resumed_trial_id"   # user attr of a study trial added for a trial that errored, then resumed
+
+
+def outcome(result: Optional[Dict], error: bool) -> str:
+    """The Optuna state of a trial that ended with `result` (its last one): FAIL on error or when its final
+    report has no objective, PRUNED when it ended without its final report (a scheduler stopped it), else
+    COMPLETE. The final report is the one place a finished trial's objective is (tune.trainable)."""
+    from tune.progress import finished_result
+    if error:
+        return "FAIL"
+    if not finished_result(result):
+        return "PRUNED"
+    return "COMPLETE" if result.get(METRIC) is not None else "FAIL"
 
 
 def make_sampler(kind: str, seed: int):
@@ -69,16 +89,46 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
         d = self.owner.get(trial_id)
-        if d is not None and result.get(METRIC) is not None:
+        # a resumed trial whose study already holds its failure: nothing to report to (Ray would warn)
+        if d is not None and result.get(METRIC) is not None and trial_id not in self.studies[d]._completed_trials:
             self.studies[d].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         d = self.owner.get(trial_id)
         if d is None:
             return
-        if result is not None and result.get(METRIC) is None:
-            result = None                 # no objective: Optuna records FAIL / PRUNED, not a crash
-        self.studies[d].on_trial_complete(trial_id, result=result, error=error)
+        state, study = outcome(result, error), self.studies[d]
+        if trial_id not in study._completed_trials:
+            if state == "PRUNED" and (result or {}).get(METRIC) is not None and "training_iteration" in result:
+                study.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
+            # OptunaSearch tells COMPLETE with the result's objective, else PRUNED, or FAIL when error=True
+            study.on_trial_complete(trial_id, result=result if state == "COMPLETE" else None,
+                                    error=state == "FAIL")
+        elif state != "FAIL":
+            self._tell_late(d, trial_id, result, state)
+
+    def _frozen(self, d: str, trial_id: str):
+        """The study's own (frozen) trial of Tune trial `trial_id`."""
+        number = self.studies[d]._ot_trials[trial_id].number
+        return self.studies[d]._ot_study.get_trials(deepcopy=False)[number]
+
+    def _tell_late(self, d: str, trial_id: str, result: Dict, state: str) -> None:
+        """A trial the study recorded as FAIL ended after all (resumed by a later run, same trial id): add a
+        trial with its parameters and distributions in `state`, once (a second completion adds nothing)."""
+        import optuna
+        study = self.studies[d]._ot_study
+        old = self._frozen(d, trial_id)
+        if old.state != optuna.trial.TrialState.FAIL:
+            return                     # told COMPLETE or PRUNED already: a repeated completion
+        if any(t.user_attrs.get(LATE_ATTR) == trial_id for t in study.get_trials(deepcopy=False)):
+            return
+        value = result.get(METRIC)
+        step = result.get("training_iteration") or result.get("epoch") or 0
+        study.add_trial(optuna.trial.create_trial(
+            params=old.params, distributions=old.distributions, user_attrs={LATE_ATTR: trial_id},
+            state=getattr(optuna.trial.TrialState, state), value=value if state == "COMPLETE" else None,
+            intermediate_values={int(step): value} if state == "PRUNED" and value is not None else None))
+        log.info("trial %s [%s] ended after a resume: its study records it %s", trial_id, d, state)
 
     def remaining(self) -> Dict[str, int]:
         return {d: self.budget[d] - self.suggested[d] for d in self.datasets}
@@ -130,6 +180,15 @@ class SweepLimiter(ConcurrencyLimiter):
         self.__dict__.update(state)
         self.max_concurrent = self.limits.get(self.sweep, self.max_concurrent)
 
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        """Tune's limiter drops completions of trials it does not hold; a trial resumed after it errored
+        (same id, `Tuner.restore(resume_errored=True)`) left `live_trials` when it failed, and its late
+        result must still reach its study (StudySearcher ignores repeated completions)."""
+        if trial_id in self.live_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
 
 class PerStudyASHA(FIFOScheduler):
     """ASHA with separate rungs per dataset (`trial.config["study"]`), stopping on the epoch counter.
@@ -177,4 +236,4 @@ class PerStudyASHA(FIFOScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "PerStudyASHA", "METRIC", "TrialScheduler"]
+__all__ = ["StudySearcher", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]

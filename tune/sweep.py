@@ -27,6 +27,7 @@ class SweepResult:
     best: dict = field(default_factory=dict)          # dataset -> {"trial_id", "objective", metrics...}
     records: dict = field(default_factory=dict)       # dataset -> [trial ids] (completed and failed records)
     errored_by: dict = field(default_factory=dict)    # dataset -> trials that ended in error
+    stopped_by: dict = field(default_factory=dict)    # dataset -> trials the scheduler stopped early
     unfinished: int = 0                               # trials cut off by an interrupt or never started
 
     @property
@@ -35,14 +36,16 @@ class SweepResult:
 
     def table(self, objective: str) -> str:
         cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
-        lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored{cut}; records in "
-                 f"{st.join(self.storage, self.name, 'records')}",
-                 f"{'dataset':24s} {'records':>7s} {'errored':>7s}  {'best trial':12s} {objective:>10s} "
-                 f"{'test_top1':>9s}"]
-        for d in sorted(set(self.best) | set(self.records) | set(self.errored_by)):
+        stopped = sum(self.stopped_by.values())
+        lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored, {stopped} stopped early"
+                 f"{cut}; records in {st.join(self.storage, self.name, 'records')}",
+                 f"{'dataset':24s} {'records':>7s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} "
+                 f"{objective:>10s} {'test_top1':>9s}"]
+        for d in sorted(set(self.best) | set(self.records) | set(self.errored_by) | set(self.stopped_by)):
             b = self.best.get(d, {})
             obj, test = b.get("objective"), b.get("final_test_top1")
-            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d} {self.errored_by.get(d, 0):7d}  "
+            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d} {self.errored_by.get(d, 0):7d} "
+                         f"{self.stopped_by.get(d, 0):7d}  "
                          f"{b.get('trial_id', '-'):12s} "
                          f"{'-' if obj is None else f'{obj:.4g}':>10s} {'-' if test is None else f'{test:.2f}':>9s}")
         return "\n".join(lines)
@@ -168,7 +171,9 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     mode = cfg.objective.mode
     if exists:
         log.info("resuming sweep %s from %s (%d trials in flight at most)", cfg.name, exp_path, conc)
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+        # errored trials resume (same trial id, last checkpoint), not restart: a restart makes a new trial
+        # id, so the failed record and the study's FAIL would stay beside the completed twin
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         space = cfg.search_space()
         searcher = StudySearcher(space, cfg.datasets, cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
@@ -200,6 +205,10 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
     res = SweepResult(cfg.name, uri, len(grid))
+    try:
+        cut_ids = set(st.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
+    except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
+        cut_ids = set()
     sign = 1 if cfg.objective.mode == "max" else -1
     for r in grid:
         m = r.metrics or {}
@@ -208,15 +217,15 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
             res.errored.append(m.get("trial_id") or str(r.path))
             res.errored_by[d] = res.errored_by.get(d, 0) + 1
             continue
-        obj = m.get(metric) if finished_result(m) else None    # an epoch report is not a trial's result
+        if not finished_result(m):         # stopped by the scheduler (or cut off: counted as unfinished below)
+            if m.get("trial_id") not in cut_ids:
+                res.stopped_by[d] = res.stopped_by.get(d, 0) + 1
+            continue
+        obj = m.get(metric)
         if obj is not None and (d not in res.best or sign * obj > sign * res.best[d]["objective"]):
             res.best[d] = {"trial_id": m.get("trial_id"), "objective": obj,
                            **{k: v for k, v in m.items() if k.startswith("final_")},
                            "hparams": (r.config or {}).get("hparams")}
     res.records = st.list_records(uri, cfg.name)
-    try:
-        cut = len(st.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
-    except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
-        cut = 0
-    res.unfinished = cut + max(0, cfg.total_trials - len(grid))
+    res.unfinished = len(cut_ids) + max(0, cfg.total_trials - len(grid))
     return res

@@ -57,7 +57,7 @@ def _error_text(trial) -> str:
 
 def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> str:
     """Build the failed record of one trial (its study's config with its sampled values) and store it."""
-    from fair.adapt import failed_record
+    from fair.record import failed_record
     from fair.config import from_dict, set_by_path, to_dict
     from fair.errors import FairError
     from tune import storage

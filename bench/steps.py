@@ -26,7 +26,8 @@ def build(model_name: str, source: str, batch: int, device: torch.device, precis
     from fair.models import register_builtin_configs, trainable_visual_parameters
     from fair.precision import grad_scaler
     register_builtin_configs()
-    cfg = from_dict({"model": {"name": model_name, "precision": precision}, "local": {"source": source}})
+    cfg = from_dict({"model": {"name": model_name, "precision": precision}, "local": {"source": source},
+                     "train": {"fair_momentum": 0.0}})
     clip = open_clip.create_model(model_name, device=device)
     size = open_clip.get_model_preprocess_cfg(clip)["size"]
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -41,8 +42,10 @@ def build(model_name: str, source: str, batch: int, device: torch.device, precis
     x = torch.randn(batch, 3, size, size, device=device)
     gen = torch.Generator().manual_seed(0)
 
+    tr = engine.Training(cfg, student, heads, opt, sched, grad_scaler(precision, device), device, total_steps=1)
+
     def step():
-        engine.train_step(student, student, x, x, opt, sched, grad_scaler(precision, device), cfg, heads, 0.5, gen, {})
+        engine.train_step(tr, x, x, 0.5, gen)
     return step
 
 

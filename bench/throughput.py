@@ -296,17 +296,20 @@ def main(argv=None) -> int:
             cfg = from_dict({"model": {"name": a.model, "precision": precision},
                              "local": {"source": source, "num_crops": a.crops, "crop_min": crop_min,
                                        "crop_max": crop_max},
-                             "train": {"batch_size": a.batch}, "run": {"progress": False}})
+                             "train": {"batch_size": a.batch, "fair_momentum": 0.0}, "run": {"progress": False}})
             dataset = ours_set if pipe is ours else pipe.dataset(images, train=True)
             variants.append({"style": style, "source": source, "precision": precision, "cfg": cfg,
                              "pipe": pipe, "dataset": dataset, "times": [], "windows": []})
+
+    def training(v):
+        return engine.Training(v["cfg"], student, heads, opt, sched, grad_scaler(v["precision"], device), device,
+                               total_steps=10_000)
 
     def epoch(v, seed: int, max_steps: int | None = None):
         cfg = v["cfg"]
         cfg.train.max_steps_per_epoch = max_steps
         loader = engine.make_loader(v["dataset"], a.batch, True, v["pipe"].loader_workers(0), seed, drop_last=True)
-        return engine.train_one_epoch(student, student, loader, opt, sched, grad_scaler(v["precision"], device),
-                                      cfg, heads, seed, 10_000, device, {}, progress=False, pipeline=v["pipe"])
+        return engine.train_one_epoch(training(v), loader, seed, v["pipe"], progress=False)
 
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, model {a.model} (random weights) at {size} px, batch {a.batch}, "
@@ -339,8 +342,7 @@ def main(argv=None) -> int:
             k = engine.pipeline_crops(v["cfg"], True, a.crops)
             weak, strong, labels, crops = v["pipe"].train_batch(batch, device, gen, k, crop_min, crop_max)
             with FlopCounterMode(display=False) as fc:
-                engine.train_step(student, student, weak, strong, opt, sched, grad_scaler(v["precision"], device),
-                                  v["cfg"], heads, 0.5, gen, {}, crops)
+                engine.train_step(training(v), weak, strong, 0.5, gen, crops)
             v["flops_per_step"] = fc.get_total_flops()
 
     print()

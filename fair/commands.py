@@ -34,7 +34,7 @@ def _setup_only(run_dir: Path) -> bool:
 
 def prepare_run_dir(cfg) -> Path:
     """The run folder for `cfg`; refuses to touch an existing run unless told to resume or overwrite."""
-    from fair.adapt import run_name
+    from fair.record import run_name
     run_dir = Path(cfg.run.out_dir).expanduser() / run_name(cfg)
     if run_dir.is_dir() and _setup_only(run_dir):    # an earlier set-up failed: nothing to keep
         shutil.rmtree(run_dir)
@@ -50,7 +50,7 @@ def prepare_run_dir(cfg) -> Path:
 def check_same_config(cfg, run_dir: Path) -> None:
     """Refuse, naming the keys, to resume a run folder (finished or not) with a config that changes its
     result; nothing in the folder is touched."""
-    from fair.adapt import result_config
+    from fair.record import result_config
     from fair.config import changed_keys, read_yaml, to_dict
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ from fair.data.views import as_pipeline, collate
 from fair.errors import FairError
 from fair.io import atomic_torch_save
 from fair.losses import all_reduce_sum, student_loss, world_size
-from fair.precision import autocast
+from fair.precision import autocast, grad_scaler
 from fair.pseudo_labels import gamma_at, pseudo_labels
+from fair.scores import s_fix, s_las
 from fair.weighting import ambiguity_weights
 
 log = logging.getLogger(__name__)
+# (f_global [B, D], f_loc [B, D]) -> scores [B, C]: one way of predicting from an image's features
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Student(nn.Module):
@@ -37,7 +41,7 @@ class Student(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Alignment scores [B, C] of the global features (the student's logits before the scale)."""
-        return self.anchors(local.encode(self.visual, images))
+        return s_las(self.anchors, local.encode(self.visual, images))
 
 
 @dataclass
@@ -48,6 +52,58 @@ class Heads:
     w_desc: torch.Tensor | None      # the description head for the WCA baseline (None: no descriptions)
     scale: float                     # the model's logit scale
     use_locals: bool                 # fair/wca: local features; selftrain: global only
+
+
+@dataclass
+class Training:
+    """The state of a training run that every step reads or changes (besides the batch).
+
+    `cfg` has its "auto" keys resolved (fair.adapt.resolve_auto); `ddp_student` is the student as the
+    backward pass sees it (its DistributedDataParallel wrapper, or the student itself).
+    """
+    cfg: FairConfig
+    student: Student
+    heads: Heads
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    total_steps: int
+    ddp_student: nn.Module | None = None
+    running_pbar: torch.Tensor | None = None   # the running mean prediction (train.fair_momentum > 0)
+
+    def __post_init__(self):
+        if self.cfg.train.fair_momentum is None:
+            raise FairError("train.fair_momentum is auto (null) here; resolve it first (fair.adapt.resolve_auto) "
+                            "or set a number")
+        self.ddp_student = self.ddp_student or self.student
+
+
+def make_training(cfg: FairConfig, student: Student, visual_params: list, heads: Heads, device: torch.device,
+                  total_steps: int) -> Training:
+    """AdamW over the trainable norms and the anchors (lr x anchors.lr_mult), warm-up then cosine to
+    train.lr_min, the precision's gradient scaler, and DDP across processes when there are several."""
+    ddp_student = student
+    if world_size() > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ddp_student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW([
+        {"params": visual_params, "lr": cfg.train.lr},
+        {"params": list(student.anchors.parameters()), "lr": cfg.train.lr * cfg.anchors.lr_mult},
+    ], weight_decay=cfg.train.weight_decay)
+    floor = cfg.train.lr_min / cfg.train.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, total_steps, floor))
+    return Training(cfg, student, heads, optimizer, scheduler, grad_scaler(cfg.model.precision, device), device,
+                    total_steps, ddp_student)
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """The learning rate at `step` as a fraction of train.lr: linear warm-up, then cosine down to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    prog = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -116,53 +172,51 @@ def pipeline_crops(cfg: FairConfig, need_locals: bool, k: int) -> int:
     return k if need_locals and cfg.local.source == "crops" else 0
 
 
-def train_step(student: nn.Module, ddp_student: nn.Module, weak, strong, optimizer, scheduler, scaler,
-               cfg: FairConfig, heads: Heads, gamma: float, generator, state: dict,
+def train_step(tr: Training, weak: torch.Tensor, strong: torch.Tensor, gamma: float, generator,
                crops: torch.Tensor | None = None) -> dict:
     """One FAIR step: teacher on the weak view (no gradient), weights, student on the strong view."""
-    device = weak.device
-    with torch.no_grad(), autocast(cfg.model.precision, device):
-        f, f_loc = teacher_features(student.visual, weak, cfg, heads, generator, cfg.local.num_crops, crops)
-        s_fix = f_loc @ heads.w_fix.t()
-        f_mix = local.mix(f, f_loc, cfg.local.beta) if heads.use_locals else f
-        s_las = student.anchors(f_mix)
-    t = pseudo_labels(s_fix, s_las, heads.scale, gamma)
+    cfg, heads = tr.cfg, tr.heads
+    with torch.no_grad(), autocast(cfg.model.precision, tr.device):
+        f, f_loc = teacher_features(tr.student.visual, weak, cfg, heads, generator, cfg.local.num_crops, crops)
+        fixed = s_fix(f_loc, heads.w_fix)
+        learned = s_las(tr.student.anchors, f, f_loc if heads.use_locals else None, cfg.local.beta)
+    t = pseudo_labels(fixed, learned, heads.scale, gamma)
     w, keep = ambiguity_weights(cfg.weighting.mode, t.p_fix, t.p_las, t.p, t.y, cfg.weighting.power,
                                 cfg.weighting.min)
-    with autocast(cfg.model.precision, device):
-        logits = heads.scale * ddp_student(strong)
-    momentum = cfg.train.fair_momentum or 0.0     # None (auto) is resolved by adapt(); unresolved: off
-    parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, state.get("running_pbar"), momentum)
+    with autocast(cfg.model.precision, tr.device):
+        logits = heads.scale * tr.ddp_student(strong)
+    momentum = cfg.train.fair_momentum
+    parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, tr.running_pbar, momentum)
     if momentum > 0:
-        state["running_pbar"] = parts.pbar
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(parts.loss).backward()
+        tr.running_pbar = parts.pbar
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.scaler.scale(parts.loss).backward()
     if cfg.train.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
+        tr.scaler.unscale_(tr.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in tr.optimizer.param_groups for p in g["params"]],
+                                       cfg.train.grad_clip)
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    tr.scheduler.step()
     # Statistics stay on the device as tensors: no per-step host synchronisation.
     return {"loss": parts.value, "ce": parts.ce, "fair": parts.fair, "w_sum": w.sum(), "kept": keep.sum(),
             "agree": (t.p_fix.argmax(1) == t.p_las.argmax(1)).sum(), "y": t.y}
 
 
-def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimizer, scheduler, scaler,
-                    cfg: FairConfig, heads: Heads, epoch: int, total_steps: int, device, state: dict,
-                    progress: bool = True, pipeline=None) -> dict:
+def train_one_epoch(tr: Training, loader, epoch: int, pipeline=None, progress: bool = True) -> dict:
     """One epoch of FAIR self-training; returns the flat metric row (without validation).
 
     `pipeline` turns the loader's batches into views on the device (default: the pil pipeline's batches).
     """
-    student.train()
+    cfg, device = tr.cfg, tr.device
+    tr.student.train()
     pipeline = pipeline or as_pipeline({})
     gen = pipeline.generator(epoch_seed(cfg.seed, epoch, salt=1), device)
-    k = pipeline_crops(cfg, heads.use_locals, cfg.local.num_crops)
+    k = pipeline_crops(cfg, tr.heads.use_locals, cfg.local.num_crops)
     steps_per_epoch = len(loader) if cfg.train.max_steps_per_epoch is None else \
         min(len(loader), cfg.train.max_steps_per_epoch)
     sums = torch.zeros(8, dtype=torch.float64, device=device)  # loss, ce, fair, w, kept, pl_correct, agree, n
-    bad, n_img, t0 = 0, 0, time.perf_counter()
+    bad, t0 = 0, time.perf_counter()
     gamma = cfg.pseudo.gamma_start
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=None if progress else True, leave=False)
     for step, (batch, bad_idx) in enumerate(loader):
@@ -175,14 +229,12 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
                                                            cfg.local.crop_max)
         global_step = (epoch - 1) * steps_per_epoch + step
         gamma = gamma_at(cfg.pseudo.gamma_start, cfg.pseudo.gamma_end, cfg.pseudo.gamma_schedule,
-                         global_step / max(total_steps - 1, 1))
-        stats = train_step(student, ddp_student, weak, strong, optimizer, scheduler, scaler, cfg, heads, gamma,
-                           gen, state, crops)
+                         global_step / max(tr.total_steps - 1, 1))
+        stats = train_step(tr, weak, strong, gamma, gen, crops)
         B = len(labels)
         sums += torch.stack([stats["loss"] * B, stats["ce"] * B, stats["fair"] * B, stats["w_sum"], stats["kept"],
                              (stats["y"] == labels).sum(), stats["agree"],
                              torch.full((), B, device=device)]).double()   # a fill, not a host copy
-        n_img += B
         bar.update(1)
     bar.close()
     sums = (all_reduce_sum(sums) if world_size() > 1 else sums).cpu()
@@ -191,7 +243,7 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
     elapsed = time.perf_counter() - t0
     return {
         "epoch": epoch, "loss": sums[0].item() / n, "loss_ce": sums[1].item() / n, "loss_fair": sums[2].item() / n,
-        "lr": optimizer.param_groups[0]["lr"], "gamma": gamma, "mean_weight": sums[3].item() / n,
+        "lr": tr.optimizer.param_groups[0]["lr"], "gamma": gamma, "mean_weight": sums[3].item() / n,
         "frac_kept": sums[4].item() / n, "pseudo_label_acc": 100.0 * sums[5].item() / n if has_labels else None,
         "head_agreement": sums[6].item() / n, "images_per_s": sums[7].item() / max(elapsed, 1e-9),
         "epoch_s": elapsed, "bad_images": bad,
@@ -199,13 +251,12 @@ def train_one_epoch(student: nn.Module, ddp_student: nn.Module, loader, optimize
 
 
 @torch.no_grad()
-def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConfig, fixed: Heads, device,
-            views: dict, need_locals: bool, desc: str = "eval", progress: bool = True) -> dict:
-    """Run `visual` over an ImageSet once; returns {head: (pred, labels)} and the bad-image count.
+def predict(visual: nn.Module, images, predictors: dict[str, Predictor], cfg: FairConfig, device, views,
+            need_locals: bool, desc: str = "eval", progress: bool = True) -> tuple[dict, int]:
+    """Run `visual` over an ImageSet once; returns {predictor: (pred, labels)} and the bad-image count.
 
-    Each head maps (f_global, f_loc) -> scores. Crops use a fixed generator so evaluation is repeatable.
-    `views`: a pipeline (fair.data.views.PilPipeline, fair.data.device_views.DevicePipeline) or a
-    build_views() dict.
+    Crops use a fixed generator so evaluation is repeatable. `views`: a pipeline
+    (fair.data.views.PilPipeline, fair.data.device_views.DevicePipeline) or a build_views() dict.
     """
     visual.eval()
     pipeline = as_pipeline(views)
@@ -213,7 +264,7 @@ def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConf
                          pipeline.loader_workers(cfg.data.num_workers), seed=cfg.seed, shard=False)
     gen = pipeline.generator(epoch_seed(cfg.seed, 0, salt=2), device)
     n_crops = pipeline_crops(cfg, need_locals, cfg.eval.local_views)
-    preds = {k: [] for k in heads}
+    preds = {k: [] for k in predictors}
     labels, bad = [], 0
     for batch, bad_idx in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
         bad += len(bad_idx)
@@ -227,8 +278,8 @@ def predict(visual: nn.Module, images, heads: dict[str, Callable], cfg: FairConf
             else:
                 f = local.encode(visual, x)
                 f_loc = f
-            for k, head in heads.items():
-                preds[k].append(head(f, f_loc).argmax(1).cpu())
+            for k, predictor in predictors.items():
+                preds[k].append(predictor(f, f_loc).argmax(1).cpu())
         labels.append(y)
     y = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     return {k: (torch.cat(v) if v else torch.empty(0, dtype=torch.long), y) for k, v in preds.items()}, bad
@@ -251,14 +302,14 @@ def trainable_state(student: Student) -> dict:
     return {n: p.detach().cpu().clone() for n, p in student.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, epoch: int, rows: list,
-                    state: dict, config_digest: str, resolved: dict | None = None) -> None:
+def save_checkpoint(path: Path, tr: Training, epoch: int, rows: list, config_digest: str,
+                    resolved: dict | None = None) -> None:
     """Full training state after `epoch`, written atomically. `resolved`: the values that "auto" config keys
     took when the run started, which a resumed run must keep (checkpoint_resolved)."""
     blob = {
-        "epoch": epoch, "trainable": trainable_state(student), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rows": rows,
-        "running_pbar": state.get("running_pbar"), "config_digest": config_digest, "resolved": resolved or {},
+        "epoch": epoch, "trainable": trainable_state(tr.student), "optimizer": tr.optimizer.state_dict(),
+        "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(), "rows": rows,
+        "running_pbar": tr.running_pbar, "config_digest": config_digest, "resolved": resolved or {},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
@@ -275,8 +326,8 @@ def checkpoint_resolved(path: Path) -> dict:
     return dict(blob.get("resolved") or {})
 
 
-def load_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, config_digest: str) -> dict:
-    """Restore a checkpoint into the live objects; returns it (epoch, rows, running_pbar)."""
+def load_checkpoint(path: Path, tr: Training, config_digest: str) -> dict:
+    """Restore a checkpoint into the live training state; returns it (epoch, rows, ...)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
@@ -285,11 +336,13 @@ def load_checkpoint(path: Path, student: Student, optimizer, scheduler, scaler, 
     if blob.get("config_digest") != config_digest:
         raise FairError(f"checkpoint {str(path)!r} was made with a different config; resume with the same "
                         f"config, or start a new run (run.name=... or run.overwrite=true)")
-    params = dict(student.named_parameters())
+    params = dict(tr.student.named_parameters())
     with torch.no_grad():
         for n, t in blob["trainable"].items():
             params[n].copy_(t)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    scaler.load_state_dict(blob["scaler"])
+    tr.optimizer.load_state_dict(blob["optimizer"])
+    tr.scheduler.load_state_dict(blob["scheduler"])
+    tr.scaler.load_state_dict(blob["scaler"])
+    if blob.get("running_pbar") is not None:
+        tr.running_pbar = blob["running_pbar"].to(tr.device)
     return blob

@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from fair.errors import FairError
+from fair.precision import full_precision
 
 
 def crop_boxes(batch: int, k: int, height: int, width: int, crop_min: float, crop_max: float,
@@ -95,8 +96,10 @@ def local_features(visual: nn.Module, images: torch.Tensor, source: str, k: int,
     raise ValueError(f"unknown local source {source!r}")
 
 
+@full_precision
 def pool_locals(f_global: torch.Tensor, f_locals: torch.Tensor, top_k: int, tau_local: float) -> torch.Tensor:
-    """f_loc = normalize(sum_i a_i f_i) over the top_k locals most similar to f(x), a = softmax(tau * cos)."""
+    """f_loc = normalize(sum_i a_i f_i) over the top_k locals most similar to f(x), a = softmax(tau * cos);
+    in fp32 (its softmax weights, like the scores, must not round)."""
     cos = torch.einsum("bld,bd->bl", f_locals, f_global)
     k = min(top_k, f_locals.shape[1])
     top, idx = cos.topk(k, dim=1)

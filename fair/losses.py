@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from fair.precision import full_precision
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -65,11 +67,11 @@ def fair_momentum_for(momentum: float | None, num_classes: int, batch_size: int)
     return AUTO_FAIR_MOMENTUM if expected_missing_classes(num_classes, batch_size) > MISSING_CLASSES_AUTO else 0.0
 
 
+@full_precision
 def student_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lambda_fair: float,
                  running_pbar: torch.Tensor | None = None, momentum: float = 0.0) -> LossParts:
-    """The FAIR objective for one step; see the module docstring for the multi-process scaling."""
+    """The FAIR objective for one step, in fp32; see the module docstring for the multi-process scaling."""
     P = world_size()
-    logits = logits.float()
     ce = F.cross_entropy(logits, y, reduction="none")
     sums = all_reduce_sum(torch.stack([w.sum(), (w * ce).sum(), torch.tensor(float(len(y)), device=w.device)]))
     W, ce_sum, N = sums[0], sums[1], sums[2]

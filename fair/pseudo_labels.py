@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fair.precision import full_precision
+
 
 def gamma_at(start: float, end: float, schedule: str, progress: float) -> float:
     """gamma at training progress in [0, 1] (0: first step, 1: last step)."""
@@ -28,9 +30,10 @@ class Teacher:
     y: torch.Tensor       # [B]
 
 
+@full_precision
 def pseudo_labels(s_fix: torch.Tensor, s_las: torch.Tensor, scale: float, gamma: float) -> Teacher:
-    """Softmax both alignment scores at the logit scale, mix with gamma, take the argmax."""
-    p_fix = torch.softmax(scale * s_fix.float(), dim=-1)
-    p_las = torch.softmax(scale * s_las.float(), dim=-1)
+    """Softmax both alignment scores at the logit scale, mix with gamma, take the argmax (in fp32)."""
+    p_fix = torch.softmax(scale * s_fix, dim=-1)
+    p_las = torch.softmax(scale * s_las, dim=-1)
     p = gamma * p_fix + (1 - gamma) * p_las
     return Teacher(p_fix, p_las, p, p.argmax(dim=-1))

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from fair.precision import full_precision
 
+
+@full_precision
 def ambiguity_weights(mode: str, p_fix: torch.Tensor, p_las: torch.Tensor, p: torch.Tensor,
                       y: torch.Tensor, power: float = 1.0, minimum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample weights w in [0, 1] and the keep mask (w >= minimum).
+    """Per-sample weights w in [0, 1] and the keep mask (w >= minimum), in fp32.
 
     agreement: (p_fix[y] / max p_fix) * (p_las[y] / max p_las) — 1 when both heads pick y.
     margin:    1 - p_(2) / p_(1) on the mixed p — 0 for a tie between the top two classes.

@@ -208,3 +208,49 @@ def test_loss_is_the_same_for_one_batch_of_8_and_two_processes_of_4():
     for r in range(2):
         assert out[r]["value"] == pytest.approx(single.value.item(), rel=1e-5)
         assert torch.allclose(out[r]["grad"], grad, atol=1e-6)
+
+
+def _near_ties(B: int = 256, C: int = 200, D: int = 512, M: int = 3, seed: int = 0):
+    """Issue 16's case: features whose cosines with every class are 0.30 +- 0.01, where one bf16 step
+    (0.002) is 0.2 logits at scale 100. Vectors a e + b v around one shared direction e give
+    cos = a_x a_w + b_x b_w <v_x, v_w> with <v_x, v_w> ~ 1/sqrt(D)."""
+    g = torch.Generator().manual_seed(seed)
+    e = F.normalize(torch.randn(D, generator=g), dim=0)
+
+    def around(n, a, shape=()):
+        v = torch.randn(*shape, n, D, generator=g)
+        v = F.normalize(v - (v @ e).unsqueeze(-1) * e, dim=-1)          # orthogonal to e
+        return a * e + math.sqrt(1 - a * a) * v
+
+    a_x = 0.97
+    f, f_loc = around(B, a_x), around(B, a_x)
+    w_fix, anchors_init = around(C, 0.3 / a_x), around(M, 0.3 / a_x, (C,))
+    return f, f_loc, w_fix, anchors_init
+
+
+@pytest.mark.parametrize("anchors_mode", ["prototype", "set"])
+def test_bf16_autocast_leaves_pseudo_labels_weights_and_predictions_as_in_fp32(anchors_mode):
+    """The encoders may run in bf16; the scores, softmaxes, mixing and weights run in fp32 whatever the
+    autocast (fair.precision.full_precision), so near-tied pseudo-labels are neither flipped nor tied."""
+    from fair.scores import s_fix, s_las
+    f, f_loc, w_fix, init = _near_ties()
+    anchors = LearnableAnchors("prototype", init.mean(1)) if anchors_mode == "prototype" else \
+        LearnableAnchors("set", init, torch.ones(init.shape[:2], dtype=torch.bool), tau_anchor=10.0)
+    cos = f_loc @ w_fix.t()
+    assert abs(cos.mean().item() - 0.30) < 0.005 and cos.std().item() < 0.015
+    in_bf16 = (f_loc.bfloat16() @ w_fix.bfloat16().t()).float().argmax(1)      # the case is hard for bf16
+    assert (in_bf16 != cos.argmax(1)).float().mean() > 0.05
+
+    def teacher(mode):
+        fixed, learned = s_fix(f_loc, w_fix), s_las(anchors, f, f_loc, 0.5)
+        t = pseudo_labels(fixed, learned, scale=100.0, gamma=0.5)
+        w, _ = ambiguity_weights(mode, t.p_fix, t.p_las, t.p, t.y)
+        return t.y, w, s_las(anchors, f).argmax(1), s_las(anchors, f, f_loc, 0.5).argmax(1)
+
+    with torch.no_grad():
+        for mode in ("margin", "agreement"):
+            want = teacher(mode)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = teacher(mode)
+            for name, a, b in zip(("pseudo-labels", "weights", "global predictions", "las predictions"), want, got):
+                assert a.dtype == b.dtype and torch.equal(a, b), f"{mode}: {name} differ under bf16 autocast"

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from fair.adapt import config_digest
+from fair.record import config_digest
 from fair.commands import run_adapt
 from fair.config import from_dict
 from tests.test_fair_adapt import test_resume_gives_the_same_weights_as_an_uninterrupted_run as _resume_check

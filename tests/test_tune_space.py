@@ -335,7 +335,7 @@ def test_a_changed_sweep_names_its_keys_and_smoke_test_is_idempotent():
     a = _snapshot(load_sweep(None, mapping=_sweep()))
     b = _snapshot(load_sweep(None, mapping=_sweep(), overrides=["base.train.lr=0.0005", "ray.summary_every_s=5"]))
     assert _search_changes(a, b) == ["base.train.lr '(unset)' -> 0.0005"]
-    # keys that change no result (fair.adapt.DIGEST_IGNORES) and the concurrency may change on resume
+    # keys that change no result (fair.record.DIGEST_IGNORES) and the concurrency may change on resume
     c = _snapshot(load_sweep(None, mapping=_sweep(), overrides=["base.data.num_workers=7",
                                                                 "budget.max_concurrent=3"]))
     assert _search_changes(a, c) == []

@@ -70,14 +70,14 @@ def _error_text(trial) -> str:
 
 def write_failed_record(plan, trial_id: str, config: dict, error_text: str) -> str:
     """Build the failed record of one trial (its study's config with its sampled values) and store it."""
-    from fair.adapt import failed_record
+    from fair.record import failed_record
     return _write_unfinished(plan, trial_id, config, lambda cfg: failed_record(cfg, error_line(error_text)))
 
 
 def write_stopped_record(plan, trial_id: str, config: dict, last_result: dict) -> str:
     """Store the `stopped_early` record of a trial the scheduler stopped; `last_result` is its last report
     (an epoch row, kept as the record's `last_epoch`)."""
-    from fair.adapt import stopped_record
+    from fair.record import stopped_record
     from ray.tune.result import AUTO_RESULT_KEYS
     ray_keys = {*AUTO_RESULT_KEYS, "trial_id", "done", "experiment_tag", "should_checkpoint", "study"}
     last_epoch = {k: v for k, v in last_result.items()     # what the trial reported (tune.trainable)

@@ -84,7 +84,7 @@ RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent")
 def _search_changes(a: dict, b: dict) -> list[str]:
     """How a stored sweep and this one differ as experiments (empty: the same; Ray/progress options and
     FAIR keys that change no result, such as data.num_workers, may change), one `key old -> new` each."""
-    from fair.adapt import DIGEST_IGNORES
+    from fair.record import DIGEST_IGNORES
     from fair.config import changed_keys
     datasets = {*(a.get("per_dataset") or {}), *(b.get("per_dataset") or {})}
     fair_roots = ["base.", *(f"per_dataset.{d}." for d in datasets)]

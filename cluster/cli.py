@@ -290,13 +290,14 @@ def cmd_stop(a) -> int:
 
 
 def cmd_list(a) -> int:
-    import datetime as dt
+    import datetime
     from cluster.jobs import Cluster
     jobs = Cluster(a.address).list()
     if not jobs:
         print("no jobs")
     for j in jobs:
-        started = dt.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M") if j.start_time else "-"
+        started = (datetime.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+                   if j.start_time else "-")
         ep = j.entrypoint if len(j.entrypoint) <= 80 else j.entrypoint[:77] + "..."
         print(f"{j.submission_id or j.job_id:<28} {getattr(j.status, 'value', j.status):<10} {started}  {ep}")
     return 0

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from fair.cli import main
-from fair.data import prepare as P
-from fair.data import sources as S
+from fair.data import prepare
+from fair.data import sources
 from fair.data.catalog import dataset_base, get_spec
 from fair.errors import FairError
 
@@ -106,7 +106,7 @@ def mirror(monkeypatch):
 def publish(m: Mirror, monkeypatch, dataset: str, name: str, data: bytes, served: bytes | None = None,
             serve: bool = True) -> None:
     """Serve `data` as <dataset>/<name> and make it the file's published checksum (sha256) and size."""
-    remote = S.SOURCES[dataset].remote(name)
+    remote = sources.SOURCES[dataset].remote(name)
     monkeypatch.setattr(remote, "checksum", "sha256:" + hashlib.sha256(data).hexdigest())
     monkeypatch.setattr(remote, "size", len(data))
     if serve:
@@ -200,7 +200,7 @@ def serve_eurosat(m, mp):
         for i in range(1, 6):
             entries[f"2750/{c}/{c}_{i}.jpg"] = jpg(i + 10 * label)
             part = "train" if i <= 2 else "val" if i == 3 else "test"
-            split[part].append([f"{c}/{c}_{i}.jpg", label, S.EUROSAT_NEW_CNAMES[c]])
+            split[part].append([f"{c}/{c}_{i}.jpg", label, sources.EUROSAT_NEW_CNAMES[c]])
     publish(m, mp, "eurosat", "EuroSAT.zip", zip_bytes(entries))
     m.files["/eurosat/split_zhou_EuroSAT.json"] = json.dumps(split).encode()   # CoOp's file is served here
 
@@ -279,8 +279,8 @@ def test_zhou_datasets_end_to_end(name, mirror, monkeypatch, tmp_path, capsys):
     base = dataset_base(get_spec(name), str(tmp_path))
     split_file = base / get_spec(name).required[1]
     meta = json.loads(Path(f"{split_file}.meta.json").read_text())
-    assert meta["made"] == made and (made == "downloaded" or meta["seed"] == S.SEED)
-    assert not any((base / P.DOWNLOAD_DIR).glob("*")) and not list(base.glob(".staging-*"))
+    assert meta["made"] == made and (made == "downloaded" or meta["seed"] == sources.SEED)
+    assert not any((base / prepare.DOWNLOAD_DIR).glob("*")) and not list(base.glob(".staging-*"))
     data = json.loads(split_file.read_text())
     assert data["train"] and data["val"] and data["test"]
 
@@ -416,7 +416,7 @@ def test_interrupted_download_resumes_with_range(mirror, monkeypatch, tmp_path):
     assert len(archive) == 2 and archive[0][1] is None
     start = int(archive[1][1].removeprefix("bytes=").rstrip("-"))
     assert 0 < start <= len(data) // 2 and start % 64 == 0
-    state = json.loads((tmp_path / "dtd" / P.STATE_FILE).read_text())
+    state = json.loads((tmp_path / "dtd" / prepare.STATE_FILE).read_text())
     assert state["files"]["dtd-r1.0.1.tar.gz"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert state["complete"]
 
@@ -427,7 +427,7 @@ def test_corrupt_archive_is_moved_aside_with_one_line(mirror, monkeypatch, tmp_p
     assert prep(mirror, tmp_path, "oxford_pets") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match its checksum" in err and ".corrupt" in err
-    assert (tmp_path / "oxford_pets" / P.DOWNLOAD_DIR / "images.tar.gz.corrupt").is_file()
+    assert (tmp_path / "oxford_pets" / prepare.DOWNLOAD_DIR / "images.tar.gz.corrupt").is_file()
     assert not (tmp_path / "oxford_pets" / "images").exists()
 
 
@@ -481,7 +481,7 @@ def test_archive_without_the_expected_layout(mirror, monkeypatch, tmp_path, caps
     assert prep(mirror, tmp_path, "dtd") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not contain 'dtd/images'" in err and "textures" in err
-    assert (tmp_path / "dtd" / P.DOWNLOAD_DIR / "dtd-r1.0.1.tar.gz.corrupt").is_file()
+    assert (tmp_path / "dtd" / prepare.DOWNLOAD_DIR / "dtd-r1.0.1.tar.gz.corrupt").is_file()
 
 
 def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path, capsys):
@@ -512,12 +512,12 @@ def test_extraction_refuses_paths_outside_the_folder(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(tar_gz({"../evil.txt": b"x"}))
     with pytest.raises(FairError, match="outside"):
-        P.extract_archive(bad, tmp_path / "out")
+        prepare.extract_archive(bad, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists()
     badzip = tmp_path / "bad.zip"
     badzip.write_bytes(zip_bytes({"/abs.txt": b"x", "a/../../evil.txt": b"x"}))
     with pytest.raises(FairError, match="outside"):
-        P.extract_archive(badzip, tmp_path / "out2")
+        prepare.extract_archive(badzip, tmp_path / "out2")
 
 
 def test_mat_reader_reads_scipy_files_too(tmp_path):
@@ -526,6 +526,6 @@ def test_mat_reader_reads_scipy_files_too(tmp_path):
         path = tmp_path / f"labels{compress}.mat"
         scipy_io.savemat(path, {"labels": np.array([[3, 1, 2]], dtype=np.uint8), "other": np.eye(2)},
                          do_compression=compress)
-        assert P.read_mat_array(path, "labels").tolist() == [3, 1, 2]
+        assert prepare.read_mat_array(path, "labels").tolist() == [3, 1, 2]
     (tmp_path / "ours.mat").write_bytes(mat_v5("labels", [1, 2]))
     assert scipy_io.loadmat(tmp_path / "ours.mat")["labels"].ravel().tolist() == [1, 2]

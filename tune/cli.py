@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     from tune.cluster import set_env_defaults
     set_env_defaults(local=a.address is None)   # before Ray is imported anywhere
 
-    from tune import storage as st
+    from tune import storage as sweep_storage
     from tune.sweep import load_saved, preflight, run
     from tune.sweep_config import load_sweep, shrink_for_smoke_test, validate
     overrides = sweep_overrides(a)
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
         cfg = load_sweep(a.config, overrides, smoke_test=a.smoke_test)
     else:
         # e.g. --set ray.num_cpus=8 on resume (the search itself must stay as stored: run() checks)
-        cfg = load_saved(st.resolve(a.storage or "./sweeps"), a.resume, overrides)
+        cfg = load_saved(sweep_storage.resolve(a.storage or "./sweeps"), a.resume, overrides)
         if a.smoke_test:
             shrink_for_smoke_test(cfg)
         validate(cfg)
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
             n = cluster.max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster,
                                        cfg.budget.max_concurrent)
             print(f"sweep {cfg.name}: checks passed; {cfg.total_trials} trials, up to {n} at once, "
-                  f"storage {st.join(uri, cfg.name)}")
+                  f"storage {sweep_storage.join(uri, cfg.name)}")
             return 0
         result = run(cfg, uri, resume=True if a.resume else None)
     finally:

@@ -260,7 +260,7 @@ def shrink_for_smoke_test(cfg: SweepConfig) -> None:
 
 
 def validate(cfg: SweepConfig) -> None:
-    """Every check that needs neither Ray nor the storage (those are in tune.cluster / tune.storage)."""
+    """Every check that needs neither Ray nor the storage (those are in tune.ray_session / tune.storage)."""
     from fair.config import from_dict
     b, r, o = cfg.budget, cfg.resources, cfg.objective
     if not isinstance(b.trials_per_dataset, int) or b.trials_per_dataset < 1:

@@ -55,10 +55,10 @@ def use_s3(request):
 
 @pytest.fixture(scope="session")
 def ray_session(use_s3, tmp_path_factory):
-    from tune import ray_session
+    import tune.ray_session
     from tune.sweep_config import RayOptions
     import ray
-    ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
+    tune.ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -410,7 +410,7 @@ def test_stanford_cars_split_made_from_the_devkit(mirror, monkeypatch, tmp_path)
 
 def test_interrupted_download_resumes_with_range(mirror, monkeypatch, tmp_path):
     data = serve_dtd(mirror, monkeypatch, drop=True)
-    monkeypatch.setattr(P, "CHUNK", 64)          # so what arrived before the hang-up is on disk
+    monkeypatch.setattr(prepare, "CHUNK", 64)          # so what arrived before the hang-up is on disk
     assert prep(mirror, tmp_path, "dtd") == 0
     archive = [r for r in mirror.requests if r[0].endswith(".tar.gz")]
     assert len(archive) == 2 and archive[0][1] is None
@@ -451,7 +451,7 @@ def test_second_run_downloads_nothing(mirror, monkeypatch, tmp_path, capsys):
 
 def test_full_disk_is_refused_before_downloading(mirror, monkeypatch, tmp_path, capsys):
     serve_dtd(mirror, monkeypatch)
-    monkeypatch.setattr(P, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(prepare, "_free_bytes", lambda path: 1000)
     assert prep(mirror, tmp_path, "dtd") == 2
     err = capsys.readouterr().err
     assert "not enough disk space" in err and mirror.requests == []
@@ -492,7 +492,7 @@ def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path,
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()                                                      # nothing listens there
-    monkeypatch.setattr(P, "ATTEMPTS", 1)
+    monkeypatch.setattr(prepare, "ATTEMPTS", 1)
     assert run("prepare", "cub200", "--root", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -500,7 +500,7 @@ def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path,
 
 
 def test_all_reports_every_dataset_in_one_table(mirror, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(P, "ATTEMPTS", 1)
+    monkeypatch.setattr(prepare, "ATTEMPTS", 1)
     serve_dtd(mirror, monkeypatch)
     assert run("prepare", "all", "--root", str(tmp_path), "--mirror", mirror.url, "--quiet") == 2
     out, err = capsys.readouterr()

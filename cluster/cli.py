@@ -201,7 +201,7 @@ def _sweep_args_error(message: str):
 
 
 def load_job_sweep(root: Path, argv: list[str]):
-    """The sweep config as the job's `fair sweep` will load it, checked here: tune's own parser, the same
+    """The sweep config as the job's `fair sweep` will load it, checked here: its own parser, the same
     --set / --storage / --smoke-test, then load_sweep's offline validation (keys, values, dataset names,
     storage URI). Storage access and the data files are the job's to check, on the cluster."""
     from tune.cli import sweep_overrides

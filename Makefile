@@ -54,7 +54,9 @@ demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/fair results plot --store results_out --sweep $(DEMO_NAME) --out results_out/plots
 	@echo "tables: results_out/ (parquet), plots: results_out/plots/"
 
+# Layers first (pyproject.toml's [tool.importlinter] contracts; --no-cache: nothing written in the tree).
 test: $(STAMP) fashion-mnist
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(PY) -m pytest --timeout=900 tests
 
 clean:

@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--runners", default="trainer,direct", help="resources.runner values to measure")
     a = p.parse_args(argv)
-    from tune.cluster import set_env_defaults
+    from tune.ray_session import set_env_defaults
     set_env_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tune import cluster
+    from tune import ray_session
     from tune.sweep_config import RayOptions
 
     base = tiny_config(a.dataset, a.epochs, a.train_per_class)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         run_bare({**base, "train": {**base["train"], "epochs": 0}}, tmp, "warm")  # fills the caches
         import ray
         t = time.perf_counter()
-        cluster.init(None, RayOptions(num_cpus=a.num_cpus))
+        ray_session.init(None, RayOptions(num_cpus=a.num_cpus))
         t_init = time.perf_counter() - t
         logging.getLogger("tune").setLevel(logging.WARNING)
         for i in range(a.repeats):

@@ -24,8 +24,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 def _instrument(samples: list) -> None:
     """Time each forced `sync_up_experiment_state` of the driver into `samples` (seconds)."""
-    from ray.tune.execution import experiment_state as es
-    orig = es._ExperimentCheckpointManager.sync_up_experiment_state
+    from ray.tune.execution import experiment_state
+    orig = experiment_state._ExperimentCheckpointManager.sync_up_experiment_state
 
     def timed(self, save_fn, force=False, wait=False):
         forced = force or self._should_force_sync_up
@@ -34,7 +34,7 @@ def _instrument(samples: list) -> None:
         if forced:
             samples.append(time.perf_counter() - t)
         return out
-    es._ExperimentCheckpointManager.sync_up_experiment_state = timed
+    experiment_state._ExperimentCheckpointManager.sync_up_experiment_state = timed
 
 
 def _dummy_trial(config: dict) -> None:

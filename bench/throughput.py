@@ -65,9 +65,9 @@ def synthetic_jpegs(root: Path, n: int, width: int, height: int, classes: int = 
 
 
 def fashion_mnist(n: int):
-    from fair.data import fashion_mnist as fm
+    from fair.data import fashion_mnist
     from fair.data.images import ImageSet
-    x, y = fm.read_split("train")
+    x, y = fashion_mnist.read_split("train")
     return ImageSet(list(range(n)), y[:n], x[:n])
 
 

@@ -6,6 +6,9 @@
     fair cluster validate cluster/aws-gpu.yaml [...]           # Ray's own schema, offline
     fair cluster plan --config SWEEP.yaml [--records DIR ...]  # trials, concurrency, GPU-hours, cost
 
+`fair sweep` is here too (sweep_main): tune's sweep CLI, and with --plan this package's planner, since
+tune/ never imports cluster/.
+
 --address: the cluster's dashboard / Jobs API (default $RAY_ADDRESS if it is an http URL, else
 http://127.0.0.1:8265, where `ray dashboard cluster/aws-gpu.yaml` forwards it). Exit codes: 0 ok (a
 followed job SUCCEEDED), 1 a followed job FAILED or was STOPPED, 2 bad input (one line on stderr).
@@ -76,16 +79,40 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="estimate trials, GPU-hours, wall time and cost of a sweep")
     pl.add_argument("--config", "-c", required=True, help="sweep YAML")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    pl.add_argument("--records", nargs="+", default=[], metavar="PATH",
-                    help="record JSON files / folders of earlier runs: measured costs instead of the table")
-    pl.add_argument("--gpu-fraction", type=float, default=1.0,
-                    help="GPU share the --records runs had (1 for fair adapt, 0.25 for 4 trials per GPU)")
-    pl.add_argument("--cluster-config", type=Path, metavar="LAUNCHER.yaml",
-                    help="node types, prices and max_workers from this launcher config (default cluster/aws-gpu.yaml)")
-    # `fair sweep --config X --plan ...` arrives here with the rest of its `fair sweep` flags (fair/cli.py)
     pl.add_argument("--smoke-test", action="store_true", help="plan the sweep as `--smoke-test` shrinks it")
-    pl.add_argument("--storage", help="accepted from `fair sweep --plan`; the plan does not depend on it")
+    _add_plan_inputs(pl)
     return p
+
+
+def _add_plan_inputs(p) -> None:
+    """What a plan reads besides the sweep: `fair cluster plan`'s flags and `fair sweep --plan`'s."""
+    p.add_argument("--records", nargs="+", metavar="PATH",
+                   help="record JSON files / folders of earlier runs: measured costs instead of the table")
+    p.add_argument("--gpu-fraction", type=float, help="GPU share the --records runs had (default 1, as in "
+                   "fair adapt; 0.25 for 4 trials per GPU)")
+    p.add_argument("--cluster-config", type=Path, metavar="LAUNCHER.yaml",
+                   help="node types, prices and max_workers from this launcher config (default cluster/aws-gpu.yaml)")
+
+
+# `fair sweep` flags (dest: flag) that only a run reads; --plan refuses them.
+_RUN_ONLY = {"resume": "--resume", "address": "--address", "num_cpus": "--num-cpus",
+             "no_data_check": "--no-data-check", "dry_run": "--dry-run"}
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    """The parser of `fair sweep`: tune's sweep flags, and --plan with the plan's inputs."""
+    from tune.cli import parser as tune_sweep_parser
+    p = tune_sweep_parser()
+    g = p.add_argument_group("estimate instead of running (as `fair cluster plan`)")
+    g.add_argument("--plan", action="store_true", help="print the sweep's trials, concurrency, GPU-hours, wall "
+                   "time and cost; run nothing (with --set, --smoke-test, --records, --gpu-fraction, "
+                   "--cluster-config)")
+    _add_plan_inputs(g)
+    return p
+
+
+def _plan_inputs_given(a) -> bool:
+    return bool(a.records) or a.gpu_fraction is not None or a.cluster_config is not None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -156,16 +183,15 @@ def _sweep_args_error(message: str):
 
 
 def load_job_sweep(root: Path, argv: list[str]):
-    """The sweep config as the job's `fair sweep` will load it, checked here: tune's own parser, the same
+    """The sweep config as the job's `fair sweep` will load it, checked here: its own parser, the same
     --set / --storage / --smoke-test, then load_sweep's offline validation (keys, values, dataset names,
     storage URI). Storage access and the data files are the job's to check, on the cluster."""
-    from tune.cli import parser as sweep_parser
     from tune.cli import sweep_overrides
     from tune.sweep_config import load_sweep
     p = sweep_parser()
     p.error = _sweep_args_error        # one line, not argparse's usage text
     t = p.parse_args(argv)
-    if t.plan or t.records:
+    if t.plan or _plan_inputs_given(t):
         _sweep_args_error("--plan estimates locally: run `fair sweep --config FILE --plan` here, not on the "
                           "cluster")
     return load_sweep(str(root / t.config), sweep_overrides(t), smoke_test=t.smoke_test), t
@@ -272,13 +298,14 @@ def cmd_stop(a) -> int:
 
 
 def cmd_list(a) -> int:
-    import datetime as dt
+    import datetime
     from cluster.jobs import Cluster
     jobs = Cluster(a.address).list()
     if not jobs:
         print("no jobs")
     for j in jobs:
-        started = dt.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M") if j.start_time else "-"
+        started = (datetime.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+                   if j.start_time else "-")
         ep = j.entrypoint if len(j.entrypoint) <= 80 else j.entrypoint[:77] + "..."
         print(f"{j.submission_id or j.job_id:<28} {getattr(j.status, 'value', j.status):<10} {started}  {ep}")
     return 0
@@ -301,7 +328,7 @@ def cmd_plan(a) -> int:
         recs = load_records(a.records)
         if not recs:
             raise ClusterError(f"no run records (*.json with schema_version) under {', '.join(a.records)}")
-        calibration = calibration_from_records(recs, a.gpu_fraction)
+        calibration = calibration_from_records(recs, 1.0 if a.gpu_fraction is None else a.gpu_fraction)
     nodes, cap = _launcher(a.cluster_config) if a.cluster_config else (None, None)
     print(plan(sweep, calibration, nodes, str(a.cluster_config or ""), cap))
     return 0
@@ -309,6 +336,22 @@ def cmd_plan(a) -> int:
 
 COMMANDS = {"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "stop": cmd_stop, "list": cmd_list,
             "validate": cmd_validate, "plan": cmd_plan}
+
+
+def sweep_main(argv: list[str]) -> int:
+    """Entry point of `fair sweep` (argv without "sweep"): tune's run, or with --plan the plan of the sweep."""
+    a = sweep_parser().parse_args(argv)
+    if not a.plan:
+        if _plan_inputs_given(a):
+            raise ClusterError("--records, --gpu-fraction and --cluster-config are inputs of --plan; add --plan "
+                               "or drop them")
+        from tune.cli import run_sweep
+        return run_sweep(a)
+    for dest, flag in _RUN_ONLY.items():
+        if getattr(a, dest):
+            raise ClusterError(f"--plan estimates the sweep of --config and takes no {flag}; drop it (plan "
+                               f"flags: --set, --smoke-test, --records, --gpu-fraction, --cluster-config)")
+    return cmd_plan(a)
 
 
 def main(argv: list[str]) -> int:
@@ -321,6 +364,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from fair.logs import setup_logging
-    setup_logging()
-    sys.exit(main(sys.argv[1:]))
+    from fair.command_line import run_command
+    sys.exit(run_command("cluster", lambda: main(sys.argv[1:])))

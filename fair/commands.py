@@ -214,56 +214,56 @@ def descriptions_main(argv: list[str]) -> int:
 
     import os
 
-    from fair import descriptions as D
+    from fair import descriptions
     if a.cmd == "show":
         return _descriptions_show(a)
     if a.cmd == "generate":
-        settings = D.GenerateSettings(model=a.model, base_url=a.base_url or D.DEFAULT_BASE_URL,
+        settings = descriptions.GenerateSettings(model=a.model, base_url=a.base_url or descriptions.DEFAULT_BASE_URL,
                                       api_key=os.environ.get(a.api_key_env) or None, n_per_question=a.n_per_question,
                                       temperature=a.temperature, max_tokens=a.max_tokens,
                                       max_attempts=a.max_attempts, backoff_s=a.backoff, concurrency=a.concurrency)
         if a.n_per_question < 1 or a.max_attempts < 1 or a.concurrency < 1:
             raise FairError("--n-per-question, --max-attempts and --concurrency must be at least 1")
-        D.check_endpoint(settings, a.api_key_env)
-    classnames, base = D.dataset_classnames(a.dataset, a.root, a.classes)
+        descriptions.check_endpoint(settings, a.api_key_env)
+    classnames, base = descriptions.dataset_classnames(a.dataset, a.root, a.classes)
     out = Path(a.out).expanduser() if a.out else base / "descriptions.json"
     if a.cmd == "import":
-        meta, report = D.import_descriptions(a.src, classnames, out, a.dataset, a.cutoff, a.force)
+        meta, report = descriptions.import_descriptions(a.src, classnames, out, a.dataset, a.cutoff, a.force)
         print(f"{a.dataset}: {meta['sentences']} descriptions for {len(classnames)} classes -> {out}")
-        print("\n".join(D.format_report(report, len(classnames))))
-        print(f"  sha256 {meta['sha256']}; source and matching recorded in {D.sidecar_path(out)}")
+        print("\n".join(descriptions.format_report(report, len(classnames))))
+        print(f"  sha256 {meta['sha256']}; source and matching recorded in {descriptions.sidecar_path(out)}")
         return 0
-    res = D.generate_descriptions(classnames, a.dataset, out, settings, allow_partial=a.allow_partial,
+    res = descriptions.generate_descriptions(classnames, a.dataset, out, settings, allow_partial=a.allow_partial,
                                   force=a.force, progress=not a.quiet)
     print(f"{a.dataset}: {res.meta['sentences']} descriptions for {len(classnames)} classes from {a.model} -> {out}")
     print(f"  {res.requests} requests, {res.cached} answers from the cache, {res.malformed} malformed answers "
           f"asked again, {len(res.failed)} classes failed")
     for c, why in res.failed.items():
         print(f"  failed: {c!r}: {why}")
-    print(f"  sha256 {res.meta['sha256']}; model and questions recorded in {D.sidecar_path(out)}")
+    print(f"  sha256 {res.meta['sha256']}; model and questions recorded in {descriptions.sidecar_path(out)}")
     return 0
 
 
 def _descriptions_show(a) -> int:
-    from fair import descriptions as D
+    from fair import descriptions
     classnames = None
     if a.path:
         path = Path(a.path).expanduser()
     elif a.dataset:
-        path = D.default_descriptions_path(a.dataset, a.root)
+        path = descriptions.default_descriptions_path(a.dataset, a.root)
         if path is None:
             raise FairError(f"no descriptions file for {a.dataset}; make one with `fair descriptions import` "
                             f"or `fair descriptions generate`, or name a file")
     else:
         raise FairError("name a descriptions file, or --dataset NAME [--root DIR]")
     if a.classes:
-        classnames = D.read_classnames(a.classes)
+        classnames = descriptions.read_classnames(a.classes)
     elif a.dataset:
         try:
-            classnames, _ = D.dataset_classnames(a.dataset, a.root)
+            classnames, _ = descriptions.dataset_classnames(a.dataset, a.root)
         except FairError as e:
             log.info("checking the file alone, without the dataset's class names (%s)", e)
-    lint = D.lint_descriptions(D.read_descriptions_file(path), classnames)
+    lint = descriptions.lint_descriptions(descriptions.read_descriptions_file(path), classnames)
     print(f"{path}:")
-    print("\n".join(D.format_lint(lint, min(shutil.get_terminal_size().columns, 120))))
+    print("\n".join(descriptions.format_lint(lint, min(shutil.get_terminal_size().columns, 120))))
     return 0

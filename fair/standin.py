@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fair.data.fashion_mnist import CLASSES, TEMPLATES, read_split, require_files
+from fair.data.shift import SHIFT, SOURCE_TRAIN_RANGE, apply_shift
 from fair.io import atomic_path, atomic_write_text
 from fair.logs import expected_messages, setup_logging
 
@@ -42,7 +43,6 @@ STANDIN_MODEL = "fair-standin-minilm"
 STANDIN_MODEL_SMALL = "fair-standin-minilm-small"
 # Bump whenever a change to this file changes the trained weights: it is part of the cache key.
 STANDIN_CODE_VERSION = 1
-SOURCE_TRAIN_RANGE = (0, 30000)
 DESCRIPTIONS_PATH = Path(__file__).parent / "assets" / "descriptions" / "fashion_mnist.json"
 CHECKPOINT_NAME = "open_clip_model.safetensors"
 IMAGE_SIZE = 28  # native Fashion-MNIST size: the lead's Resize(image_size) is then an exact identity
@@ -55,66 +55,6 @@ _PRETRAIN_EXTRA_TEMPLATES = (
     "a black and white photo of a {}.",
     "a {} on a plain background.",
 )
-
-
-# --------------------------------------------------------------------------------------------- shift
-@dataclass(frozen=True)
-class ShiftSpec:
-    """The target-domain shift: Gaussian blur, then a blend towards a grey fog, then rounding to uint8.
-
-    Both parts are global, smooth changes of the input statistics, the kind that re-normalising the
-    image tower (its LayerNorms) and moving the class anchors can partly undo; pretraining sees milder
-    versions of both (`PretrainSettings.fog_*`, `blur_*`), so the target is an extrapolation of
-    variation the model knows rather than a new world (inverted images collapsed to ~15%, lesson 3).
-    """
-    blur_sigma: float = 1.0
-    fog: float = 0.65         # blend weight of the fog: x' = (1 - fog) * x + fog * fog_level
-    fog_level: float = 0.55   # fog grey level in [0, 1]
-
-    @property
-    def name(self) -> str:
-        return f"fog{self.fog:g}-level{self.fog_level:g}-blur{self.blur_sigma:g}"
-
-
-SHIFT = ShiftSpec()
-
-
-def _gaussian_kernel1d(sigma: float) -> np.ndarray:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def _blur_np(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of float images [N, H, W] with edge replication (no scipy needed)."""
-    if sigma <= 0:
-        return x
-    k = _gaussian_kernel1d(sigma)
-    r = len(k) // 2
-    xp = np.pad(x, ((0, 0), (r, r), (0, 0)), mode="edge")
-    x = sum(k[i] * xp[:, i:i + x.shape[1], :] for i in range(len(k)))
-    xp = np.pad(x, ((0, 0), (0, 0), (r, r)), mode="edge")
-    return sum(k[i] * xp[:, :, i:i + x.shape[2]] for i in range(len(k)))
-
-
-def apply_shift(images: np.ndarray, spec: ShiftSpec = SHIFT) -> np.ndarray:
-    """The deterministic target-domain shift: uint8 [N, 28, 28] -> uint8 [N, 28, 28] (also [28, 28]).
-
-    Pure function of the pixels (no randomness), so the target domain is identical everywhere.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"apply_shift expects uint8 images, got {images.dtype}")
-    single = images.ndim == 2
-    x = images[None] if single else images
-    if x.ndim != 3:
-        raise ValueError(f"apply_shift expects [N, H, W] or [H, W] images, got shape {images.shape}")
-    x = x.astype(np.float64) / 255.0
-    x = _blur_np(x, spec.blur_sigma)
-    x = (1.0 - spec.fog) * x + spec.fog * spec.fog_level
-    out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-    return out[0] if single else out
 
 
 # ------------------------------------------------------------------------------------------ settings

@@ -232,6 +232,28 @@ def test_sweep_plan_takes_smoke_test(capsys):
     assert "sweep 'demo-smoke'" in out and "2 datasets x 1 = 2, 1 epochs each" in out
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--plan", "--dry-run"], "takes no --dry-run"),              # run-only flags mean nothing to a plan
+    (["--plan", "--address", "auto"], "takes no --address"),
+    (["--records", "runs"], "inputs of --plan"),                  # plan inputs without --plan
+    (["--cluster-config", "cluster/aws-gpu.yaml"], "inputs of --plan"),
+])
+def test_sweep_plan_flags_are_checked_in_one_line(extra, says, capsys):
+    from fair.cli import main
+    assert main(["sweep", "--config", str(ROOT / "configs" / "sweeps" / "demo.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_python_m_tune_cli_refuses_plan_in_one_line():
+    """python -m tune.cli is `fair sweep` without --plan (the planner is cluster/'s; tune never imports it)."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "tune.cli", "--config", "configs/sweeps/demo.yaml", "--plan"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "fair sweep --config FILE --plan" in p.stderr
+
+
 def test_crop_cost_is_averaged_over_the_search_space():
     """`tokens` trials cut no crops and a searched local.num_crops counts at its mean, so the space, not
     only the base config, sets the per-trial cost."""

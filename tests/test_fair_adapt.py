@@ -315,6 +315,14 @@ def test_ctrl_c_says_how_to_continue_for_each_command(monkeypatch, capsys):
     assert "starts over" in capsys.readouterr().err
 
 
+def test_every_fair_command_is_a_function_of_its_package():
+    """The `fair` table names, for each command, a function its module really has (imported only here)."""
+    import fair.cli as cli
+    for command in cli.COMMANDS:
+        assert callable(cli._dispatch(command)), command
+    assert cli.main(["nosuch"]) == 2
+
+
 class _Stop(Exception):
     pass
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from fair.cli import main
 from fair.data import archives, disk, download, mat, recipe
-from fair.data import sources as S
+from fair.data import sources
 from fair.data.catalog import dataset_base, get_spec
 from fair.errors import FairError
 
@@ -106,7 +106,7 @@ def mirror(monkeypatch):
 def publish(m: Mirror, monkeypatch, dataset: str, name: str, data: bytes, served: bytes | None = None,
             serve: bool = True) -> None:
     """Serve `data` as <dataset>/<name> and make it the file's published checksum (sha256) and size."""
-    remote = S.SOURCES[dataset].remote(name)
+    remote = sources.SOURCES[dataset].remote(name)
     monkeypatch.setattr(remote, "checksum", "sha256:" + hashlib.sha256(data).hexdigest())
     monkeypatch.setattr(remote, "size", len(data))
     if serve:
@@ -200,7 +200,7 @@ def serve_eurosat(m, mp):
         for i in range(1, 6):
             entries[f"2750/{c}/{c}_{i}.jpg"] = jpg(i + 10 * label)
             part = "train" if i <= 2 else "val" if i == 3 else "test"
-            split[part].append([f"{c}/{c}_{i}.jpg", label, S.EUROSAT_NEW_CNAMES[c]])
+            split[part].append([f"{c}/{c}_{i}.jpg", label, sources.EUROSAT_NEW_CNAMES[c]])
     publish(m, mp, "eurosat", "EuroSAT.zip", zip_bytes(entries))
     m.files["/eurosat/split_zhou_EuroSAT.json"] = json.dumps(split).encode()   # CoOp's file is served here
 
@@ -279,7 +279,7 @@ def test_zhou_datasets_end_to_end(name, mirror, monkeypatch, tmp_path, capsys):
     base = dataset_base(get_spec(name), str(tmp_path))
     split_file = base / get_spec(name).required[1]
     meta = json.loads(Path(f"{split_file}.meta.json").read_text())
-    assert meta["made"] == made and (made == "downloaded" or meta["seed"] == S.SEED)
+    assert meta["made"] == made and (made == "downloaded" or meta["seed"] == sources.SEED)
     assert not any((base / recipe.DOWNLOAD_DIR).glob("*")) and not list(base.glob(".staging-*"))
     data = json.loads(split_file.read_text())
     assert data["train"] and data["val"] and data["test"]

@@ -309,7 +309,7 @@ def test_per_dataset_entries_of_datasets_left_out_are_ignored(caplog):
 def test_autoscaling_cluster_needs_max_concurrent_and_uses_it():
     """check_cluster false: the resources seen at start (a head with no GPU) say nothing of the cluster's
     full size, so the sweep must be told how many trials to keep in flight, and keeps that many."""
-    from tune.cluster import max_concurrent
+    from tune.ray_session import max_concurrent
     gpu = {"resources": {"per_worker": {"CPU": 2, "GPU": 0.25}, "check_cluster": False}}
     with pytest.raises(FairError, match="budget.max_concurrent"):
         load_sweep(None, mapping=_sweep(**gpu))
@@ -378,12 +378,12 @@ def test_a_restored_sweep_limiter_takes_the_concurrency_of_this_start():
 def test_a_stored_sweep_that_todays_checks_refuse_resumes_with_the_missing_key_set(tmp_path):
     """An autoscaling sweep stored before budget.max_concurrent was required: --resume NAME says what to
     set, and --resume NAME --set budget.max_concurrent=64 loads it."""
-    from tune import storage as st
+    from tune import storage as sweep_storage
     from tune.sweep import SWEEP_FILE, _search_changes, _snapshot, load_saved
     from tune.sweep_config import validate
     stored = _snapshot(load_sweep(None, mapping=_sweep(name="old-auto")))
     stored["resources"]["check_cluster"], stored["budget"]["max_concurrent"] = False, None
-    st.write_json(str(tmp_path), f"old-auto/{SWEEP_FILE}", stored)
+    sweep_storage.write_json(str(tmp_path), f"old-auto/{SWEEP_FILE}", stored)
     with pytest.raises(FairError, match="budget.max_concurrent"):
         validate(load_saved(str(tmp_path), "old-auto"))          # as `fair sweep --resume old-auto` does
     cfg = load_saved(str(tmp_path), "old-auto", ["budget.max_concurrent=64"])

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.s3 import s3_server, weed_binary  # noqa: F401  (fixture)
-from tune import storage as st
+from tune import storage as sweep_storage
 from tune.sweep_config import load_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -55,10 +55,10 @@ def use_s3(request):
 
 @pytest.fixture(scope="session")
 def ray_session(use_s3, tmp_path_factory):
-    from tune import cluster
+    import tune.ray_session
     from tune.sweep_config import RayOptions
     import ray
-    cluster.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
+    tune.ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -71,11 +71,11 @@ def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, 
     t = time.monotonic()
     result = run(cfg, uri)
     assert not result.errored and result.trials == 4
-    recs = st.list_records(uri, cfg.name)
+    recs = sweep_storage.list_records(uri, cfg.name)
     assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 2, "fashion_mnist_shifted": 2}
     for d, ids in recs.items():
         for tid in ids:
-            rec = st.read_json(uri, st.record_key(cfg.name, d, tid))
+            rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, d, tid))
             assert rec["run_id"] == tid and rec["status"] == "completed" and rec["dataset"] == d
             assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": d}
             assert rec["metrics"]["val_top1"] is not None and rec["metrics"]["test_top1"] is not None
@@ -96,12 +96,12 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     uri = preflight(cfg, data_check=False)          # the data check would have caught it before Ray
     result = run(cfg, uri)
     assert result.errored_by == {"fashion_mnist_shifted": 1}
-    recs = st.list_records(uri, cfg.name)
+    recs = sweep_storage.list_records(uri, cfg.name)
     assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
-    assert st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", recs["fashion_mnist"][0]))["status"] == \
-        "completed"
+    first = sweep_storage.record_key(cfg.name, "fashion_mnist", recs["fashion_mnist"][0])
+    assert sweep_storage.read_json(uri, first)["status"] == "completed"
     (tid,) = recs["fashion_mnist_shifted"]
-    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist_shifted", tid))
+    rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist_shifted", tid))
     assert rec["status"] == "failed" and rec["metrics"] is None and rec["run_id"] == tid
     assert "FairError" in rec["error"] and "missing.json" in rec["error"] and "not found" in rec["error"]
     assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": "fashion_mnist_shifted"}
@@ -121,7 +121,7 @@ def test_a_trial_whose_sampled_config_is_invalid_still_leaves_a_failed_record(tm
              "fair.errors.FairError: config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
     write_failed_record(plan, "t_bad", {"study": "fashion_mnist",
                                         "hparams": {"local.crop_min": 0.9, "local.crop_max": 0.5}}, error)
-    rec = st.read_json(cfg.storage, st.record_key(cfg.name, "fashion_mnist", "t_bad"))
+    rec = sweep_storage.read_json(cfg.storage, sweep_storage.record_key(cfg.name, "fashion_mnist", "t_bad"))
     assert rec["status"] == "failed" and "crop_min" in rec["error"] and rec["run_id"] == "t_bad"
     assert rec["config"]["local"]["crop_min"] == 0.9
     rows = record_to_rows(rec, "test")
@@ -143,10 +143,10 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner
     uri = preflight(cfg)
     result = run(cfg, uri)
     assert not result.errored
-    (tid,) = st.list_records(uri, cfg.name)["fashion_mnist"]
-    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))
+    (tid,) = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
+    rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))
     assert [r["epoch"] for r in rec["epochs"]] == [1, 2, 3]          # no epoch lost or duplicated
-    (df,) = ExperimentAnalysis(st.join(uri, cfg.name)).trial_dataframes.values()
+    (df,) = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes.values()
     assert list(df["epoch"]) == [1, 2, 3]                            # epoch 2 reported once: after the crash
     assert list(df["resumed_from_epoch"]) == [0, 1, 1]               # ... by the attempt resumed after epoch 1
     assert df["final_test_top1"].iloc[-1] is not None
@@ -173,27 +173,27 @@ def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_p
     log = tmp_path / "driver.log"
     proc = _driver(sweep_file, ray_session, log)
     deadline = time.monotonic() + 150
-    while time.monotonic() < deadline and not sum(map(len, st.list_records(storage, d["name"]).values())):
+    while time.monotonic() < deadline and not sum(map(len, sweep_storage.list_records(storage, d["name"]).values())):
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.5)
-    first = st.list_records(storage, d["name"])
+    first = sweep_storage.list_records(storage, d["name"])
     assert sum(map(len, first.values())) >= 1, log.read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2)                                                    # let Ray reap the dead job's actors
-    n_before = sum(map(len, st.list_records(storage, d["name"]).values()))
+    n_before = sum(map(len, sweep_storage.list_records(storage, d["name"]).values()))
     assert n_before < 2, "the sweep finished before it could be killed; make it longer"
 
     proc = _driver(sweep_file, ray_session, log)                     # the same command resumes
     assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
-    recs = st.list_records(storage, d["name"])
+    recs = sweep_storage.list_records(storage, d["name"])
     assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
     for ds, ids in first.items():                                    # records of finished trials kept
         assert set(ids) <= set(recs[ds])
     text = log.read_text()
     assert "resuming sweep" in text
     from ray.tune import ExperimentAnalysis
-    ea = ExperimentAnalysis(st.join(storage, d["name"]))
+    ea = ExperimentAnalysis(sweep_storage.join(storage, d["name"]))
     assert len(ea.trials) == 2 and all(t.status == "TERMINATED" for t in ea.trials)
     assert sorted(t.trial_id for t in ea.trials) == sorted(i for v in recs.values() for i in v)
 
@@ -221,7 +221,7 @@ def test_interrupted_sweep_says_so_and_exits_130_then_the_same_command_finishes(
 
     proc = _driver(sweep_file, ray_session, log)                     # the same command finishes it
     assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
-    assert {k: len(v) for k, v in st.list_records(storage, d["name"]).items()} == {"fashion_mnist": 1}
+    assert {k: len(v) for k, v in sweep_storage.list_records(storage, d["name"]).items()} == {"fashion_mnist": 1}
 
 
 def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsys):
@@ -264,16 +264,16 @@ def test_errored_trial_resumes_under_its_id_and_its_study_learns_the_late_result
     uri = preflight(cfg)
     first = run(cfg, uri)
     assert len(first.errored) == 1
-    (tid,) = st.list_records(uri, cfg.name)["fashion_mnist"]
-    assert st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))["status"] == "failed"
+    (tid,) = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
+    assert sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))["status"] == "failed"
     assert [t.state.name for t in _studies(uri, cfg.name)["fashion_mnist"].trials] == ["FAIL"]
 
     second = run(cfg, uri)                                           # the rerun resumes the sweep
     assert not second.errored and second.trials == 1 and second.best["fashion_mnist"]["trial_id"] == tid
-    assert st.list_records(uri, cfg.name) == {"fashion_mnist": [tid]}   # one record: the completed one
-    rec = st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", tid))
+    assert sweep_storage.list_records(uri, cfg.name) == {"fashion_mnist": [tid]}   # one record: the completed one
+    rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))
     assert rec["status"] == "completed" and [r["epoch"] for r in rec["epochs"]] == [1, 2]
-    (df,) = ExperimentAnalysis(st.join(uri, cfg.name)).trial_dataframes.values()
+    (df,) = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes.values()
     assert list(df["resumed_from_epoch"])[-1] == 1                   # from its checkpoint, not from scratch
     study = _studies(uri, cfg.name)["fashion_mnist"]
     failed, late = study.trials
@@ -297,8 +297,8 @@ def test_early_stopped_trials_are_pruned_recorded_and_counted_apart(ray_session,
     uri = preflight(cfg)
     result = run(cfg, uri)
     assert not result.errored
-    ids = st.list_records(uri, cfg.name)["fashion_mnist"]
-    recs = {t: st.read_json(uri, st.record_key(cfg.name, "fashion_mnist", t)) for t in ids}
+    ids = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
+    recs = {t: sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", t)) for t in ids}
     stopped = {t for t, r in recs.items() if r["status"] == "stopped_early"}
     assert len(ids) == 4 and stopped and len(stopped) < 4, {t: r["status"] for t, r in recs.items()}
     assert result.stopped_by == {"fashion_mnist": len(stopped)}

@@ -35,11 +35,6 @@ def parser() -> argparse.ArgumentParser:
                    help="skip `fair data check` and the descriptions check on this machine (data only on the "
                         "cluster's nodes)")
     p.add_argument("--dry-run", action="store_true", help="run every check (Ray, storage, data), start no trial")
-    # Handled by `fair` itself, which hands them to `fair cluster plan`; listed here for --help.
-    p.add_argument("--plan", action="store_true", help="estimate trials, GPU-hours, wall time and cost instead "
-                   "of running (`fair cluster plan`; with --set, --records, --gpu-fraction, --cluster-config)")
-    p.add_argument("--records", nargs="+", metavar="PATH", help="with --plan: run folders or records whose "
-                   "measured per-image costs replace the built-in table")
     return p
 
 
@@ -49,16 +44,12 @@ def sweep_overrides(a: argparse.Namespace) -> list[str]:
     return overrides + ([f"ray.num_cpus={a.num_cpus}"] if a.num_cpus else [])
 
 
-def main(argv: list[str]) -> int:
-    a = parser().parse_args(argv)
-    if a.plan or a.records:   # only `fair sweep` hands these to the planner (tune/ never imports cluster/)
-        from fair.errors import FairError
-        raise FairError("--plan and --records are for `fair sweep` (it runs `fair cluster plan`); run "
-                        "`fair sweep --config FILE --plan`, not python -m tune.cli")
-    from tune.cluster import set_env_defaults
+def run_sweep(a: argparse.Namespace) -> int:
+    """Run, resume or dry-run the sweep of parsed `fair sweep` arguments; returns the exit code."""
+    from tune.ray_session import set_env_defaults
     set_env_defaults(local=a.address is None)   # before Ray is imported anywhere
 
-    from tune import storage as st
+    from tune import storage as sweep_storage
     from tune.sweep import load_saved, preflight, run
     from tune.sweep_config import load_sweep, shrink_for_smoke_test, validate
     overrides = sweep_overrides(a)
@@ -66,20 +57,20 @@ def main(argv: list[str]) -> int:
         cfg = load_sweep(a.config, overrides, smoke_test=a.smoke_test)
     else:
         # e.g. --set ray.num_cpus=8 on resume (the search itself must stay as stored: run() checks)
-        cfg = load_saved(st.resolve(a.storage or "./sweeps"), a.resume, overrides)
+        cfg = load_saved(sweep_storage.resolve(a.storage or "./sweeps"), a.resume, overrides)
         if a.smoke_test:
             shrink_for_smoke_test(cfg)
         validate(cfg)
     uri = preflight(cfg, data_check=not a.no_data_check)
 
-    from tune import cluster
-    started = cluster.init(a.address, cfg.ray)
+    from tune import ray_session
+    started = ray_session.init(a.address, cfg.ray)
     try:
         if a.dry_run:
-            n = cluster.max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster,
-                                       cfg.budget.max_concurrent)
+            n = ray_session.max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster,
+                                           cfg.budget.max_concurrent)
             print(f"sweep {cfg.name}: checks passed; {cfg.total_trials} trials, up to {n} at once, "
-                  f"storage {st.join(uri, cfg.name)}")
+                  f"storage {sweep_storage.join(uri, cfg.name)}")
             return 0
         result = run(cfg, uri, resume=True if a.resume else None)
     finally:
@@ -98,6 +89,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":   # python -m tune.cli ... is `fair sweep ...` (--plan, one-line errors included)
-    from fair.cli import main as fair_main
-    sys.exit(fair_main(["sweep"] + sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    """`python -m tune.cli ...`: `fair sweep ...` without --plan (the planner is cluster/'s, which tune/
+    never imports)."""
+    if "--plan" in argv:
+        from fair.errors import FairError
+        raise FairError("python -m tune.cli runs sweeps; estimate one with `fair sweep --config FILE --plan`")
+    return run_sweep(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    from fair.command_line import run_command
+    sys.exit(run_command("sweep", lambda: main(sys.argv[1:])))

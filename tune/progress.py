@@ -114,10 +114,10 @@ class ProgressLog(Callback):
     def on_experiment_end(self, trials, **info):
         log.info("\n%s", self.summary(trials))
         if self.storage and self.sweep:
-            from tune import storage as st
+            from tune import storage as sweep_storage
             try:
-                st.write_json(self.storage, f"{self.sweep}/{STATE_FILE}",
-                              {"unfinished": self.unfinished(trials), "trials": len(trials)})
+                sweep_storage.write_json(self.storage, f"{self.sweep}/{STATE_FILE}",
+                                         {"unfinished": self.unfinished(trials), "trials": len(trials)})
             except Exception as e:  # noqa: BLE001 - the sweep's results do not depend on it
                 log.warning("could not write %s (%s: %s)", STATE_FILE, type(e).__name__, e)
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from fair.errors import FairError
-from tune import storage as st
+from tune import storage as sweep_storage
 from tune.sweep_config import SweepConfig, check_datasets, from_mapping
 
 log = logging.getLogger("tune.sweep")
@@ -38,7 +38,7 @@ class SweepResult:
         cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
         stopped = sum(self.stopped_by.values())
         lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored, {stopped} stopped early"
-                 f"{cut}; records in {st.join(self.storage, self.name, 'records')}",
+                 f"{cut}; records in {sweep_storage.join(self.storage, self.name, 'records')}",
                  f"{'dataset':24s} {'records':>7s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} "
                  f"{objective:>10s} {'test_top1':>9s}"]
         for d in sorted(set(self.best) | set(self.records) | set(self.errored_by) | set(self.stopped_by)):
@@ -60,7 +60,7 @@ def _snapshot(cfg: SweepConfig) -> dict:
 def saved_config(storage: str, name: str) -> dict | None:
     from results.store import MissingKey
     try:
-        return st.read_json(storage, f"{name}/{SWEEP_FILE}")
+        return sweep_storage.read_json(storage, f"{name}/{SWEEP_FILE}")
     except MissingKey:
         return None
 
@@ -95,8 +95,8 @@ def _search_changes(a: dict, b: dict) -> list[str]:
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
     """Checks that need the storage and the data (after the offline ones of load_sweep): the resolved
     storage URI, probed with a marker write."""
-    uri = st.resolve(cfg.storage)
-    st.probe(uri, cfg.name)
+    uri = sweep_storage.resolve(cfg.storage)
+    sweep_storage.probe(uri, cfg.name)
     if data_check:
         check_datasets(cfg)
     return uri
@@ -144,12 +144,12 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
     """Run the sweep on the Ray this process is connected to. `resume=None`: restore when the storage
     already holds this sweep; True: must restore; False: refuse an existing sweep."""
     from ray import tune
-    from tune.cluster import max_concurrent
+    from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter
 
-    exp_path = st.join(uri, cfg.name)
+    exp_path = sweep_storage.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
     stored = saved_config(uri, cfg.name)
     changes = _search_changes(stored, _snapshot(cfg)) if exists and stored is not None else []
@@ -162,7 +162,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
         raise FairError(f"sweep {cfg.name!r} has no saved state in {uri} to resume; start it without --resume")
     if resume is False and exists:
         raise FairError(f"sweep {cfg.name!r} already exists in {uri}; rerun to resume it or pick another name")
-    st.write_json(uri, f"{cfg.name}/{SWEEP_FILE}", _snapshot(cfg))
+    sweep_storage.write_json(uri, f"{cfg.name}/{SWEEP_FILE}", _snapshot(cfg))
 
     conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)
     SweepLimiter.set_limit(cfg.name, conc)         # before a restore unpickles the sweep's limiter
@@ -206,7 +206,7 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
     res = SweepResult(cfg.name, uri, len(grid))
     try:
-        cut_ids = set(st.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
+        cut_ids = set(sweep_storage.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
     except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
         cut_ids = set()
     sign = 1 if cfg.objective.mode == "max" else -1
@@ -226,6 +226,6 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
             res.best[d] = {"trial_id": m.get("trial_id"), "objective": obj,
                            **{k: v for k, v in m.items() if k.startswith("final_")},
                            "hparams": (r.config or {}).get("hparams")}
-    res.records = st.list_records(uri, cfg.name)
+    res.records = sweep_storage.list_records(uri, cfg.name)
     res.unfinished = len(cut_ids) + max(0, cfg.total_trials - len(grid))
     return res

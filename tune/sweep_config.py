@@ -266,7 +266,7 @@ def shrink_for_smoke_test(cfg: SweepConfig) -> None:
 
 def validate(cfg: SweepConfig) -> None:
     """Every check beyond the file's own values (from_mapping) that needs neither Ray nor the storage
-    (those are in tune.cluster / tune.storage): the concurrency of an autoscaling cluster, the storage URI,
+    (those are in tune.ray_session / tune.storage): the concurrency of an autoscaling cluster, the storage URI,
     the dataset names, and every dataset's FAIR config, alone and with every value of the search space."""
     b, r = cfg.budget, cfg.resources
     base_train = cfg.base.get("train") or {}

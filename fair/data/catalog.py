@@ -189,11 +189,11 @@ def read_birdsnap(spec: DatasetSpec, base: Path) -> RawSplits:
 
 def read_fashion_mnist(spec: DatasetSpec, base: Path) -> RawSplits:
     """Fashion-MNIST from Debian's idx files (the clean source domain): train 60k, test 10k."""
-    from fair.data import fashion_mnist as fm
-    xtr, ytr = fm.read_split("train", str(base))
-    xte, yte = fm.read_split("test", str(base))
-    return RawSplits(list(fm.CLASSES), ImageSet(list(range(len(ytr))), ytr, xtr),
-                     ImageSet(list(range(len(yte))), yte, xte), [base / f for f in fm._FILES["test"]])
+    from fair.data import fashion_mnist
+    xtr, ytr = fashion_mnist.read_split("train", str(base))
+    xte, yte = fashion_mnist.read_split("test", str(base))
+    return RawSplits(list(fashion_mnist.CLASSES), ImageSet(list(range(len(ytr))), ytr, xtr),
+                     ImageSet(list(range(len(yte))), yte, xte), [base / f for f in fashion_mnist._FILES["test"]])
 
 
 def read_fashion_mnist_shifted(spec: DatasetSpec, base: Path) -> RawSplits:
@@ -201,16 +201,15 @@ def read_fashion_mnist_shifted(spec: DatasetSpec, base: Path) -> RawSplits:
 
     Unlabelled pool: train indices outside the stand-in's source range; test: the 10k test images.
     """
-    from fair import standin
-    from fair.data import fashion_mnist as fm
-    xtr, ytr = fm.read_split("train", str(base))
-    xte, yte = fm.read_split("test", str(base))
-    lo, hi = standin.SOURCE_TRAIN_RANGE
+    from fair.data import fashion_mnist, shift
+    xtr, ytr = fashion_mnist.read_split("train", str(base))
+    xte, yte = fashion_mnist.read_split("test", str(base))
+    lo, hi = shift.SOURCE_TRAIN_RANGE
     pool = np.setdiff1d(np.arange(len(ytr)), np.arange(lo, hi))
-    xtr = standin.apply_shift(xtr[pool])
-    xte = standin.apply_shift(xte)
-    return RawSplits(list(fm.CLASSES), ImageSet(list(range(len(pool))), ytr[pool], xtr),
-                     ImageSet(list(range(len(yte))), yte, xte), [base / f for f in fm._FILES["test"]])
+    xtr = shift.apply_shift(xtr[pool])
+    xte = shift.apply_shift(xte)
+    return RawSplits(list(fashion_mnist.CLASSES), ImageSet(list(range(len(pool))), ytr[pool], xtr),
+                     ImageSet(list(range(len(yte))), yte, xte), [base / f for f in fashion_mnist._FILES["test"]])
 
 
 # ------------------------------------------------------------------------------------------ catalog

@@ -14,7 +14,7 @@ import socket
 
 from fair.errors import FairError
 
-log = logging.getLogger("tune.cluster")
+log = logging.getLogger("tune.ray_session")
 
 LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # bind every Ray port to 127.0.0.1

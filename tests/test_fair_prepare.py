@@ -529,3 +529,9 @@ def test_mat_reader_reads_scipy_files_too(tmp_path):
         assert mat.read_mat_array(path, "labels").tolist() == [3, 1, 2]
     (tmp_path / "ours.mat").write_bytes(mat_v5("labels", [1, 2]))
     assert scipy_io.loadmat(tmp_path / "ours.mat")["labels"].ravel().tolist() == [1, 2]
+
+
+def test_every_paper_dataset_has_a_recipe_and_no_other():
+    """fair.data.catalog's missing-data hint names `fair data prepare` for exactly the paper datasets."""
+    from fair.data.catalog import PAPER_DATASETS
+    assert sorted(sources.SOURCES) == sorted(PAPER_DATASETS)

@@ -11,12 +11,13 @@ is the input size (see fair.data.cache):
   device, so equal to the pil pipeline's test view to within float rounding. On a square image the
   reference weak view (Resize + RandomCrop) *is* the test view; the cache keeps the centre square of a
   non-square image, so the weak view's jitter along the long side is not replayed.
-* strong (from the augmentation square): RandomResizedCrop as per-sample roi_align boxes (scale (0.3, 1), ratio (3/4, 4/3), the same
-  10-tries-then-whole-image rule as torchvision), then a batched RandAugment: 2 ops per sample, magnitude
-  9 of 31, op and sign chosen per sample. The geometric ops of both slots are combined into one affine
-  per sample and applied with a single grid_sample (bilinear, black fill) before the colour ops, which
-  run vectorised in slot order (a deviation from torchvision's strict op order that only matters where a
-  colour op would touch the black fill). Equalize is implemented (per-sample histograms).
+* strong (from the augmentation square): RandomResizedCrop as per-sample roi_align boxes (scale (0.3, 1),
+  ratio (3/4, 4/3), the same 10-tries-then-whole-image rule as torchvision), then a batched RandAugment: 2
+  ops per sample, magnitude 9 of 31, op and sign chosen per sample. The geometric ops of both slots are
+  combined into one affine per sample and applied with a single grid_sample (bilinear, black fill) before
+  the colour ops, which run vectorised in slot order (a deviation from torchvision's strict op order that
+  only matters where a colour op would touch the black fill). Equalize is implemented (per-sample
+  histograms).
 * crops: the K local crops of the weak view (spec §3), cut by roi_align from the augmentation square
   (more pixels than the weak view has) and resized to the input size; at evaluation from the test view,
   as the pil pipeline's fair.local cuts them.

@@ -316,8 +316,8 @@ def main(argv=None) -> int:
           f"K={a.crops} crops, {len(images)} images"
           f"{'' if a.data != 'synthetic' else f' ({a.width}x{a.height} JPEG)'}, reference workers {a.workers}, "
           f"{a.repeats} timed epochs per variant, {torch.get_num_threads()} torch threads", flush=True)
-    print(f"one-time costs: synthetic data {gen_s:.1f} s, decoded cache (S={ours_set.cache.size}) {cache_s:.1f} s",
-          flush=True)
+    sides = "/".join(str(c.size) for c in ours_set.caches)
+    print(f"one-time costs: synthetic data {gen_s:.1f} s, decoded caches (S={sides}) {cache_s:.1f} s", flush=True)
     for v in variants:                    # warm-up: allocator, kernels, worker start-up code paths
         epoch(v, 1, max_steps=2)
     sampler = UtilSampler(device).start() if device.type == "cuda" else None

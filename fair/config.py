@@ -47,7 +47,8 @@ class DataConfig:
     strong_scale_min: float = 0.3          # strong view: RandomResizedCrop scale (strong_scale_min, 1)
     randaug_ops: int = 2                   # strong view: RandAugment ops per image (0: none)
     randaug_magnitude: int = 9             # strong view: RandAugment magnitude (0..30)
-    cache_size: Optional[int] = None       # device pipeline: side S of the cached squares (None: input * 8/7)
+    cache_size: Optional[int] = None       # device pipeline: side S of the training squares the strong view
+                                           # and crops are cut from (None: input * 8/7); test/weak: input size
 
 
 @dataclass

@@ -1,9 +1,15 @@
 """Decode once: a per-split cache of decoded images, uint8 [N, S, S, 3], memory-mapped from a .npy file.
 
-Every image is resized so that its short side is S (bicubic) and centre-cropped to S x S, so the whole
-split is one array that batches can be gathered from with a single fancy index. S defaults to the model
-input size x 8/7 (224 -> 256): large enough that the strong view's RandomResizedCrop and the K local
-crops are cut from more pixels than they end up with, small enough to stay a few GB per 50k images.
+Every image goes through the test view's geometry at side S (fair.data.views.resize_centre_crop: short
+side resized to S, bicubic, centre square), so the whole split is one array that batches can be gathered
+from with a single fancy index. The device pipeline (fair.data.device_views) keeps up to two per split:
+
+* at S = the model's input size, decoded exactly as the pil pipeline decodes: this *is* the test view
+  (and the weak view), so both pipelines feed the model the same pixels, resampled once;
+* for training, the augmentation square at S = input size x 8/7 by default (224 -> 256): the strong
+  view's RandomResizedCrop and the K local crops are cut from more pixels than they end up with. JPEGs
+  may decode in draft mode there (`draft`): much faster for large photos, slightly different pixels.
+  When S equals the input size the first cache serves here too.
 
 Trade-off for non-square images: the cache keeps the centre square only. The reference weak view
 (Resize + RandomCrop) jitters along the long side and RandomResizedCrop may reach into the sides; from
@@ -24,16 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
+import torchvision
 from PIL import Image
 from tqdm.auto import tqdm
 
 from fair.data.images import ImageSet
+from fair.data.views import resize_centre_crop
 from fair.io import atomic_path, atomic_write_text, sha256_bytes, sha256_json
 
 log = logging.getLogger(__name__)
 # Bump whenever a change here changes the cached pixels: it is part of the key.
-CACHE_VERSION = 1
-CACHE_RATIO = 8 / 7   # default S = round(input size * 8/7): 224 -> 256
+# 2: torchvision's Resize + CenterCrop geometry (was a PIL resize of the exact centre box), draft optional.
+CACHE_VERSION = 2
+CACHE_RATIO = 8 / 7   # default augmentation S = round(input size * 8/7): 224 -> 256
 
 
 @dataclass
@@ -51,18 +61,22 @@ class DecodedImages:
 
 
 def default_cache_size(input_size: int, images: ImageSet | None = None) -> int:
-    """S for a model input size: round(size * 8/7), but never more than an in-memory dataset's native
-    short side (upsampling adds no detail, and at S == input size the views need no resampling at all)."""
+    """The augmentation square's S for a model input size: round(size * 8/7), but never more than an
+    in-memory dataset's native short side (upsampling adds no detail; at S == input size one cache, the
+    test view's, serves every view)."""
     s = int(round(input_size * CACHE_RATIO))
     if images is not None and images.array is not None and images.array.ndim >= 3:
         s = min(s, int(min(images.array.shape[1:3])))
     return max(s, int(input_size))
 
 
-def cache_key(images: ImageSet, size: int) -> str:
-    """Everything that changes the cached pixels: version, S, the refs (and their file size and mtime, or
-    the referenced in-memory pixels) and the labels."""
-    h = {"version": CACHE_VERSION, "size": int(size), "labels": sha256_bytes(np.ascontiguousarray(images.labels).tobytes())}
+def cache_key(images: ImageSet, size: int, draft: bool = False) -> str:
+    """Everything that changes the cached pixels: version, S, draft decoding, the Pillow and torchvision
+    versions (they resample), the refs (and their file size and mtime, or the referenced in-memory
+    pixels) and the labels."""
+    h = {"version": CACHE_VERSION, "size": int(size), "draft": bool(draft), "pillow": PIL.__version__,
+         "torchvision": torchvision.__version__,
+         "labels": sha256_bytes(np.ascontiguousarray(images.labels).tobytes())}
     if images.array is not None:
         idx = np.asarray(images.refs, dtype=np.int64)
         h["array"] = sha256_bytes(np.ascontiguousarray(images.array[idx]).tobytes()) if len(idx) else "empty"
@@ -77,28 +91,24 @@ def cache_key(images: ImageSet, size: int) -> str:
     return sha256_json(h)[:24]
 
 
-def decode_square(images: ImageSet, i: int, size: int) -> np.ndarray:
-    """Image i as uint8 [S, S, 3]: short side resized to S (bicubic), centre square. Raises if unreadable."""
-    ref = images.refs[i]
-    if images.array is not None:
-        img = Image.fromarray(images.array[ref]).convert("RGB")
-    else:
-        with Image.open(ref) as im:
-            # JPEG draft mode decodes at a reduced scale that is still >= the target: much faster for
-            # large photos, and the bicubic resize below does the rest.
+def decode_square(images: ImageSet, i: int, size: int, draft: bool = False) -> np.ndarray:
+    """Image i as uint8 [S, S, 3] through the test view's geometry at S. Raises if unreadable.
+
+    Without `draft` the image is read by ImageSet.load, as the pil pipeline reads it, so at the input size
+    this is its test view's pixels. With `draft` a JPEG decodes at a reduced scale still >= S (much faster
+    for large photos; the pixels differ slightly from a full decode).
+    """
+    if draft and images.array is None:
+        with Image.open(images.refs[i]) as im:
             im.draft("RGB", (size, size))
             img = im.convert("RGB")
-    w, h = img.size
-    s = min(w, h)
-    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-    if s == size and w == h:
-        out = img
     else:
-        out = img.resize((size, size), Image.BICUBIC, box=box)
-    return np.asarray(out, dtype=np.uint8)
+        img = images.load(i)
+    return np.asarray(resize_centre_crop(size)(img), dtype=np.uint8)
 
 
-def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, progress: bool, desc: str) -> None:
+def _build(images: ImageSet, size: int, draft: bool, npy: Path, meta: Path, workers: int, progress: bool,
+           desc: str) -> None:
     n = len(images)
     bad = np.zeros(n, dtype=bool)
     # 0644 whatever the umask: other users' trials on the node read the cache too
@@ -108,7 +118,7 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
 
         def one(i, out=out):
             try:
-                out[i] = decode_square(images, i, size)
+                out[i] = decode_square(images, i, size, draft)
             except Exception as e:  # noqa: BLE001 - any decode failure is a bad image, counted by readers
                 log.debug("unreadable image %s: %s", images.refs[i], e)
                 bad[i] = True
@@ -120,19 +130,23 @@ def _build(images: ImageSet, size: int, npy: Path, meta: Path, workers: int, pro
         out.flush()
         del one, out           # the last references: the memmap is closed before the rename
     # The meta file is written last: its presence marks a complete cache.
-    atomic_write_text(meta, json.dumps({"n": n, "size": size, "version": CACHE_VERSION,
+    atomic_write_text(meta, json.dumps({"n": n, "size": size, "draft": draft, "version": CACHE_VERSION,
                                         "bad": np.flatnonzero(bad).tolist()}), mode=0o644)
 
 
 def decoded(images: ImageSet, size: int, cache_root: str | Path, progress: bool = True,
-            workers: int | None = None, desc: str = "decode") -> DecodedImages:
-    """The decoded cache of `images` at S = `size`, built on first use under `cache_root`/decoded."""
+            workers: int | None = None, desc: str = "decode", draft: bool = False) -> DecodedImages:
+    """The decoded cache of `images` at S = `size`, built on first use under `cache_root`/decoded.
+
+    `draft`: JPEGs may decode at a reduced scale (see decode_square); off, the cache at the input size is
+    the pil pipeline's test view.
+    """
     if len(images) == 0:   # nothing to decode (e.g. no validation split); numpy cannot map an empty array
         return DecodedImages(np.zeros((0, size, size, 3), np.uint8), np.asarray(images.labels),
                              np.zeros(0, bool), size, Path(os.devnull), False)
     root = Path(cache_root).expanduser() / "decoded"
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(images, size)
+    key = cache_key(images, size, draft)
     npy, meta = root / f"{key}-s{size}.npy", root / f"{key}-s{size}.json"
     built = False
     if not meta.is_file():
@@ -142,7 +156,7 @@ def decoded(images: ImageSet, size: int, cache_root: str | Path, progress: bool 
                 if not meta.is_file():
                     workers = workers or min(32, os.cpu_count() or 1)
                     log.info("decoding %d images at %dx%d into %s", len(images), size, size, npy)
-                    _build(images, size, npy, meta, workers, progress, desc)
+                    _build(images, size, draft, npy, meta, workers, progress, desc)
                     built = True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

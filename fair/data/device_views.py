@@ -1,20 +1,26 @@
 """Views on the device (spec §7), in batches, from the decoded cache's uint8 images.
 
 The `pil` pipeline (fair.data.views) decodes and augments one image at a time in DataLoader workers;
-this one gathers a batch of cached uint8 squares [B, S, S, 3], moves it to the device once and makes
-every view there with per-sample randomness drawn from one seeded torch.Generator:
+this one gathers a batch of cached uint8 images, moves it to the device once and makes every view there
+with per-sample randomness drawn from one seeded torch.Generator. Each split has a cache at the input
+size holding the test view's pixels (decoded and resampled once, exactly as the pil pipeline does); a
+training split also has the augmentation square [B, S, S, 3], S = input size x 8/7 by default, unless S
+is the input size (see fair.data.cache):
 
-* test / weak: an antialiased bicubic resize of the cached square to the input size. On a square image
-  the reference weak view (Resize + RandomCrop) *is* this resize; the cache keeps the centre square of a
-  non-square image (see fair.data.cache), so the weak view's jitter along the long side is not replayed.
-* strong: RandomResizedCrop as per-sample roi_align boxes (scale (0.3, 1), ratio (3/4, 4/3), the same
-  10-tries-then-whole-image rule as torchvision), then a batched RandAugment: 2 ops per sample, magnitude
-  9 of 31, op and sign chosen per sample. The geometric ops of both slots are combined into one affine
-  per sample and applied with a single grid_sample (bilinear, black fill) before the colour ops, which
-  run vectorised in slot order (a deviation from torchvision's strict op order that only matters where a
-  colour op would touch the black fill). Equalize is implemented (per-sample histograms).
-* crops: the K local crops of the weak view (spec §3), cut by roi_align from the cached square (more
-  pixels than the weak view has) and resized to the input size.
+* test / weak: the cached test-view pixels, converted to float and normalised: no resampling on the
+  device, so equal to the pil pipeline's test view to within float rounding. On a square image the
+  reference weak view (Resize + RandomCrop) *is* the test view; the cache keeps the centre square of a
+  non-square image, so the weak view's jitter along the long side is not replayed.
+* strong (from the augmentation square): RandomResizedCrop as per-sample roi_align boxes (scale (0.3, 1),
+  ratio (3/4, 4/3), the same 10-tries-then-whole-image rule as torchvision), then a batched RandAugment: 2
+  ops per sample, magnitude 9 of 31, op and sign chosen per sample. The geometric ops of both slots are
+  combined into one affine per sample and applied with a single grid_sample (bilinear, black fill) before
+  the colour ops, which run vectorised in slot order (a deviation from torchvision's strict op order that
+  only matters where a colour op would touch the black fill). Equalize is implemented (per-sample
+  histograms).
+* crops: the K local crops of the weak view (spec §3), cut by roi_align from the augmentation square
+  (more pixels than the weak view has) and resized to the input size; at evaluation from the test view,
+  as the pil pipeline's fair.local cuts them.
 
 On a GPU nothing here synchronises with the host; on the CPU ops are computed only for the samples
 that use them (there is no synchronisation to avoid there).
@@ -46,13 +52,6 @@ def _rand(n, generator, *shape_tail) -> torch.Tensor:
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] (channels last, as cached) -> float [B, 3, H, W] in [0, 1]."""
     return pixels.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bicubic resize of square images to size x size (PIL's bicubic, near enough)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
 
 
 def random_resized_boxes(n: int, height: int, width: int, scale, ratio, generator, tries: int = 10) -> torch.Tensor:
@@ -244,10 +243,13 @@ class DeviceViews:
         return (x - self.mean) / self.std
 
     def test(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Resize + centre crop (the cache already holds the centre square)."""
-        return self.normalize(resize(to_float(pixels), self.size))
+        """Resize + centre crop: the cache at the input size already holds its pixels."""
+        if tuple(pixels.shape[1:3]) != (self.size, self.size):
+            raise ValueError(f"the test view takes the cache at the input size {self.size}, got images of "
+                             f"{tuple(pixels.shape[1:3])}; decode the split at the input size (fair.data.cache)")
+        return self.normalize(to_float(pixels))
 
-    weak = test   # Resize + RandomCrop of a square is the resize (see the module docstring)
+    weak = test   # Resize + RandomCrop of a square is Resize + CenterCrop (see the module docstring)
 
     def strong(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """RandomResizedCrop (per-sample boxes) + batched RandAugment."""
@@ -274,36 +276,41 @@ def _as_is(batch):
 
 
 class CachedBatches(Dataset):
-    """A split's decoded cache indexed by a whole batch of indices at once (one gather from the memmap).
+    """A split's decoded caches indexed by a whole batch of indices at once (one gather from each memmap).
 
-    Items: ((uint8 [B, S, S, 3], labels [B], indices [B]) or None, [unreadable indices]) - the shape
-    fair.data.views.collate gives the pil pipeline, so the loops and the bad-image counts are shared.
+    Items: ((uint8 pixels [B, S, S, 3] of each cache..., labels [B], indices [B]) or None, [unreadable
+    indices]) - the shape fair.data.views.collate gives the pil pipeline, so the loops and the bad-image
+    counts are shared. An image unreadable in any cache is unreadable.
     """
     batched = True
     collate = staticmethod(_as_is)   # the item already is the batch
 
-    def __init__(self, images: ImageSet, cache: DecodedImages):
+    def __init__(self, images: ImageSet, *caches: DecodedImages):
         self.images = images
-        self.cache = cache
+        self.caches = caches
+        self.bad = np.logical_or.reduce([c.bad for c in caches])
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, idx):
         idx = np.asarray(idx, dtype=np.int64)
-        bad = self.cache.bad[idx]
+        bad = self.bad[idx]
         good = idx[~bad]
         if len(good) == 0:
             return None, idx[bad].tolist()
         order = np.argsort(good, kind="stable")       # sorted reads from the memmap, original order back
-        pixels = np.empty((len(good),) + self.cache.pixels.shape[1:], np.uint8)
-        pixels[order] = self.cache.pixels[good[order]]
-        labels = torch.from_numpy(np.asarray(self.cache.labels[good], dtype=np.int64))
-        return (torch.from_numpy(pixels), labels, torch.from_numpy(good)), idx[bad].tolist()
+        pixels = []
+        for cache in self.caches:
+            px = np.empty((len(good),) + cache.pixels.shape[1:], np.uint8)
+            px[order] = cache.pixels[good[order]]
+            pixels.append(torch.from_numpy(px))
+        labels = torch.from_numpy(np.asarray(self.images.labels[good], dtype=np.int64))
+        return (*pixels, labels, torch.from_numpy(good)), idx[bad].tolist()
 
 
 class DevicePipeline:
-    """The `device` data path: decoded cache + batched views and crops on the training device."""
+    """The `device` data path: decoded caches + batched views and crops on the training device."""
     name = "device"
 
     def __init__(self, size: int, mean, std, cache_root: str | Path, cache_size: int | None = None,
@@ -311,20 +318,28 @@ class DevicePipeline:
         self.views = DeviceViews(size, mean, std, strong_scale, randaug_magnitude=randaug_magnitude,
                                  randaug_ops=randaug_ops)
         self.cache_root, self.cache_size, self.progress = cache_root, cache_size, progress
-        self._caches: dict[int, CachedBatches] = {}
+        self._sets: dict[tuple, CachedBatches] = {}
 
     def loader_workers(self, num_workers: int) -> int:
         """Batches are one memcpy from the page cache: worker processes would cost more than they save."""
         return 0
 
+    def square_size(self, images: ImageSet) -> int:
+        """S of the augmentation square the strong view and the training crops are cut from."""
+        return self.cache_size or default_cache_size(self.views.size, images)
+
     def dataset(self, images: ImageSet, train: bool) -> CachedBatches:
-        """The cached split (built on first use, then reused for every epoch and evaluation)."""
-        key = id(images)
-        if key not in self._caches:
-            s = self.cache_size or default_cache_size(self.views.size, images)
-            cache = decoded(images, s, self.cache_root, progress=self.progress)
-            self._caches[key] = CachedBatches(images, cache)
-        return self._caches[key]
+        """The cached split (built on first use, then reused for every epoch and evaluation): the test view's
+        pixels, and for training the augmentation square after them unless it is the same cache."""
+        key = (id(images), train)
+        if key not in self._sets:
+            test = decoded(images, self.views.size, self.cache_root, progress=self.progress)
+            caches = [test]
+            s = self.square_size(images) if train else self.views.size
+            if s != self.views.size:
+                caches.append(decoded(images, s, self.cache_root, progress=self.progress, draft=True))
+            self._sets[key] = CachedBatches(images, *caches)
+        return self._sets[key]
 
     @staticmethod
     def generator(seed: int, device: torch.device) -> torch.Generator:
@@ -333,14 +348,15 @@ class DevicePipeline:
 
     def train_batch(self, batch, device, generator, num_crops: int, crop_min: float, crop_max: float):
         """(weak, strong, labels, crops [B, K, 3, H, W] or None) on `device`."""
-        pixels, labels, _ = batch
-        pixels = pixels.to(device, non_blocking=True)
-        crops = self.views.crops(pixels, num_crops, crop_min, crop_max, generator) if num_crops else None
-        return (self.views.weak(pixels), self.views.strong(pixels, generator), labels.to(device, non_blocking=True),
+        *pixels, labels, _ = batch
+        pixels = [p.to(device, non_blocking=True) for p in pixels]
+        test, square = pixels[0], pixels[-1]     # one tensor when S is the input size
+        crops = self.views.crops(square, num_crops, crop_min, crop_max, generator) if num_crops else None
+        return (self.views.weak(test), self.views.strong(square, generator), labels.to(device, non_blocking=True),
                 crops)
 
     def test_batch(self, batch, device, generator, num_crops: int, crop_min: float, crop_max: float):
-        """(test view, labels on the host, crops or None)."""
+        """(test view, labels on the host, crops of the test view or None)."""
         pixels, labels, _ = batch
         pixels = pixels.to(device, non_blocking=True)
         crops = self.views.crops(pixels, num_crops, crop_min, crop_max, generator) if num_crops else None

@@ -16,6 +16,15 @@ def _finish(mean, std):
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
+def resize_centre_crop(size: int) -> T.Compose:
+    """The test view's geometry, PIL image -> PIL image: short side to `size` (bicubic), centre square.
+
+    The device pipeline's decoded cache (fair.data.cache) applies this very transform, so its test view
+    has the same pixels as this pipeline's.
+    """
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
+
+
 def build_views(size: int, mean, std, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9,
                 randaug_ops: int = 2) -> dict:
     """weak / strong / test transforms for PIL images at the model's input size, with its normalisation."""
@@ -25,7 +34,7 @@ def build_views(size: int, mean, std, strong_scale=(0.3, 1.0), randaug_magnitude
         "strong": T.Compose([T.RandomResizedCrop(size, scale=strong_scale, interpolation=bicubic),
                              *([T.RandAugment(num_ops=randaug_ops, magnitude=randaug_magnitude)] if randaug_ops else []),
                              *_finish(mean, std)]),
-        "test": T.Compose([T.Resize(size, interpolation=bicubic), T.CenterCrop(size), *_finish(mean, std)]),
+        "test": T.Compose([resize_centre_crop(size), *_finish(mean, std)]),
     }
 
 

@@ -62,12 +62,10 @@ def test_paired_difference_on_a_constructed_case():
     unpaired = wilson(740, n).high - wilson(740, n).low
     assert d.high - d.low < unpaired / 2
 
-    swapped = a.copy()                          # A right on 20 images B misses, B right on 20 A misses
-    swapped[700:720] = False
-    b2 = b.copy()
-    b2[:20] = False
-    b2[700:720] = True
-    tie = paired_difference([swapped], [b2])
+    swapped = b.copy()                          # A right on 20 images B misses, B right on 20 A misses
+    swapped[700:720] = True
+    swapped[:20] = False
+    tie = paired_difference([swapped], [b])
     assert tie.estimate == pytest.approx(0.0) and not tie.excludes(0)
     same = paired_difference([a], [a])
     assert (same.low, same.estimate, same.high) == (0.0, 0.0, 0.0)

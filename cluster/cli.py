@@ -96,7 +96,7 @@ def _add_plan_inputs(p) -> None:
 
 # `fair sweep` flags (dest: flag) that only a run reads; --plan refuses them.
 _RUN_ONLY = {"resume": "--resume", "address": "--address", "num_cpus": "--num-cpus",
-             "no_data_check": "--no-data-check", "dry_run": "--dry-run"}
+             "no_data_check": "--no-data-check", "dry_run": "--dry-run", "show_test": "--show-test"}
 
 
 def sweep_parser() -> argparse.ArgumentParser:

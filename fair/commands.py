@@ -19,6 +19,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (sections as in fair.config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--show-test", action="store_true",
+                   help="also print test accuracy in the summary line (it is always in record.json); off by "
+                        "default so that what to try next is chosen on validation")
 
 
 # What adapt() has written in a run folder before its first epoch ends (an empty checkpoints/ included).
@@ -93,18 +96,24 @@ def adapt_main(argv: list[str]) -> int:
     if a.quiet:
         quiet_logs()
     record = run_adapt(cfg)
-    print(summary_line(record))
+    print(summary_line(record, a.show_test))
     return 0
 
 
-def summary_line(record: dict) -> str:
+def summary_line(record: dict, show_test: bool = False) -> str:
+    """The line `fair adapt` prints: validation top-1 ± its standard error. Test numbers (and the zero-shot
+    and WCA baselines, measured on test only) appear only with `show_test`; the record always has them."""
     m = record["metrics"]
-    wca = m.get("wca_top1")
-    return (f"{record['run_id']}: {record['method']} on {record['dataset']} ({record['backbone']}) "
-            f"test top-1 {m['test_top1']:.2f} [{m['predictor']}], mean/class {m['test_mean_per_class']:.2f}, "
-            f"zero-shot {m['zeroshot_top1']:.2f}, WCA {'-' if wca is None else f'{wca:.2f}'}, "
-            f"gain {m['gain_over_zeroshot']:+.2f}, val {m['val_top1'] if m['val_top1'] is None else round(m['val_top1'], 2)}"
-            f" ({record['timings']['wall_s']:.0f} s)")
+    val, se = m.get("val_top1"), m.get("val_stderr")
+    shown = "-" if val is None else f"{val:.2f}" + ("" if se is None else f" ± {se:.2f}")
+    line = (f"{record['run_id']}: {record['method']} on {record['dataset']} ({record['backbone']}) "
+            f"val top-1 {shown} [{m['predictor']}], n={m.get('val_size') or 0}")
+    if show_test:
+        wca = m.get("wca_top1")
+        line += (f"; test top-1 {m['test_top1']:.2f}, mean/class {m['test_mean_per_class']:.2f}, "
+                 f"zero-shot {m['zeroshot_top1']:.2f}, WCA {'-' if wca is None else f'{wca:.2f}'}, "
+                 f"gain {m['gain_over_zeroshot']:+.2f}")
+    return line + f" ({record['timings']['wall_s']:.0f} s)"
 
 
 def data_main(argv: list[str]) -> int:
@@ -169,7 +178,7 @@ def demo_main(argv: list[str]) -> int:
     # its own run folder (`demo`), which it replaces each time: never a run of `fair adapt` beside it
     cfg = load_config(a.config, ["run.overwrite=true", "run.name=demo"] + a.overrides, base=base)
     record = run_adapt(cfg)
-    print(summary_line(record))
+    print(summary_line(record, a.show_test))
     print(f"run folder: {Path(cfg.run.out_dir) / record['run_id']}", file=sys.stderr)
     return 0
 

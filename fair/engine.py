@@ -285,11 +285,16 @@ def predict(visual: nn.Module, images, predictors: dict[str, Predictor], cfg: Fa
     return {k: (torch.cat(v) if v else torch.empty(0, dtype=torch.long), y) for k, v in preds.items()}, bad
 
 
+def correctness(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, whether the prediction is right (bool, in the order of the evaluated images)."""
+    return pred == labels
+
+
 def accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, float]:
     """(top-1 %, mean per-class accuracy %) over the classes present in `labels`."""
     if len(labels) == 0:
         return float("nan"), float("nan")
-    correct = (pred == labels).float()
+    correct = correctness(pred, labels).float()
     per_class = [correct[labels == c].mean().item() for c in range(num_classes) if (labels == c).any()]
     return 100.0 * correct.mean().item(), 100.0 * float(np.mean(per_class))
 

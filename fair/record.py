@@ -6,6 +6,7 @@ DIGEST_IGNORES and failed_record without loading it.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import platform
@@ -85,10 +86,32 @@ def stopped_record(cfg: FairConfig | dict, last_epoch: dict) -> dict:
 
 
 def completed_record(cfg: FairConfig, metrics: dict, timings: dict, provenance: dict, fallback_classes: list,
-                     rows: list[dict]) -> dict:
-    """The record of a finished run; `rows` are its epoch rows (epochs.jsonl)."""
+                     rows: list[dict], outcomes: dict | None = None) -> dict:
+    """The record of a finished run; `rows` are its epoch rows (epochs.jsonl), `outcomes` its
+    `test_outcomes` (see `test_outcomes`)."""
     return {**record_identity(cfg), "status": "completed", "error": None, "metrics": metrics, "timings": timings,
-            "provenance": provenance, "fallback_classes": fallback_classes, "epochs": rows}
+            "provenance": provenance, "fallback_classes": fallback_classes, "test_outcomes": outcomes,
+            "epochs": rows}
+
+
+def test_ids(refs: list) -> list[str]:
+    """Names of the test images that do not depend on where the dataset lies: a file's path relative to the
+    folder all the test files share, or an in-memory image's index."""
+    if not refs or not all(isinstance(r, (str, os.PathLike)) for r in refs):
+        return [str(r) for r in refs]
+    paths = [os.fspath(r) for r in refs]
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    return [Path(os.path.relpath(p, common)).as_posix() for p in paths]
+
+
+def test_outcomes(refs: list, correct) -> dict:
+    """The record's `test_outcomes` (docs/record.md): which test images (`ids_sha`, the sha256 of their ids
+    in order), how many (`n`), and per image whether the reported predictor was right (`correct`: base64 of
+    the bits, image i is bit i, most significant bit of each byte first), for paired comparisons."""
+    import numpy as np
+    bits = np.asarray(correct, dtype=bool)
+    return {"ids_sha": sha256_json(test_ids(refs)), "n": int(len(bits)),
+            "correct": base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")}
 
 
 def timings(wall_s: float, setup_s: float, train_s: float, eval_s: float, rows: list[dict], device) -> dict:

@@ -24,6 +24,7 @@ HP_PREFIX = "hp."             # flattened hyperparameters become columns `hp.<do
 PARTITION_COLUMNS = ("sweep", "dataset")
 TABLES = ("trials", "epochs")
 STATUSES = ("completed", "failed", "stopped_early")   # stopped_early: a scheduler (ASHA) cut the trial short
+STAGES = ("search", "final")   # search trials (absent: search / a single run) and final-seed re-runs
 KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch")}
 VERSION_COLUMN = {"trials": "created_at", "epochs": "record_created_at"}  # the latest version of a row wins
 
@@ -69,6 +70,8 @@ TRIAL_FIELDS: tuple[Field, ...] = (
     Field("backbone", "str", ("backbone",), True),
     Field("pretrained", "str", ("pretrained",), True),
     Field("seed", "int", ("seed",), True),
+    Field("stage", "str", ("stage",)),                  # "search" (also when absent) or "final" (a re-run seed)
+    Field("picked_from", "str", ("picked_from",)),      # a final re-run: the search trial it re-runs
     Field("status", "str", ("status",), True),
     Field("error", "str", ("error",)),
     Field("config_key", "str"),
@@ -83,6 +86,9 @@ TRIAL_FIELDS: tuple[Field, ...] = (
     _metric("wca_top1"), _metric("wca_mean_per_class"),
     _metric("gain_over_zeroshot"), _metric("pseudo_label_acc"), _metric("head_agreement"),
     _metric("final_loss"),
+    # per-test-image outcomes of the reported predictor, for paired comparisons (results/intervals.py)
+    Field("test_ids_sha", "str", ("test_outcomes", "ids_sha")), Field("test_n", "int", ("test_outcomes", "n")),
+    Field("test_correct", "str", ("test_outcomes", "correct")),
     # cost
     _timing("wall_s"), _timing("setup_s"), _timing("train_s"), _timing("eval_s"), _timing("gpu_s"),
     _timing("images_per_s"), _timing("peak_mem_mb"), _timing("epochs", "n_epochs", "int"),
@@ -221,6 +227,9 @@ def record_to_rows(record: Any, source: str, sweep_hint: str | None = None,
     status = _typed(_get(record, ("status",), where, True), "str", "status", where)
     if status not in STATUSES:
         raise ResultsError(f"{where}: field 'status' should be one of {', '.join(STATUSES)}, got {status!r}")
+    stage = _typed(record.get("stage"), "str", "stage", where)
+    if stage is not None and stage not in STAGES:
+        raise ResultsError(f"{where}: field 'stage' should be one of {', '.join(STAGES)} or absent, got {stage!r}")
     sweep = _get(record, ("sweep",), where, False)
     if sweep is not None and not isinstance(sweep, dict):
         raise ResultsError(f"{where}: field 'sweep' should be an object or null, got {type(sweep).__name__}")

@@ -108,7 +108,8 @@ def test_existing_run_folder_is_refused_then_resumed(tiny_cfg, tmp_path, capsys)
     tiny = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}}
     cfg_path.write_text(yaml.safe_dump(tiny))
     assert fair_main(["adapt", "-c", str(cfg_path), "--quiet"]) == 0
-    assert "test top-1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "val top-1" in out and "test top-1" not in out       # exploration sees validation only
     assert fair_main(["adapt", "-c", str(cfg_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "already exists" in err and "--resume" in err and len(err.splitlines()) == 1

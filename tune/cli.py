@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
                    help="skip `fair data check` and the descriptions check on this machine (data only on the "
                         "cluster's nodes)")
     p.add_argument("--dry-run", action="store_true", help="run every check (Ray, storage, data), start no trial")
+    p.add_argument("--show-test", action="store_true",
+                   help="progress lines and the final summary also show test accuracy (always in the records); "
+                        "off by default so that what to try next is chosen on validation")
     return p
 
 
@@ -72,12 +75,12 @@ def run_sweep(a: argparse.Namespace) -> int:
             print(f"sweep {cfg.name}: checks passed; {cfg.total_trials} trials, up to {n} at once, "
                   f"storage {sweep_storage.join(uri, cfg.name)}")
             return 0
-        result = run(cfg, uri, resume=True if a.resume else None)
+        result = run(cfg, uri, resume=True if a.resume else None, show_test=a.show_test)
     finally:
         if started:
             import ray
             ray.shutdown()
-    print(result.table(cfg.objective.metric))
+    print(result.table(cfg.objective.metric, a.show_test))
     if not result.complete:
         print(f"fair sweep: interrupted with {result.unfinished} of {cfg.total_trials} trials "
               f"unfinished; rerun the same command (or --resume {cfg.name}) to continue them", file=sys.stderr)

@@ -12,7 +12,10 @@ from typing import Optional
 from ray.tune import Callback
 
 log = logging.getLogger("tune.progress")
-_SHOWN_FINAL = ("final_val_top1", "final_test_top1", "final_head_agreement", "final_gain_over_zeroshot")
+# What a completed trial's line shows: validation only, so that what to try next is chosen on validation;
+# test accuracy is in the record and the tables (`fair sweep --show-test` adds it here).
+_SHOWN_FINAL = ("final_val_top1", "final_val_stderr", "final_head_agreement")
+_SHOWN_TEST = ("final_test_top1", "final_gain_over_zeroshot")
 
 
 def _fmt(v) -> str:
@@ -45,8 +48,9 @@ class ProgressLog(Callback):
     """
 
     def __init__(self, objective: str, mode: str, total: int, summary_every_s: float = 60.0,
-                 storage: Optional[str] = None, sweep: Optional[str] = None):
+                 storage: Optional[str] = None, sweep: Optional[str] = None, show_test: bool = False):
         self.objective, self.mode, self.total = objective, mode, total
+        self.shown = _SHOWN_FINAL + (_SHOWN_TEST if show_test else ())
         self.every = summary_every_s
         self.storage, self.sweep = storage, sweep
         self._last_summary = time.monotonic()
@@ -57,7 +61,8 @@ class ProgressLog(Callback):
     def __setstate__(self, state: dict) -> None:
         """Tune restores this callback from the sweep's saved state on resume: a sweep started by an older
         version lacks the newer attributes, which start empty (nothing was tracked then)."""
-        self.__dict__.update({"storage": None, "sweep": None, "started": set(), "ended": set(), **state})
+        self.__dict__.update({"storage": None, "sweep": None, "started": set(), "ended": set(),
+                              "shown": _SHOWN_FINAL, **state})
 
     def unfinished(self, trials) -> list[str]:
         """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun."""
@@ -74,7 +79,7 @@ class ProgressLog(Callback):
         log.info("trial %s started: %s", self._name(trial), _hp(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if any(k in result for k in _SHOWN_FINAL):
+        if finished_result(result):
             return   # the final report; on_trial_complete says it
         resumed = result.get("resumed_from_epoch") or 0
         log.info("trial %s epoch %s %s=%s loss=%s%s", self._name(trial), result.get("epoch"), self.objective,
@@ -90,7 +95,7 @@ class ProgressLog(Callback):
             better = d not in self.best or (obj > self.best[d][0] if self.mode == "max" else obj < self.best[d][0])
             if better:
                 self.best[d] = (obj, trial.trial_id)
-        extras = " ".join(f"{k[6:]}={_fmt(r.get(k))}" for k in _SHOWN_FINAL
+        extras = " ".join(f"{k[6:]}={_fmt(r.get(k))}" for k in self.shown
                           if k in r and k != f"final_{self.objective}")
         if not finished_result(r):
             log.info("trial %s stopped early after epoch %s: %s=%s", self._name(trial), r.get("epoch"),

@@ -34,20 +34,25 @@ class SweepResult:
     def complete(self) -> bool:
         return self.unfinished == 0
 
-    def table(self, objective: str) -> str:
+    def table(self, objective: str, show_test: bool = False) -> str:
+        """The end-of-sweep summary: per dataset, the best trial by `objective` with its validation top-1 ±
+        standard error; test top-1 only with `show_test` (exploration chooses on validation)."""
         cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
         stopped = sum(self.stopped_by.values())
         lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored, {stopped} stopped early"
                  f"{cut}; records in {sweep_storage.join(self.storage, self.name, 'records')}",
                  f"{'dataset':24s} {'records':>7s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} "
-                 f"{objective:>10s} {'test_top1':>9s}"]
+                 f"{objective:>10s} {'val_top1 ± se':>15s}" + (f" {'test_top1':>9s}" if show_test else "")]
         for d in sorted(set(self.best) | set(self.records) | set(self.errored_by) | set(self.stopped_by)):
             b = self.best.get(d, {})
             obj, test = b.get("objective"), b.get("final_test_top1")
+            val, se = b.get("final_val_top1"), b.get("final_val_stderr")
+            val_text = "-" if val is None else f"{val:.2f}" + ("" if se is None else f" ± {se:.2f}")
             lines.append(f"{d:24s} {len(self.records.get(d, [])):7d} {self.errored_by.get(d, 0):7d} "
                          f"{self.stopped_by.get(d, 0):7d}  "
                          f"{b.get('trial_id', '-'):12s} "
-                         f"{'-' if obj is None else f'{obj:.4g}':>10s} {'-' if test is None else f'{test:.2f}':>9s}")
+                         f"{'-' if obj is None else f'{obj:.4g}':>10s} {val_text:>15s}"
+                         + (f" {'-' if test is None else f'{test:.2f}':>9s}" if show_test else ""))
         return "\n".join(lines)
 
 
@@ -140,9 +145,10 @@ def trial_max_failures(cfg: SweepConfig) -> int:
     return -1 if -1 in (t, w) else t + w
 
 
-def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
+def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool = False) -> SweepResult:
     """Run the sweep on the Ray this process is connected to. `resume=None`: restore when the storage
-    already holds this sweep; True: must restore; False: refuse an existing sweep."""
+    already holds this sweep; True: must restore; False: refuse an existing sweep. `show_test`: progress
+    lines show test accuracy too (else validation only)."""
     from ray import tune
     from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
@@ -194,7 +200,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None) -> SweepResult:
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
                 callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s,
-                                       uri, cfg.name),
+                                       uri, cfg.name, show_test),
                            FailedTrialRecords(plan)],
             ),
         )

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     t.add_argument("--metric", default="test_top1", help="reported test metric (default test_top1); the "
                    "configuration is always picked by val_top1")
+    t.add_argument("--method", action="append", metavar="NAME", help="only these methods (repeatable), e.g. "
+                   "--method fair --method wca")
     t.add_argument("--dataset", help="with --detail: the dataset to detail")
     t.add_argument("--detail", action="store_true", help="per-dataset view: best configurations and hparams")
     t.add_argument("--top", type=int, default=5, help="with --detail: configurations per sweep (default 5)")
@@ -78,14 +80,16 @@ def _collect(a: argparse.Namespace) -> int:
 
 
 def _table(a: argparse.Namespace) -> int:
-    from results.tables import detail_table, load_trials, main_table, render
+    from results.tables import detail_table, load_trials, main_table, only_methods, render
 
     if a.detail and not a.dataset:
         raise ResultsError("--detail needs --dataset NAME")
-    df = load_trials(_open_existing(a.store, _options(a)), a.sweep)
+    df = only_methods(load_trials(_open_existing(a.store, _options(a)), a.sweep), a.method)
     table = detail_table(df, a.dataset, a.metric, a.top) if a.detail else main_table(df, a.metric)
     text = render(table, a.format)
     _warn_failures(table.failures)   # on stderr whatever the format: a CSV body carries no notes
+    for line in table.warnings:
+        log.warning("selection within noise: %s", line)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text, encoding="utf-8")

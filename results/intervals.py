@@ -128,11 +128,24 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], n_boot: 
                       seed: int = BOOT_SEED) -> Interval:
     """Accuracy of A minus accuracy of B (points), each averaged over its seeds, with a paired bootstrap
     95% interval: images are resampled with one draw shared by A and B."""
-    ma, mb = _as_matrix(a), _as_matrix(b)
-    if ma.shape[1] != mb.shape[1]:
-        raise ResultsError(f"cannot pair {ma.shape[1]} and {mb.shape[1]} test images: the two methods were not "
-                           "evaluated on the same test images")
-    d = ma.mean(axis=0) - mb.mean(axis=0)                                # per image, seeds averaged
-    n = len(d)
-    stats = 100 * _image_draws(n, n_boot, np.random.default_rng(seed)) @ d / n
-    return _percentile(stats, 100 * float(d.mean()))
+    return mean_paired_difference([(a, b)], n_boot, seed)
+
+
+def mean_paired_difference(pairs: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+                           n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Interval:
+    """The mean over datasets of A minus B (points), one (A outcomes, B outcomes) pair per dataset; each
+    dataset's images are resampled on their own, with one draw shared by A and B (a paired bootstrap)."""
+    if not pairs:
+        raise ResultsError("no datasets to compare two methods on")
+    rng = np.random.default_rng(seed)
+    stats, estimate = np.zeros(n_boot), 0.0
+    for a, b in pairs:
+        ma, mb = _as_matrix(a), _as_matrix(b)
+        if ma.shape[1] != mb.shape[1]:
+            raise ResultsError(f"cannot pair {ma.shape[1]} and {mb.shape[1]} test images: the two methods were "
+                               "not evaluated on the same test images")
+        d = ma.mean(axis=0) - mb.mean(axis=0)                            # per image, seeds averaged
+        stats += _image_draws(len(d), n_boot, rng) @ d / len(d)
+        estimate += float(d.mean())
+    k = len(pairs)
+    return _percentile(100 * stats / k, 100 * estimate / k)

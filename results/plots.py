@@ -1,7 +1,8 @@
 """`fair results plot`: PNG figures from the `trials` table.
 
-- `gain.png`: gain over zero-shot per dataset (picked configuration, mean ± std over seeds), per method; a
-  dataset whose trials all failed keeps its place, labelled `(failed)`;
+- `gain.png`: gain over zero-shot per dataset (picked configuration, mean over its final seeds), per method,
+  with its 95% interval (seeds and test sampling; ± std where no interval is known); a dataset whose trials
+  all failed keeps its place, labelled `(failed)`;
 - `history.png`: the optimisation history per dataset — validation top-1 of each trial in order, the running
   best, the test top-1 of each trial faintly, and the zero-shot level;
 - `importance.png`: hyperparameter importance for the validation objective, per dataset and sweep.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -21,8 +23,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from results.importance import param_importance  # noqa: E402
-from results.tables import (FAILED, SELECT_BY, STANDIN_NOTE, completed, group_rows, groups_of,  # noqa: E402
-                            method_label, picked_trials, reported_runs, seed_stat)
+from results.tables import (FAILED, SELECT_BY, STANDIN_NOTE, Stat, cell_stat, completed, group_rows,  # noqa: E402
+                            groups_of, method_label, picked_trials, reported_runs, searched, seed_stat)
 
 log = logging.getLogger(__name__)
 _DPI = 120
@@ -61,9 +63,35 @@ def gain_series(df: pd.DataFrame) -> tuple[list[str], list[tuple[str, list]]]:
             label = "WCA (same runs)" + (f", {backbone}/{pretrained}" if many else "")
             series.append((label, [seed_stat(r, "wca_gain") for r in runs]))
     for g in groups:
-        series.append((method_label(g, many), [seed_stat(picked[(g, d)], "gain") if (g, d) in picked else None
+        series.append((method_label(g, many), [gain_stat(picked[(g, d)]) if (g, d) in picked else None
                                                for d in datasets]))
     return datasets, series
+
+
+def gain_stat(runs: pd.DataFrame) -> Stat:
+    """Gain over zero-shot of `runs` (mean ± std over seeds) with the 95% interval of their test top-1
+    shifted by the zero-shot accuracy (the same in every run, so it adds no noise of its own)."""
+    gain, test = seed_stat(runs, "gain"), cell_stat(runs, "test_top1")
+    zs = seed_stat(runs, "zeroshot_top1").mean
+    if gain.mean is None or test.low is None or zs is None:
+        return gain
+    return replace(gain, low=test.low - zs, high=test.high - zs)
+
+
+def _error_bars(stats: list) -> list[list[float]]:
+    """Matplotlib's 2×N yerr: the 95% interval where known, else ± std, else none."""
+    lows, highs = [], []
+    for s in stats:
+        if s is None or s.mean is None:
+            lows.append(0.0)
+            highs.append(0.0)
+        elif s.low is not None:
+            lows.append(max(0.0, s.mean - s.low))
+            highs.append(max(0.0, s.high - s.mean))
+        else:
+            lows.append(s.std or 0.0)
+            highs.append(s.std or 0.0)
+    return [lows, highs]
 
 
 def plot_gain(df: pd.DataFrame, path: Path) -> Path:
@@ -77,23 +105,23 @@ def plot_gain(df: pd.DataFrame, path: Path) -> Path:
     for i, (label, stats) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(datasets))]
         means = [s.mean if s and s.mean is not None else float("nan") for s in stats]
-        errs = [s.std if s and s.std is not None else 0.0 for s in stats]
-        bars = ax.bar(xs, means, width, yerr=errs, capsize=3, label=label)
+        bars = ax.bar(xs, means, width, yerr=_error_bars(stats), capsize=3, label=label)
         ax.bar_label(bars, labels=["" if math.isnan(m) else f"{m:+.1f}" for m in means], fontsize=7, padding=2)
     ax.axhline(0, color="black", linewidth=0.8)
     ran = set(done["dataset"])
     ax.set_xticks(range(len(datasets)), [d if d in ran else f"{d}\n({FAILED})" for d in datasets],
                   rotation=20 if len(datasets) > 4 else 0)
     ax.set_ylabel("gain over zero-shot (test top-1, points)")
-    ax.set_title("Gain over zero-shot, configuration picked on validation" + _standin(done), fontsize=10)
+    ax.set_title("Gain over zero-shot, configuration picked on validation (bars: 95% interval)" + _standin(done),
+                 fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
 def plot_history(df: pd.DataFrame, path: Path) -> Path:
-    """Per dataset: validation top-1 of every trial in order, its running best and the zero-shot level."""
-    done = completed(df)
+    """Per dataset: validation top-1 of every search trial in order, its running best and the zero-shot level."""
+    done = searched(completed(df))
     datasets = sorted(done["dataset"].unique())
     rows_n, cols_n = _grid(len(datasets))
     fig = Figure(figsize=(4.6 * cols_n, 3.6 * rows_n), layout="constrained")
@@ -127,8 +155,9 @@ def plot_history(df: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_importance(df: pd.DataFrame, path: Path, use_optuna: bool = True) -> Path:
-    """Per dataset and sweep group: importance of each varying hyperparameter for validation top-1."""
-    done = completed(df)
+    """Per dataset and sweep group: importance of each varying hyperparameter for validation top-1 (search
+    trials only: a final re-run repeats a picked configuration)."""
+    done = searched(completed(df))
     panels = [(d, g) for d in sorted(done["dataset"].unique()) for g in groups_of(done[done["dataset"] == d])]
     rows_n, cols_n = _grid(len(panels))
     fig = Figure(figsize=(4.6 * cols_n, 3.2 * rows_n), layout="constrained")

@@ -389,3 +389,19 @@ def test_resume_accepts_a_run_folder_from_before_newer_keys(tiny_cfg):
                          "run": {**tiny_cfg["run"], "name": "older", "resume": True}})
     with pytest.raises(FairError, match="data.pipeline"):
         check_same_config(changed, run_dir)
+
+
+def test_record_has_per_image_test_outcomes_on_the_same_images_for_every_method_and_seed(tiny_cfg):
+    """test_outcomes: the reported predictor's correctness per test image, on a test subset (the
+    data.test_per_class cap) that depends on neither the method nor the run's seed, for paired comparisons."""
+    from results.intervals import decode_outcomes
+    data = {**tiny_cfg["data"], "test_per_class": 5}
+    fair = run_adapt(from_dict({**tiny_cfg, "data": data, "train": {**tiny_cfg["train"], "epochs": 1}}))
+    zs = run_adapt(from_dict({**tiny_cfg, "data": data, "method": "zeroshot", "seed": 7,
+                              "run": {**tiny_cfg["run"], "name": "zs-s7"}}))
+    for rec in (fair, zs):
+        out = rec["test_outcomes"]
+        bits = decode_outcomes(out)
+        assert out["n"] == len(bits) == 20                                  # 4 classes x 5
+        assert 100 * bits.mean() == pytest.approx(rec["metrics"]["test_top1"])
+    assert fair["test_outcomes"]["ids_sha"] == zs["test_outcomes"]["ids_sha"]

@@ -349,7 +349,7 @@ def test_progress_callback_pickled_by_an_older_version_still_resumes():
     import pickle
     from tune.progress import ProgressLog
     old = ProgressLog("val_top1", "max", 4)
-    for attr in ("started", "ended", "storage", "sweep"):    # what a session-2 ProgressLog did not have
+    for attr in ("started", "ended", "storage", "sweep", "shown"):    # what an older ProgressLog did not have
         del old.__dict__[attr]
     back = pickle.loads(pickle.dumps(old))
     assert back.unfinished([]) == [] and back.storage is None and back.total == 4
@@ -390,3 +390,24 @@ def test_a_stored_sweep_that_todays_checks_refuse_resumes_with_the_missing_key_s
     validate(cfg)
     assert cfg.budget.max_concurrent == 64 and cfg.resources.check_cluster is False
     assert _search_changes(stored, _snapshot(cfg)) == []        # and run() takes it as the same sweep
+
+
+def test_progress_lines_and_sweep_summary_show_validation_unless_show_test(caplog):
+    """Exploration sees validation: a completed trial's line and the end-of-sweep table show val top-1 (± its
+    standard error), test accuracy only with --show-test (it is always in the records)."""
+    import logging
+    from types import SimpleNamespace
+    from tune.progress import ProgressLog
+    from tune.sweep import SweepResult
+    result = {"objective": 71.0, "epoch": 2, "final_val_top1": 71.0, "final_val_stderr": 1.9,
+              "final_test_top1": 88.8, "final_gain_over_zeroshot": 7.7, "final_head_agreement": 0.9}
+    trial = SimpleNamespace(trial_id="t1", config={"study": "dtd"}, last_result=result)
+    for show_test in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tune.progress"):
+            ProgressLog("val_top1", "max", 1, show_test=show_test).on_trial_complete(0, [trial], trial)
+        line = caplog.records[-1].getMessage()
+        assert "val_stderr=1.9" in line and ("88.8" in line) == show_test and ("gain" in line) == show_test
+    res = SweepResult("s", "/tmp/x", 1, best={"dtd": {"trial_id": "t1", "objective": 71.0, **result}})
+    assert "71.00 ± 1.90" in res.table("val_top1") and "88.8" not in res.table("val_top1")
+    assert "88.80" in res.table("val_top1", show_test=True)

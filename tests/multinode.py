@@ -103,19 +103,26 @@ class LoopbackAutoscalingCluster:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def config_file(self) -> Path:
+        """The launcher config the autoscaler runs with (a sweep's ray.autoscaling_config)."""
+        return self.workdir / "autoscaling.json"
+
+    @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self, timeout: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "autoscaling.json"
+        config = self.config_file
         config.write_text(json.dumps(self.config))
         ray_bin = str(Path(sys.executable).parent / "ray")
         cmd = [ray_bin, "start", "--head", "--block", f"--autoscaling-config={config}", "--num-cpus=0",
                f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                f"--temp-dir={self.workdir / 'ray'}", "--object-store-memory=104857600",
                "--disable-usage-stats"]
-        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}
+        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1",
+               # a job's `python` is the one on the head's PATH: this venv's
+               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
         self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.workdir / "head.log", "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -70,6 +70,8 @@ def run_sweep(a: argparse.Namespace) -> int:
     started = ray_session.init(a.address, cfg.ray)
     try:
         if a.dry_run:
+            from tune.nodes import check as check_nodes
+            check_nodes(cfg, uri)
             n = ray_session.max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster,
                                            cfg.budget.max_concurrent)
             print(f"sweep {cfg.name}: checks passed; {cfg.total_trials} trials, up to {n} at once, "

@@ -61,7 +61,9 @@ def init(address: str | None, ray_opts) -> bool:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING",
                  runtime_env={"env_vars": env} if env else None)
         return False
-    ray.init(num_cpus=ray_opts.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    # "local": a Ray of our own, never the cluster another `ray start` (or a test cluster) on this machine
+    # advertises in /tmp/ray/ray_current_cluster, which a bare ray.init() would join
+    ray.init(address="local", num_cpus=ray_opts.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=free_port(), log_to_driver=False, logging_level="WARNING",
              object_store_memory=256 * 2**20)
     return True

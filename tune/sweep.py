@@ -116,7 +116,7 @@ def build_plan(cfg: SweepConfig, uri: str):
         use_gpu=r.use_gpu, backend=r.backend, worker_max_failures=cfg.ray.worker_max_failures,
         controller_failure_limit=cfg.ray.controller_failure_limit,
         checkpoints_to_keep=cfg.ray.checkpoints_to_keep, crash_worker_in_epoch=cfg.faults.crash_worker_in_epoch,
-        runner=r.runner)
+        runner=r.runner, hold_in_epoch=cfg.faults.hold_in_epoch, hold_s=cfg.faults.hold_s)
 
 
 _TUNE_RESOURCE = {"CPU": "cpu", "GPU": "gpu"}   # Train's bundle keys -> tune.with_resources keys
@@ -168,6 +168,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
         raise FairError(f"sweep {cfg.name!r} has no saved state in {uri} to resume; start it without --resume")
     if resume is False and exists:
         raise FairError(f"sweep {cfg.name!r} already exists in {uri}; rerun to resume it or pick another name")
+    from tune.nodes import check as check_nodes
+    check_nodes(cfg, uri)                          # a trial no node holds, a local storage on many nodes
     sweep_storage.write_json(uri, f"{cfg.name}/{SWEEP_FILE}", _snapshot(cfg))
 
     conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)

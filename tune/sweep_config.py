@@ -15,8 +15,11 @@
                 runner: trainer}                # or direct: adapt() inside the Tune trial (1 worker)
     objective: {metric: val_top1, mode: max}    # or head_agreement (label-free)
     storage: ./sweeps                           # or s3://bucket/prefix (AWS_ENDPOINT_URL honoured)
+    storage_shared: false                       # true: the local storage path is a shared file system on
+                                                # every node (else refused on a multi-node cluster)
     ray: {num_cpus: null, worker_start_timeout_s: 60, controller_failure_limit: -1,
-          worker_max_failures: 2, trial_max_failures: 1, summary_every_s: 60}
+          worker_max_failures: 2, trial_max_failures: 1, summary_every_s: 60,
+          autoscaling_config: ~/ray_bootstrap_config.yaml}   # node types a trial must fit (autoscaling)
 
 This module is the one reader of sweep files (`fair sweep` and `fair cluster` both read them here).
 Reading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, and
@@ -112,13 +115,19 @@ class RayOptions:
     trial_max_failures: int = 1            # Tune retries of a whole trial
     summary_every_s: float = 60.0          # progress summary table period
     checkpoints_to_keep: int = 2
+    autoscaling_config: str = "~/ray_bootstrap_config.yaml"   # an autoscaling cluster's launcher config
+    #                                      (where `ray up` puts it on the head): its node types must hold a trial
 
 
 @dataclass
 class Faults:
     """Fault injection for tests: kill rank 0 once, during epoch `crash_worker_in_epoch` (after the
-    previous epoch's checkpoint was reported)."""
+    previous epoch's checkpoint was reported); or pause rank 0 once, `hold_s` seconds in epoch
+    `hold_in_epoch`, writing its node id to `hold.marker` in the trial's scratch folder (a test removes
+    that node: pre-emption)."""
     crash_worker_in_epoch: Optional[int] = None
+    hold_in_epoch: Optional[int] = None
+    hold_s: float = 60.0
 
 
 @dataclass
@@ -135,6 +144,8 @@ class SweepConfig:
     resources: Resources = field(default_factory=Resources)
     objective: Objective = field(default_factory=Objective)
     storage: str = "./sweeps"
+    storage_shared: bool = False                         # a local storage path is a shared file system
+    #                                                      (NFS, EFS) at the same path on every node
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)

@@ -49,6 +49,8 @@ class TrialPlan:
     checkpoints_to_keep: int
     crash_worker_in_epoch: Optional[int] = None
     runner: str = "trainer"          # trainer | direct (see the module docstring)
+    hold_in_epoch: Optional[int] = None   # fault injection: rank 0 pauses once in this epoch (node-loss tests)
+    hold_s: float = 0.0
 
 
 def scratch_dir(sweep: str, trial_id: str) -> Path:
@@ -63,11 +65,13 @@ class EpochReporter:
     """The `report` callback given to adapt(): epoch rows -> the session's report (ray.train or ray.tune)."""
 
     def __init__(self, send: Callable[[dict, Optional[Path]], None], objective: str, study: str, epochs: int,
-                 resumed_from_epoch: int, crash_in_epoch: Optional[int], crash_marker: Optional[Path]):
+                 resumed_from_epoch: int, crash_in_epoch: Optional[int], crash_marker: Optional[Path],
+                 hold: Optional[tuple[int, float, Path]] = None):
         self.send = send
         self.objective, self.study, self.epochs = objective, study, epochs
         self.resumed_from_epoch = resumed_from_epoch
         self.crash_in_epoch, self.crash_marker = crash_in_epoch, crash_marker
+        self.hold = hold                             # (epoch, seconds, marker): see _maybe_hold
         self.held: Optional[tuple[dict, Optional[Path]]] = None
 
     def metrics(self, row: dict) -> dict:
@@ -78,6 +82,7 @@ class EpochReporter:
         return out
 
     def __call__(self, row: dict, checkpoint_dir: Optional[Path]) -> None:
+        self._maybe_hold(row["epoch"])
         self._maybe_crash(row["epoch"])
         if row["epoch"] >= self.epochs:
             self.held = (row, checkpoint_dir)        # reported by finish() with the final record's metrics
@@ -92,6 +97,20 @@ class EpochReporter:
         if m.get(self.objective) is not None:
             out["objective"] = m[self.objective]     # the record's objective: val split picks the predictor
         self.send(out, ckpt)
+
+    def _maybe_hold(self, epoch: int) -> None:
+        """Fault injection (tests): rank 0 pauses once, in epoch `hold[0]` before reporting it, for `hold[1]`
+        seconds, after writing the id of its Ray node to the marker `hold[2]`: a test removes that node
+        while the trial is mid-epoch (pre-emption), and the resumed attempt does not pause again."""
+        if self.hold is None or epoch != self.hold[0] or self.hold[2].exists():
+            return
+        import time
+
+        import ray
+        self.hold[2].parent.mkdir(parents=True, exist_ok=True)
+        self.hold[2].write_text(ray.get_runtime_context().get_node_id())
+        log.warning("fault injection: holding in epoch %d for %g s", epoch, self.hold[1])
+        time.sleep(self.hold[1])
 
     def _maybe_crash(self, epoch: int) -> None:
         """Fault injection (tests): rank 0 dies hard once, in epoch `crash_in_epoch`, before reporting it."""
@@ -172,12 +191,13 @@ def adapt_trial(payload: dict, session: Session) -> None:
     cfg_dict = payload["config"]
     set_by_path(cfg_dict, "run.name", trial_id)
     set_by_path(cfg_dict, "run.out_dir", str(scratch))
-    set_by_path(cfg_dict, "model.device", payload["device"])
+    set_by_path(cfg_dict, "model.device", trial_device(plan, cfg_dict))
     cfg = from_dict(cfg_dict)
 
+    hold = (plan.hold_in_epoch, plan.hold_s, scratch / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
     reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
-                             scratch / "crash.marker")
+                             scratch / "crash.marker", hold)
     record = adapt(cfg, run_dir, report=reporter, resume_from=resume_from)
     if rank == 0:
         stamp_record(record, plan, trial_id, study)
@@ -189,13 +209,21 @@ def adapt_trial(payload: dict, session: Session) -> None:
     shutil.rmtree(scratch / f"resume-rank{rank}", ignore_errors=True)
 
 
+def trial_device(plan: TrialPlan, cfg_dict: dict) -> str:
+    """The torch device of this process: the GPU Ray gave it when the trial holds GPUs, else the CPU.
+    `model.device: cpu` set in the sweep keeps it on the CPU even then: the GPUs are only a scheduling
+    request (logical GPUs of a test cluster, or a node reserved whole for a CPU run)."""
+    if not plan.use_gpu or (cfg_dict.get("model") or {}).get("device") == "cpu":
+        return "cpu"
+    if plan.runner == "direct":
+        return "cuda"                      # Ray has set CUDA_VISIBLE_DEVICES for the trial
+    import ray.train.torch
+    return str(ray.train.torch.get_device())
+
+
 def train_worker(payload: dict) -> None:
     """Runs in every RayTrainWorker (runner `trainer`)."""
-    device = "cpu"
-    if payload["plan"].use_gpu:
-        import ray.train.torch
-        device = str(ray.train.torch.get_device())
-    adapt_trial({**payload, "device": device}, _train_session())
+    adapt_trial(payload, _train_session())
 
 
 # ------------------------------------------------------------------------------------- trial driver
@@ -223,7 +251,7 @@ def _payload(config: dict, plan: TrialPlan) -> dict:
 
 def run_trial_direct(config: dict, plan: TrialPlan) -> None:
     """The Tune trial runs adapt() itself (runner `direct`); Ray has set CUDA_VISIBLE_DEVICES for it."""
-    adapt_trial({**_payload(config, plan), "device": "cuda" if plan.use_gpu else "cpu"}, _tune_session())
+    adapt_trial(_payload(config, plan), _tune_session())
 
 
 def run_trial(config: dict, plan: TrialPlan) -> None:

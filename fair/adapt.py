@@ -33,7 +33,8 @@ from fair.errors import FairError
 from fair.io import atomic_write_text, sha256_json, write_json
 from fair.local import mix
 from fair.losses import fair_momentum_for, world_size
-from fair.models import load_clip, resolve_device, resolve_pretrained, trainable_visual_parameters, weights_id
+from fair.models import (PREPROCESS_KEYS, load_clip, preprocess_record, resolve_device, resolve_pretrained,
+                         trainable_visual_parameters, weights_id)
 from fair.precision import grad_scaler
 from fair.text import build_text_embeddings, load_descriptions
 
@@ -65,6 +66,10 @@ def result_config(config: dict) -> dict:
         data.pop("pipeline", None)
     if data.get("cache_size") is None:
         data.pop("cache_size", None)
+    model = d.get("model") or {}
+    for key in ("config", *PREPROCESS_KEYS):   # added later; None: what runs before them did
+        if model.get(key) is None:
+            model.pop(key, None)
     return d
 
 
@@ -155,8 +160,7 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     visual = clip.visual
     scale = float(clip.logit_scale.exp().item())
     del clip  # frees the text tower
-    size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
-    views = build_pipeline(cfg, int(size), pp["mean"], pp["std"], progress)
+    views = build_pipeline(cfg, pp, progress)
 
     class_emb = te.class_emb.to(device)
     have_desc = descriptions.sha256 is not None
@@ -240,7 +244,7 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
             "images_per_s": n_train_imgs / train_s if train_s > 0 else None,
             "peak_mem_mb": _peak_mem_mb(device), "epochs": len(rows),
         },
-        "provenance": provenance(data, descriptions.sha256, device),
+        "provenance": {**provenance(data, descriptions.sha256, device), "preprocess": preprocess_record(pp)},
         "fallback_classes": descriptions.fallback_classes if needs_desc else [],
         "epochs": rows,
     }
@@ -251,13 +255,20 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     return record
 
 
-def build_pipeline(cfg: FairConfig, size: int, mean, std, progress: bool = True):
-    """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device)."""
+def build_pipeline(cfg: FairConfig, pp: dict, progress: bool = True):
+    """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device),
+    with the model's preprocessing `pp` (load_clip's: size, mean, std, interpolation, resize_mode)."""
+    size = int(pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"])
     strong = {"strong_scale": (cfg.data.strong_scale_min, 1.0), "randaug_magnitude": cfg.data.randaug_magnitude,
               "randaug_ops": cfg.data.randaug_ops}
     if cfg.data.pipeline == "device":
-        return DevicePipeline(size, mean, std, cfg.run.cache_root, cfg.data.cache_size, progress, **strong)
-    return PilPipeline(build_views(size, mean, std, **strong))
+        if pp["resize_mode"] != "shortest":
+            log.warning("data.pipeline=device centre-crops non-square images (its cache keeps the centre square), "
+                        "not resize_mode=%s; use data.pipeline=pil for the exact preprocessing", pp["resize_mode"])
+        return DevicePipeline(size, pp["mean"], pp["std"], cfg.run.cache_root, cfg.data.cache_size, progress,
+                              interpolation=pp["interpolation"], **strong)
+    return PilPipeline(build_views(size, pp["mean"], pp["std"], interpolation=pp["interpolation"],
+                                   resize_mode=pp["resize_mode"], **strong))
 
 
 def maybe_compile(visual: torch.nn.Module, enabled: bool, device: torch.device) -> None:

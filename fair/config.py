@@ -25,7 +25,13 @@ class ModelConfig:
     pretrained: str = "openai"             # an open_clip pretrained tag, or a local .pt/.bin/.safetensors path
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; trainable params stay fp32
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    cache_dir: Optional[str] = None        # where open_clip keeps downloaded weights
+    cache_dir: Optional[str] = None        # where open_clip keeps downloaded weights (hf-hub: the HF cache)
+    config: Optional[str] = None           # your own open_clip architecture JSON; model.name = its file name
+    # Image preprocessing; None: what the weights were trained with (docs/method.md "Models"):
+    mean: Optional[list[float]] = None     # per channel (R, G, B), in [0, 1]; e.g. [0.5, 0.5, 0.5]
+    std: Optional[list[float]] = None      # per channel, > 0
+    interpolation: Optional[Literal["bicubic", "bilinear"]] = None
+    resize_mode: Optional[Literal["shortest", "longest", "squash"]] = None   # how an image becomes square
 
 
 @dataclass
@@ -368,6 +374,7 @@ def validate(cfg: FairConfig) -> None:
         if not ok:
             raise FairError(msg)
 
+    validate_model(cfg.model)
     need(cfg.train.epochs >= 0, "config key 'train.epochs' must be >= 0")
     need(cfg.train.batch_size >= 1, "config key 'train.batch_size' must be >= 1")
     need(cfg.train.lr > 0, "config key 'train.lr' must be > 0")
@@ -395,3 +402,25 @@ def validate(cfg: FairConfig) -> None:
     name = cfg.run.name
     need(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
          f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """model.mean / model.std are three fractions of 255 (std > 0); model.config is a .json named model.name."""
+    for key in ("mean", "std"):
+        v = getattr(m, key)
+        if v is None:
+            continue
+        if len(v) != 3:
+            raise FairError(f"config key 'model.{key}' must be 3 numbers (R, G, B), got {len(v)}: {v}; "
+                            f"e.g. [0.5, 0.5, 0.5]")
+        if not all(0 < x <= 1 if key == "std" else 0 <= x <= 1 for x in v):
+            rule = "lie in (0, 1] (it divides; no zeros)" if key == "std" else "lie in [0, 1]"
+            raise FairError(f"config key 'model.{key}' must {rule}, as fractions of 255, got {v}; "
+                            f"e.g. [0.5, 0.5, 0.5]")
+    if m.config is not None:
+        path = Path(m.config)
+        if path.suffix != ".json":
+            raise FairError(f"config key 'model.config' must be an open_clip architecture .json file, got {m.config!r}")
+        if path.stem != m.name:
+            raise FairError(f"config key 'model.name' must be {path.stem!r}, the architecture model.config "
+                            f"{m.config} defines (open_clip names it after its file); set model.name={path.stem}")

@@ -48,11 +48,12 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bicubic resize of square images to size x size (PIL's bicubic, near enough)."""
+def resize(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
+    """Antialiased resize (bicubic or bilinear: model.interpolation) of square images to size x size
+    (PIL's, near enough)."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+    return F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False).clamp_(0, 1)
 
 
 def random_resized_boxes(n: int, height: int, width: int, scale, ratio, generator, tries: int = 10) -> torch.Tensor:
@@ -230,22 +231,23 @@ class DeviceViews:
     """weak / strong / test views and K local crops for a batch of cached uint8 images, on their device."""
 
     def __init__(self, size: int, mean, std, strong_scale=(0.3, 1.0), strong_ratio=(3 / 4, 4 / 3),
-                 randaug_magnitude: int = 9, randaug_ops: int = 2):
+                 randaug_magnitude: int = 9, randaug_ops: int = 2, interpolation: str = "bicubic"):
         self.size = int(size)
+        self.interpolation = interpolation
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.strong_scale, self.strong_ratio = tuple(strong_scale), tuple(strong_ratio)
         self.randaug = BatchRandAugment(randaug_ops, randaug_magnitude)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """CLIP normalisation of a float batch in [0, 1]."""
+        """The model's normalisation (model.mean / model.std, or its weights') of a float batch in [0, 1]."""
         if self.mean.device != x.device:   # moved once: a host copy per batch would synchronise
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return (x - self.mean) / self.std
 
     def test(self, pixels: torch.Tensor) -> torch.Tensor:
         """Resize + centre crop (the cache already holds the centre square)."""
-        return self.normalize(resize(to_float(pixels), self.size))
+        return self.normalize(resize(to_float(pixels), self.size, self.interpolation))
 
     weak = test   # Resize + RandomCrop of a square is the resize (see the module docstring)
 
@@ -307,9 +309,10 @@ class DevicePipeline:
     name = "device"
 
     def __init__(self, size: int, mean, std, cache_root: str | Path, cache_size: int | None = None,
-                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9, randaug_ops: int = 2):
+                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9, randaug_ops: int = 2,
+                 interpolation: str = "bicubic"):
         self.views = DeviceViews(size, mean, std, strong_scale, randaug_magnitude=randaug_magnitude,
-                                 randaug_ops=randaug_ops)
+                                 randaug_ops=randaug_ops, interpolation=interpolation)
         self.cache_root, self.cache_size, self.progress = cache_root, cache_size, progress
         self._caches: dict[int, CachedBatches] = {}
 

@@ -105,16 +105,22 @@ def weights_id(cfg: ModelConfig) -> str:
     return f"{cfg.name}@{p or 'random'}"
 
 
+def _cache_dir(cfg: ModelConfig) -> str | None:
+    """model.cache_dir with `~` expanded (open_clip and huggingface_hub take the path as it is)."""
+    return str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None
+
+
 def _hub_file(cfg: ModelConfig, filename: str) -> Path:
     """A file of an hf-hub repository, from the local Hugging Face cache (offline with HF_HUB_OFFLINE=1)."""
     repo = cfg.name[len(HF_HUB):]
     try:
-        return Path(download_pretrained_from_hf(repo, filename=filename, cache_dir=cfg.cache_dir))
+        return Path(download_pretrained_from_hf(repo, filename=filename, cache_dir=_cache_dir(cfg)))
     except (FileNotFoundError, RuntimeError) as e:
         where = cfg.cache_dir or "the default Hugging Face cache"
-        raise FairError(f"model.name {cfg.name}: {filename} is not in {where} and cannot be downloaded "
-                        f"({(str(e).splitlines() or [type(e).__name__])[-1][-120:]}); run `huggingface-cli download {repo}` once with "
-                        f"network access, or set model.cache_dir to the cache that holds it") from None
+        last = (str(e).splitlines() or [type(e).__name__])[-1][-120:]
+        raise FairError(f"model.name {cfg.name}: {filename} is not in {where} and cannot be downloaded ({last}); "
+                        f"run `huggingface-cli download {repo}` once with network access, or set model.cache_dir "
+                        f"to the cache that holds it") from None
 
 
 def hub_config(cfg: ModelConfig) -> dict:
@@ -190,7 +196,7 @@ def load_clip(cfg: ModelConfig, device: torch.device):
     values, sources = resolve_preprocess(cfg)
     try:
         model = open_clip.create_model(cfg.name, pretrained=pretrained, precision="fp32", device=device,
-                                       cache_dir=cfg.cache_dir, force_preprocess_cfg=values)
+                                       cache_dir=_cache_dir(cfg), force_preprocess_cfg=values)
     except RuntimeError as e:
         msg = str(e)
         if "state_dict" in msg or "size mismatch" in msg or "Missing key" in msg:
@@ -208,7 +214,7 @@ def load_clip(cfg: ModelConfig, device: torch.device):
         raise FairError(f"{what}: open_clip cannot build this architecture ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160] if str(e) else 'no message'}); fix the architecture JSON "
                         f"(start from one in open_clip's model_configs)") from None
-    tokenizer = open_clip.get_tokenizer(cfg.name, cache_dir=cfg.cache_dir)
+    tokenizer = open_clip.get_tokenizer(cfg.name, cache_dir=_cache_dir(cfg))
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     pp["source"] = sources
     return model, tokenizer, pp

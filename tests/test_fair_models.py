@@ -15,7 +15,7 @@ from PIL import Image
 from fair.adapt import adapt, build_pipeline
 from fair.config import ModelConfig, from_dict
 from fair.errors import FairError
-from fair.models import load_clip, resolve_preprocess, weights_id
+from fair.models import load_clip, register_builtin_configs, resolve_preprocess, weights_id
 from tests.test_fair_adapt import _run_cli
 
 TINY = json.loads((Path(__file__).parents[1] / "fair/model_configs/fair-tiny-vit.json").read_text())
@@ -124,6 +124,10 @@ def test_a_checkpoint_takes_the_preprocessing_its_architectures_tags_agree_on_an
     assert values["std"] == (0.5, 0.5, 0.5) and sources["std"] == "model.std" and not _assumed(caplog)
     values, _ = resolve_preprocess(ModelConfig(name="ViT-L-14", pretrained="laion2b_s32b_b82k"))   # a tag
     assert values["mean"] == (0.5, 0.5, 0.5) and not _assumed(caplog)
+    register_builtin_configs()                                       # fair's own: trained with the defaults
+    for name in ("fair-tiny-vit", "fair-standin-minilm-small"):
+        values, _ = resolve_preprocess(ModelConfig(name=name, pretrained=ckpt))
+        assert values["mean"] == pytest.approx(CLIP_MEAN) and not _assumed(caplog)
 
 
 def _hf_cache(root: Path, repo: str, preprocess: dict | None, revision: str = "1" * 40) -> dict:

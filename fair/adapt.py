@@ -28,7 +28,8 @@ from fair.data.views import PilPipeline, build_views
 from fair.errors import FairError
 from fair.io import atomic_write_text, write_json
 from fair.losses import fair_momentum_for, world_size
-from fair.models import load_clip, resolve_device, resolve_pretrained, trainable_visual_parameters, weights_id
+from fair.models import (load_clip, preprocess_record, resolve_device, resolve_pretrained,
+                         trainable_visual_parameters, weights_id)
 from fair.scores import s_fix, s_las
 from fair.text import Descriptions, build_text_embeddings, load_descriptions
 
@@ -52,6 +53,7 @@ class Setup:
     descriptions: Descriptions
     device: torch.device
     progress: bool                   # progress bars (run.progress, rank 0 only)
+    preprocess: dict                 # the image preprocessing used, as the record says it (preprocess_record)
 
 
 def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
@@ -84,7 +86,7 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     needs_desc = cfg.method in ("fair", "wca")
     rec = record.completed_record(
         cfg, metrics, record.timings(wall, setup_s, train_s, eval_s, rows, device),
-        record.provenance(data, setup.descriptions.sha256, device),
+        {**record.provenance(data, setup.descriptions.sha256, device), "preprocess": setup.preprocess},
         setup.descriptions.fallback_classes if needs_desc else [], rows, outcomes)
     if rank() == 0:
         write_json(run_dir / "record.json", rec)
@@ -141,8 +143,7 @@ def set_up(cfg: FairConfig, data: PreparedData, device: torch.device) -> Setup:
     visual = clip.visual
     scale = float(clip.logit_scale.exp().item())
     del clip  # frees the text tower
-    size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
-    views = build_pipeline(cfg, int(size), pp["mean"], pp["std"], progress)
+    views = build_pipeline(cfg, pp, progress)
 
     class_emb = te.class_emb.to(device)
     w_desc = fixed_head(te.desc_emb, te.desc_mask, te.class_emb, cfg.anchors.tau_text).to(device) \
@@ -158,16 +159,18 @@ def set_up(cfg: FairConfig, data: PreparedData, device: torch.device) -> Setup:
     visual_params = trainable_visual_parameters(visual, cfg.train.trainable)
     maybe_compile(visual, cfg.train.compile, device)
     student = engine.Student(visual, anchors).to(device)
-    return Setup(student, visual_params, heads, views, descriptions, device, progress)
+    return Setup(student, visual_params, heads, views, descriptions, device, progress, preprocess_record(pp))
 
 
-def build_pipeline(cfg: FairConfig, size: int, mean, std, progress: bool = True):
-    """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device)."""
-    strong = {"strong_scale": (cfg.data.strong_scale_min, 1.0), "randaug_magnitude": cfg.data.randaug_magnitude,
-              "randaug_ops": cfg.data.randaug_ops}
+def build_pipeline(cfg: FairConfig, pp: dict, progress: bool = True):
+    """The data path of `data.pipeline`: pil (reference) or device (decoded cache + views on the device),
+    with the model's preprocessing `pp` (load_clip's: size, mean, std, interpolation, resize_mode)."""
+    size = int(pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"])
+    kw = {"strong_scale": (cfg.data.strong_scale_min, 1.0), "randaug_magnitude": cfg.data.randaug_magnitude,
+          "randaug_ops": cfg.data.randaug_ops, "interpolation": pp["interpolation"], "resize_mode": pp["resize_mode"]}
     if cfg.data.pipeline == "device":
-        return DevicePipeline(size, mean, std, cfg.run.cache_root, cfg.data.cache_size, progress, **strong)
-    return PilPipeline(build_views(size, mean, std, **strong))
+        return DevicePipeline(size, pp["mean"], pp["std"], cfg.run.cache_root, cfg.data.cache_size, progress, **kw)
+    return PilPipeline(build_views(size, pp["mean"], pp["std"], **kw))
 
 
 def maybe_compile(visual: torch.nn.Module, enabled: bool, device: torch.device) -> None:

@@ -27,7 +27,16 @@ class ModelConfig:
     pretrained: str = "openai"             # an open_clip pretrained tag, or a local .pt/.bin/.safetensors path
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; trainable params stay fp32
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    cache_dir: Optional[str] = None        # where open_clip keeps downloaded weights
+    cache_dir: Optional[str] = None        # where open_clip keeps downloaded weights (hf-hub: the HF cache)
+    config: Optional[str] = None           # your own open_clip architecture JSON; model.name = its file name
+    # Image preprocessing; None: what the weights were trained with (docs/method.md "Models"):
+    mean: Optional[list[float]] = None     # per channel (R, G, B), in [0, 1]; e.g. [0.5, 0.5, 0.5]
+    std: Optional[list[float]] = None      # per channel, > 0
+    interpolation: Optional[Literal["bicubic", "bilinear"]] = None
+    resize_mode: Optional[Literal["shortest", "longest", "squash"]] = None   # how an image becomes square
+
+
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")   # the model.<key> that override preprocessing
 
 
 @dataclass
@@ -400,6 +409,7 @@ def save_config(cfg: FairConfig, path: str | Path) -> None:
 
 def validate(cfg: FairConfig) -> None:
     """Value ranges and cross-field checks that types alone cannot express."""
+    validate_model(cfg.model)
     require(cfg.train.epochs >= 0, "config key 'train.epochs' must be >= 0")
     require(cfg.train.batch_size >= 1, "config key 'train.batch_size' must be >= 1")
     require(cfg.train.lr > 0, "config key 'train.lr' must be > 0")
@@ -427,3 +437,23 @@ def validate(cfg: FairConfig) -> None:
     name = cfg.run.name
     require(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
             f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """model.mean / model.std are three fractions of 255 (std > 0); model.config is a .json named model.name."""
+    for key in ("mean", "std"):
+        v = getattr(m, key)
+        if v is None:
+            continue
+        require(len(v) == 3, f"config key 'model.{key}' must be 3 numbers (R, G, B), got {len(v)}: {v}; "
+                             f"e.g. [0.5, 0.5, 0.5]")
+        rule = "lie in (0, 1] (it divides; no zeros)" if key == "std" else "lie in [0, 1]"
+        require(all(0 < x <= 1 if key == "std" else 0 <= x <= 1 for x in v),
+                f"config key 'model.{key}' must {rule}, as fractions of 255, got {v}; e.g. [0.5, 0.5, 0.5]")
+    if m.config is not None:
+        path = Path(m.config)
+        require(path.suffix == ".json",
+                f"config key 'model.config' must be an open_clip architecture .json file, got {m.config!r}")
+        require(path.stem == m.name,
+                f"config key 'model.name' must be {path.stem!r}, the architecture model.config {m.config} defines "
+                f"(open_clip names it after its file); set model.name={path.stem}")

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fair import __version__
-from fair.config import FairConfig, flatten, hparam_kinds, to_dict
+from fair.config import PREPROCESS_KEYS, FairConfig, flatten, hparam_kinds, to_dict
 from fair.io import sha256_json
 
 SCHEMA_VERSION = 1
@@ -39,6 +39,10 @@ def result_config(config: dict) -> dict:
         data.pop("pipeline", None)
     if data.get("cache_size") is None:
         data.pop("cache_size", None)
+    model = d.get("model") or {}
+    for key in ("config", *PREPROCESS_KEYS):   # added later; None: what runs before them did
+        if model.get(key) is None:
+            model.pop(key, None)
     return d
 
 

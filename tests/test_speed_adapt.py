@@ -45,17 +45,21 @@ def test_device_pipeline_counts_unreadable_images(tiny_cfg, imagefolder, tmp_pat
 
 
 def test_new_keys_at_their_defaults_keep_old_config_digests(tiny_cfg):
-    """Checkpoints written before data.pipeline / data.cache_size / train.compile existed still resume."""
-    from fair.config import to_dict
+    """Checkpoints written before data.pipeline / data.cache_size / train.compile / model.config and the
+    preprocessing keys existed still resume."""
+    from fair.config import PREPROCESS_KEYS, to_dict
     from fair.io import sha256_json
     cfg = from_dict(tiny_cfg)
     old = to_dict(cfg)
     old.pop("run")
     old["eval"].pop("val_every_epoch")
     old["data"].pop("num_workers")
-    for sec, key in (("data", "pipeline"), ("data", "cache_size"), ("train", "compile")):
+    for sec, key in (("data", "pipeline"), ("data", "cache_size"), ("train", "compile"), ("model", "config"),
+                     *(("model", k) for k in PREPROCESS_KEYS)):
         old[sec].pop(key)
     assert config_digest(cfg) == sha256_json(old)
+    bilinear = from_dict({**tiny_cfg, "model": {**tiny_cfg["model"], "interpolation": "bilinear"}})
+    assert config_digest(bilinear) != config_digest(cfg)          # set, they change the result
     compiled = from_dict({**tiny_cfg, "train": {**tiny_cfg["train"], "compile": True}})
     assert config_digest(compiled) == config_digest(cfg)
     assert config_digest(from_dict(_device(tiny_cfg))) != config_digest(cfg)

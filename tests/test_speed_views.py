@@ -66,11 +66,13 @@ def test_cache_is_built_once_then_reused_memory_mapped(train_set, tmp_path):
     np.testing.assert_array_equal(first.pixels, second.pixels)
 
 
-def test_cache_key_changes_with_the_size_the_decoding_and_the_split(train_set):
+def test_cache_key_changes_with_the_size_the_decoding_the_geometry_and_the_split(train_set):
     k = cache_key(train_set, 37)
-    assert k == cache_key(train_set, 37)
+    assert k == cache_key(train_set, 37) == cache_key(train_set, 37, False, "bicubic", "shortest")
     assert k != cache_key(train_set, 40)
     assert k != cache_key(train_set, 37, draft=True)
+    assert k != cache_key(train_set, 37, interpolation="bilinear")          # model.interpolation
+    assert k != cache_key(train_set, 37, resize_mode="squash") != cache_key(train_set, 37, resize_mode="longest")
     assert k != cache_key(train_set.subset(range(len(train_set) - 1)), 37)
     relabelled = ImageSet(train_set.refs, (train_set.labels + 1) % 4)
     assert k != cache_key(relabelled, 37)
@@ -125,22 +127,25 @@ def _fashion_mnist(n: int = 64) -> ImageSet:
     return ImageSet(list(range(n)), y[:n], x[:n])
 
 
-def _pil_batch(images: ImageSet, train: bool):
-    pil = PilPipeline(build_views(SIZE, MEAN, STD))
+def _pil_batch(images: ImageSet, train: bool, **geometry):
+    pil = PilPipeline(build_views(SIZE, MEAN, STD, **geometry))
     batch, bad = collate([pil.dataset(images, train)[i] for i in range(len(images))])
     assert not bad
     return batch
 
 
-@pytest.mark.parametrize("source", ["files", "fashion-mnist"])
-def test_device_test_view_equals_the_pil_test_view_on_real_images(source, varied_set, tmp_path):
-    """One resampling in both pipelines: the same pixels, so equal to within float rounding."""
+@pytest.mark.parametrize("source, geometry", [
+    ("files", {}), ("fashion-mnist", {}),
+    ("files", {"interpolation": "bilinear", "resize_mode": "longest"}), ("files", {"resize_mode": "squash"})])
+def test_device_test_view_equals_the_pil_test_view_on_real_images(source, geometry, varied_set, tmp_path):
+    """One resampling in both pipelines: the same pixels, so equal to within float rounding; with any
+    model.interpolation and model.resize_mode."""
     images = varied_set if source == "files" else _fashion_mnist()
-    device = DevicePipeline(SIZE, MEAN, STD, tmp_path, progress=False)
+    device = DevicePipeline(SIZE, MEAN, STD, tmp_path, progress=False, **geometry)
     batch, bad = device.dataset(images, train=False)[np.arange(len(images))]
     assert not bad
     x, labels, _ = device.test_batch(batch, torch.device("cpu"), None, 0, 0.4, 0.8)
-    ref, ref_labels, _ = _pil_batch(images, train=False)
+    ref, ref_labels, _ = _pil_batch(images, train=False, **geometry)
     assert x.shape == ref.shape == (len(images), 3, SIZE, SIZE)
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=0)
     assert labels.tolist() == ref_labels.tolist()

@@ -1,19 +1,22 @@
 """Decode once: a per-split cache of decoded images, uint8 [N, S, S, 3], memory-mapped from a .npy file.
 
-Every image goes through the test view's geometry at side S (fair.data.views.resize_centre_crop: short
-side resized to S, bicubic, centre square), so the whole split is one array that batches can be gathered
-from with a single fancy index. The device pipeline (fair.data.device_views) keeps up to two per split:
+Every image goes through the test view's geometry at side S (fair.data.views.resize_centre_crop: the
+model's resize_mode and interpolation, by default the short side resized to S, bicubic, then the centre
+square), so the whole split is one array that batches can be gathered from with a single fancy index.
+The device pipeline (fair.data.device_views) keeps up to two per split:
 
 * at S = the model's input size, decoded exactly as the pil pipeline decodes: this *is* the test view
   (and the weak view), so both pipelines feed the model the same pixels, resampled once;
-* for training, the augmentation square at S = input size x 8/7 by default (224 -> 256): the strong
-  view's RandomResizedCrop and the K local crops are cut from more pixels than they end up with. JPEGs
-  may decode in draft mode there (`draft`): much faster for large photos, slightly different pixels.
-  When S equals the input size the first cache serves here too.
+* for training, the augmentation square at S = input size x 8/7 by default (224 -> 256), through the
+  same geometry: the strong view's RandomResizedCrop and the K local crops are cut from more pixels than
+  they end up with. JPEGs may decode in draft mode there (`draft`): much faster for large photos,
+  slightly different pixels. When S equals the input size the first cache serves here too.
 
-Trade-off for non-square images: the cache keeps the centre square only. The reference weak view
-(Resize + RandomCrop) jitters along the long side and RandomResizedCrop may reach into the sides; from
-the cache both see the centre square (what the test view sees). For square images nothing is lost.
+Trade-off for non-square images: the cache keeps the square the test view sees (resize_mode=shortest: the
+centre square; longest: the whole image padded with black; squash: the whole image squashed). The
+reference weak view (Resize + RandomCrop) jitters along the long side and RandomResizedCrop may reach
+into the sides (and sees the original aspect ratio); from the cache both see that square. For square
+images nothing is lost.
 
 The file is written to a temporary name and renamed (a reader never sees half a cache), under a file
 lock so concurrent trials on one node build it once; it is opened with np.load(mmap_mode='r'), so all
@@ -70,11 +73,13 @@ def default_cache_size(input_size: int, images: ImageSet | None = None) -> int:
     return max(s, int(input_size))
 
 
-def cache_key(images: ImageSet, size: int, draft: bool = False) -> str:
-    """Everything that changes the cached pixels: version, S, draft decoding, the Pillow and torchvision
-    versions (they resample), the refs (and their file size and mtime, or the referenced in-memory
-    pixels) and the labels."""
-    h = {"version": CACHE_VERSION, "size": int(size), "draft": bool(draft), "pillow": PIL.__version__,
+def cache_key(images: ImageSet, size: int, draft: bool = False, interpolation: str = "bicubic",
+              resize_mode: str = "shortest") -> str:
+    """Everything that changes the cached pixels: version, S, draft decoding, the geometry (interpolation,
+    resize_mode), the Pillow and torchvision versions (they resample), the refs (and their file size and
+    mtime, or the referenced in-memory pixels) and the labels."""
+    h = {"version": CACHE_VERSION, "size": int(size), "draft": bool(draft), "interpolation": interpolation,
+         "resize_mode": resize_mode, "pillow": PIL.__version__,
          "torchvision": torchvision.__version__,
          "labels": sha256_bytes(np.ascontiguousarray(images.labels).tobytes())}
     if images.array is not None:
@@ -91,8 +96,10 @@ def cache_key(images: ImageSet, size: int, draft: bool = False) -> str:
     return sha256_json(h)[:24]
 
 
-def decode_square(images: ImageSet, i: int, size: int, draft: bool = False) -> np.ndarray:
-    """Image i as uint8 [S, S, 3] through the test view's geometry at S. Raises if unreadable.
+def decode_square(images: ImageSet, i: int, size: int, draft: bool = False, interpolation: str = "bicubic",
+                  resize_mode: str = "shortest") -> np.ndarray:
+    """Image i as uint8 [S, S, 3] through the test view's geometry at S (`interpolation`, `resize_mode`:
+    the model's). Raises if unreadable.
 
     Without `draft` the image is read by ImageSet.load, as the pil pipeline reads it, so at the input size
     this is its test view's pixels. With `draft` a JPEG decodes at a reduced scale still >= S (much faster
@@ -104,11 +111,11 @@ def decode_square(images: ImageSet, i: int, size: int, draft: bool = False) -> n
             img = im.convert("RGB")
     else:
         img = images.load(i)
-    return np.asarray(resize_centre_crop(size)(img), dtype=np.uint8)
+    return np.asarray(resize_centre_crop(size, interpolation, resize_mode)(img), dtype=np.uint8)
 
 
-def _build(images: ImageSet, size: int, draft: bool, npy: Path, meta: Path, workers: int, progress: bool,
-           desc: str) -> None:
+def _build(images: ImageSet, size: int, draft: bool, geometry: tuple[str, str], npy: Path, meta: Path,
+           workers: int, progress: bool, desc: str) -> None:
     n = len(images)
     bad = np.zeros(n, dtype=bool)
     # 0644 whatever the umask: other users' trials on the node read the cache too
@@ -118,7 +125,7 @@ def _build(images: ImageSet, size: int, draft: bool, npy: Path, meta: Path, work
 
         def one(i, out=out):
             try:
-                out[i] = decode_square(images, i, size, draft)
+                out[i] = decode_square(images, i, size, draft, *geometry)
             except Exception as e:  # noqa: BLE001 - any decode failure is a bad image, counted by readers
                 log.debug("unreadable image %s: %s", images.refs[i], e)
                 bad[i] = True
@@ -130,23 +137,26 @@ def _build(images: ImageSet, size: int, draft: bool, npy: Path, meta: Path, work
         out.flush()
         del one, out           # the last references: the memmap is closed before the rename
     # The meta file is written last: its presence marks a complete cache.
-    atomic_write_text(meta, json.dumps({"n": n, "size": size, "draft": draft, "version": CACHE_VERSION,
+    atomic_write_text(meta, json.dumps({"n": n, "size": size, "draft": draft, "interpolation": geometry[0],
+                                        "resize_mode": geometry[1], "version": CACHE_VERSION,
                                         "bad": np.flatnonzero(bad).tolist()}), mode=0o644)
 
 
 def decoded(images: ImageSet, size: int, cache_root: str | Path, progress: bool = True,
-            workers: int | None = None, desc: str = "decode", draft: bool = False) -> DecodedImages:
+            workers: int | None = None, desc: str = "decode", draft: bool = False, interpolation: str = "bicubic",
+            resize_mode: str = "shortest") -> DecodedImages:
     """The decoded cache of `images` at S = `size`, built on first use under `cache_root`/decoded.
 
     `draft`: JPEGs may decode at a reduced scale (see decode_square); off, the cache at the input size is
-    the pil pipeline's test view.
+    the pil pipeline's test view with the same `interpolation` and `resize_mode` (model.interpolation,
+    model.resize_mode).
     """
     if len(images) == 0:   # nothing to decode (e.g. no validation split); numpy cannot map an empty array
         return DecodedImages(np.zeros((0, size, size, 3), np.uint8), np.asarray(images.labels),
                              np.zeros(0, bool), size, Path(os.devnull), False)
     root = Path(cache_root).expanduser() / "decoded"
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(images, size, draft)
+    key = cache_key(images, size, draft, interpolation, resize_mode)
     npy, meta = root / f"{key}-s{size}.npy", root / f"{key}-s{size}.json"
     built = False
     if not meta.is_file():
@@ -156,7 +166,7 @@ def decoded(images: ImageSet, size: int, cache_root: str | Path, progress: bool 
                 if not meta.is_file():
                     workers = workers or min(32, os.cpu_count() or 1)
                     log.info("decoding %d images at %dx%d into %s", len(images), size, size, npy)
-                    _build(images, size, draft, npy, meta, workers, progress, desc)
+                    _build(images, size, draft, (interpolation, resize_mode), npy, meta, workers, progress, desc)
                     built = True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -3,13 +3,13 @@
 The `pil` pipeline (fair.data.views) decodes and augments one image at a time in DataLoader workers;
 this one gathers a batch of cached uint8 images, moves it to the device once and makes every view there
 with per-sample randomness drawn from one seeded torch.Generator. Each split has a cache at the input
-size holding the test view's pixels (decoded and resampled once, exactly as the pil pipeline does); a
-training split also has the augmentation square [B, S, S, 3], S = input size x 8/7 by default, unless S
-is the input size (see fair.data.cache):
+size holding the test view's pixels (decoded and resampled once, exactly as the pil pipeline does, with
+the model's interpolation and resize_mode); a training split also has the augmentation square
+[B, S, S, 3], S = input size x 8/7 by default, unless S is the input size (see fair.data.cache):
 
 * test / weak: the cached test-view pixels, converted to float and normalised: no resampling on the
   device, so equal to the pil pipeline's test view to within float rounding. On a square image the
-  reference weak view (Resize + RandomCrop) *is* the test view; the cache keeps the centre square of a
+  reference weak view (Resize + RandomCrop) *is* the test view; the cache keeps the test view's square of a
   non-square image, so the weak view's jitter along the long side is not replayed.
 * strong (from the augmentation square): RandomResizedCrop as per-sample roi_align boxes (scale (0.3, 1),
   ratio (3/4, 4/3), the same 10-tries-then-whole-image rule as torchvision), then a batched RandAugment: 2
@@ -237,7 +237,7 @@ class DeviceViews:
         self.randaug = BatchRandAugment(randaug_ops, randaug_magnitude)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """CLIP normalisation of a float batch in [0, 1]."""
+        """The model's normalisation (model.mean / model.std, or its weights') of a float batch in [0, 1]."""
         if self.mean.device != x.device:   # moved once: a host copy per batch would synchronise
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return (x - self.mean) / self.std
@@ -314,10 +314,13 @@ class DevicePipeline:
     name = "device"
 
     def __init__(self, size: int, mean, std, cache_root: str | Path, cache_size: int | None = None,
-                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9, randaug_ops: int = 2):
+                 progress: bool = True, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9, randaug_ops: int = 2,
+                 interpolation: str = "bicubic", resize_mode: str = "shortest"):
         self.views = DeviceViews(size, mean, std, strong_scale, randaug_magnitude=randaug_magnitude,
                                  randaug_ops=randaug_ops)
         self.cache_root, self.cache_size, self.progress = cache_root, cache_size, progress
+        # the caches' geometry (model.interpolation, model.resize_mode): the pil pipeline's test view
+        self.geometry = {"interpolation": interpolation, "resize_mode": resize_mode}
         self._sets: dict[tuple, CachedBatches] = {}
 
     def loader_workers(self, num_workers: int) -> int:
@@ -333,11 +336,12 @@ class DevicePipeline:
         pixels, and for training the augmentation square after them unless it is the same cache."""
         key = (id(images), train)
         if key not in self._sets:
-            test = decoded(images, self.views.size, self.cache_root, progress=self.progress)
+            test = decoded(images, self.views.size, self.cache_root, progress=self.progress, **self.geometry)
             caches = [test]
             s = self.square_size(images) if train else self.views.size
             if s != self.views.size:
-                caches.append(decoded(images, s, self.cache_root, progress=self.progress, draft=True))
+                caches.append(decoded(images, s, self.cache_root, progress=self.progress, draft=True,
+                                      **self.geometry))
             self._sets[key] = CachedBatches(images, *caches)
         return self._sets[key]
 

@@ -16,25 +16,37 @@ def _finish(mean, std):
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
-def resize_centre_crop(size: int) -> T.Compose:
-    """The test view's geometry, PIL image -> PIL image: short side to `size` (bicubic), centre square.
+def _fit(size: int, mode: T.InterpolationMode, resize_mode: str):
+    """The resize before the weak view's random crop and the test view's centre crop (open_clip's
+    resize_mode): shortest side to `size` (crop the rest), longest side (pad the rest) or squash."""
+    if resize_mode == "squash":
+        return T.Resize((size, size), interpolation=mode)
+    if resize_mode == "longest":
+        return T.Resize(None, max_size=size, interpolation=mode)
+    return T.Resize(size, interpolation=mode)
+
+
+def resize_centre_crop(size: int, interpolation: str = "bicubic", resize_mode: str = "shortest") -> T.Compose:
+    """The test view's geometry, PIL image -> PIL image: `resize_mode` (model.resize_mode) with
+    `interpolation`, then the centre square (padded with black where resize_mode=longest left it smaller).
 
     The device pipeline's decoded cache (fair.data.cache) applies this very transform, so its test view
     has the same pixels as this pipeline's.
     """
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
+    return T.Compose([_fit(size, T.InterpolationMode(interpolation), resize_mode), T.CenterCrop(size)])
 
 
 def build_views(size: int, mean, std, strong_scale=(0.3, 1.0), randaug_magnitude: int = 9,
-                randaug_ops: int = 2) -> dict:
-    """weak / strong / test transforms for PIL images at the model's input size, with its normalisation."""
-    bicubic = T.InterpolationMode.BICUBIC
-    return {
-        "weak": T.Compose([T.Resize(size, interpolation=bicubic), T.RandomCrop(size), *_finish(mean, std)]),
-        "strong": T.Compose([T.RandomResizedCrop(size, scale=strong_scale, interpolation=bicubic),
+                randaug_ops: int = 2, interpolation: str = "bicubic", resize_mode: str = "shortest") -> dict:
+    """weak / strong / test transforms for PIL images at the model's input size, with its preprocessing."""
+    mode = T.InterpolationMode(interpolation)
+    fit = _fit(size, mode, resize_mode)
+    return {   # the crops pad (with 0, as open_clip does) only an image that resize_mode=longest left smaller
+        "weak": T.Compose([fit, T.RandomCrop(size, pad_if_needed=True), *_finish(mean, std)]),
+        "strong": T.Compose([T.RandomResizedCrop(size, scale=strong_scale, interpolation=mode),
                              *([T.RandAugment(num_ops=randaug_ops, magnitude=randaug_magnitude)] if randaug_ops else []),
                              *_finish(mean, std)]),
-        "test": T.Compose([resize_centre_crop(size), *_finish(mean, std)]),
+        "test": T.Compose([resize_centre_crop(size, interpolation, resize_mode), *_finish(mean, std)]),
     }
 
 

@@ -52,7 +52,7 @@ def plan_for(root: Path):
                      runner="direct")
 
 
-def wait_for(path: Path, timeout_s: float = 180) -> None:
+def wait_for(path: Path, timeout_s: float = 90) -> None:
     end = time.monotonic() + timeout_s
     while not path.exists():
         if time.monotonic() > end:
@@ -85,7 +85,8 @@ def trial(root: Path, role: str) -> int:
             while sum(t.numel() for t in held) < HOG_WANTS * total:     # 1 GiB at a time, up to 70%
                 held.append(torch.empty(2**30, dtype=torch.uint8, device="cuda"))
 
-    payload = {"plan": plan, "trial_id": role, "study": STUDY, "config": trial_config(root), "device": "cuda"}
+    config = trial_config(root)
+    payload = {"plan": plan, "trial_id": role, "study": STUDY, "config": config, "device": config["model"]["device"]}
     try:
         adapt_trial(payload, Session(0, None, send))
     except GpuOutOfMemoryError as e:
@@ -151,9 +152,17 @@ def main(argv=None) -> int:
     t = time.monotonic()
     procs = {r: subprocess.Popen([sys.executable, "-m", "bench.gpu_share", "--trial", r, "--dir", str(root)])
              for r in ROLES}
-    codes = {"hog": procs["hog"].wait(timeout=240)}
-    (root / "hog.done").touch()                      # even when the hog died early: calm stops waiting
-    codes["calm"] = procs["calm"].wait(timeout=240)
+    try:
+        codes = {"hog": procs["hog"].wait(timeout=120)}
+        (root / "hog.done").touch()                  # even when the hog died early: calm stops waiting
+        codes["calm"] = procs["calm"].wait(timeout=60)
+    except subprocess.TimeoutExpired as e:
+        codes = {r: p.poll() for r, p in procs.items()}
+        print(f"gpu_share: a trial process ran past its time ({e})")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
     bad = check(root, codes)
     print(f"gpu_share: {'ok' if not bad else 'FAILED: ' + '; '.join(bad)} ({time.monotonic() - t:.0f} s)")
     return 1 if bad else 0

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One-shot GPU check of the fast data path (issue 7): prints the environment, then the throughput table of
-# `python3 -m bench.throughput --gpu-defaults` (reference style vs ours, crops and tokens, GPU utilisation,
-# MFU). Installs nothing from the network and finishes in under 5 minutes on one GPU.
+# One-shot GPU check: prints the environment; the shared-GPU memory cap (issue 13: `python3 -m
+# bench.gpu_share`, two trials at GPU 0.5, one outgrowing its share must fail alone with its out-of-memory
+# failed record while the other completes); then the throughput table of the fast data path (issue 7:
+# `python3 -m bench.throughput --gpu-defaults`, reference style vs ours, crops and tokens, GPU utilisation,
+# MFU). Installs nothing from the network and finishes in under 7 minutes on one GPU. Exit code: non-zero
+# when the shared-GPU check failed (after the throughput table, which runs either way).
 #
 #   bash bench/gpu_check.sh [extra bench.throughput flags, e.g. --images 1000 --peak-tflops 989]
 #
@@ -31,5 +34,10 @@ import open_clip
 print(f"open_clip {open_clip.__version__}")
 PYEOF
 
+echo "== shared GPU: two trials at 0.5, one outgrows its share"
+share_rc=0
+timeout 200 "$PY" -m bench.gpu_share || share_rc=$?
+
 echo "== throughput (reference style vs ours)"
 timeout 280 "$PY" -m bench.throughput --gpu-defaults "$@"
+exit "$share_rc"

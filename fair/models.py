@@ -175,6 +175,13 @@ def resolve_pretrained(cfg: ModelConfig, cache_root: str) -> ModelConfig:
     return replace(cfg, pretrained=str(build_standin(Path(cache_root).expanduser(), size=size)))
 
 
+def native_image_size(name: str) -> int | None:
+    """The input side (px) of open_clip architecture `name`, from its config; None when unknown."""
+    register_builtin_configs()
+    size = ((open_clip.get_model_config(name) or {}).get("vision_cfg") or {}).get("image_size")
+    return size if isinstance(size, int) else (size[0] if isinstance(size, (list, tuple)) and size else None)
+
+
 def load_clip(cfg: ModelConfig, device: torch.device):
     """(model, tokenizer, preprocess) for an open_clip model with a tag, a checkpoint, an hf-hub repository
     or random init. `preprocess` is open_clip's dict (size, mean, std, interpolation, resize_mode, ...)

@@ -99,7 +99,9 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     recs = sweep_storage.list_records(uri, cfg.name)
     assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
     first = sweep_storage.record_key(cfg.name, "fashion_mnist", recs["fashion_mnist"][0])
-    assert sweep_storage.read_json(uri, first)["status"] == "completed"
+    completed = sweep_storage.read_json(uri, first)
+    assert completed["status"] == "completed"
+    assert completed["provenance"]["gpu_memory_cap"] is None       # on the CPU: no cap (tune.gpu_share)
     (tid,) = recs["fashion_mnist_shifted"]
     rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist_shifted", tid))
     assert rec["status"] == "failed" and rec["metrics"] is None and rec["run_id"] == tid

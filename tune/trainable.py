@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tune import storage
+from tune import gpu_share, storage
 
 log = logging.getLogger("tune.trainable")
 
@@ -198,7 +198,11 @@ def adapt_trial(payload: dict, session: Session) -> None:
     reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
                              scratch / "crash.marker", hold)
-    record = adapt(cfg, run_dir, report=reporter, resume_from=resume_from)
+    # a shared GPU (per_worker.GPU < 1): this process keeps to its share, and runs out of memory alone
+    cap = gpu_share.apply_memory_cap(float(plan.per_worker.get("GPU", 0)), cfg.model.device)
+    record = gpu_share.out_of_memory_guarded(
+        lambda: adapt(cfg, run_dir, report=reporter, resume_from=resume_from), cap, cfg)
+    record["provenance"]["gpu_memory_cap"] = cap.as_dict() if cap else None
     if rank == 0:
         stamp_record(record, plan, trial_id, study)
         path = storage.write_json(plan.storage, storage.record_key(plan.sweep, study, trial_id), record)

@@ -22,6 +22,8 @@ from fair.io import sha256_json
 SCHEMA_VERSION = 1
 # Config keys that do not change a run's result (left out of config_digest; a resume may change them).
 DIGEST_IGNORES = ("run.", "eval.val_every_epoch", "data.num_workers", "train.compile")
+# Config sections read by one method only (dropped from the digest of every other method's runs).
+METHOD_SECTIONS = ("dpa", "tent")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "ray", "optuna")
 
 
@@ -38,6 +40,9 @@ def result_config(config: dict) -> dict:
         data.pop("pipeline", None)
     if data.get("cache_size") is None:
         data.pop("cache_size", None)
+    for section in METHOD_SECTIONS:         # a method's own options change only its own runs
+        if d.get("method") != section:
+            d.pop(section, None)
     return d
 
 

@@ -77,8 +77,8 @@ def test_every_method_runs_through_the_same_code(tiny_cfg, method):
         assert row["loss"] == pytest.approx(row["loss_ce"] + row["loss_fair"])   # lambda 1: H - H(pbar)
 
 
-def test_dpa_starts_from_descriptions_when_asked(tiny_cfg):
-    """dpa.init=descriptions starts Z from W_fix: the descriptions file is then read (and must cover every
+def test_dpa_starts_from_descriptions_when_asked(tiny_cfg, tmp_path):
+    """dpa.init=descriptions starts Z from W_fix: a descriptions file is then required (and must cover every
     class), as for fair; with templates it is not needed."""
     d = {**tiny_cfg, "method": "dpa", "dpa": {"init": "descriptions", "alpha": 0.2},
          "train": {**tiny_cfg["train"], "epochs": 1}}
@@ -88,7 +88,12 @@ def test_dpa_starts_from_descriptions_when_asked(tiny_cfg):
            "run": {**d["run"], "name": "nodesc"}}
     with pytest.raises(FairError):
         run_adapt(from_dict(bad))
-    templates = {**bad, "dpa": {"init": "templates"}, "run": {**d["run"], "name": "templates"}}
+    short = tmp_path / "short.json"                      # a file that misses classes: refused for W_fix only
+    short.write_text('{"red square": ["a red square."]}')
+    partial = {**d, "data": {**d["data"], "descriptions": str(short)}, "run": {**d["run"], "name": "partial"}}
+    with pytest.raises(FairError, match="green circle"):
+        run_adapt(from_dict(partial))
+    templates = {**partial, "dpa": {"init": "templates"}, "run": {**d["run"], "name": "templates"}}
     assert run_adapt(from_dict(templates))["status"] == "completed"
 
 

@@ -64,6 +64,24 @@ def test_default_space_is_valid_for_the_fair_config():
     assert names.index("anchors.mode") < names.index("anchors.tau_anchor")
 
 
+@pytest.mark.parametrize("method, space", [
+    ("dpa", {"dpa.alpha": {"uniform": [0.0, 1.0]}, "dpa.reg": {"loguniform": [0.1, 10]},
+             "dpa.align": {"loguniform": [0.01, 1]}, "dpa.align_scale": {"choice": [1, 100]},
+             "dpa.init": {"choice": ["templates", "descriptions"]}, "dpa.da_len": {"int": [8, 64]},
+             "train.lr": {"loguniform": [1e-6, 1e-4]}}),
+    ("tent", {"tent.diversity": {"uniform": [0.0, 2.0]}, "tent.view": {"choice": ["weak", "strong"]}}),
+])
+def test_method_sections_are_searchable_like_train(method, space):
+    """dpa.* / tent.* keys are FairConfig keys: a space over them validates, and a bad one is refused by name."""
+    base = {**BASE, "method": method}
+    validate_against(parse_space(space), base)
+    key = next(iter(space))
+    with pytest.raises(FairError, match=key.split(".")[0] + r"\."):
+        validate_against(parse_space({key: {"uniform": [-1.0, -0.5]}}), base)
+    with pytest.raises(FairError, match="did you mean"):
+        validate_against(parse_space({f"{key}x": {"uniform": [0.1, 0.5]}}), base)
+
+
 def test_searcher_round_robins_and_respects_budget():
     from tune.searcher import StudySearcher
     s = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max", seeds={"a": 1, "b": 2})

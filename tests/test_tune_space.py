@@ -284,13 +284,15 @@ def _imagefolder(root, classes=("cat", "dog")):
     return {"dataset": "imagefolder", "root": str(root), "val_per_class": 1}
 
 
-def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys):
-    """A descriptions file that leaves a class empty would fail every trial after the model is loaded."""
+@pytest.mark.parametrize("method", [{}, {"method": "dpa", "dpa": {"init": "descriptions"}}])
+def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys, method):
+    """A descriptions file that leaves a class empty would fail every trial after the model is loaded (fair,
+    and dpa when its text prototypes start from the descriptions)."""
     import json
     data = _imagefolder(tmp_path / "imgs")
     (tmp_path / "imgs" / "descriptions.json").write_text(json.dumps({"cat": ["a small feline"], "dog": []}))
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, "data": data})))
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, **method, "data": data})))
     assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "imagefolder" in err and "'dog'" in err and "'cat'" not in err, err

@@ -19,9 +19,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from fair import engine, record
+from fair import engine, methods, record
 from fair.anchors import LearnableAnchors, fixed_head
-from fair.config import FairConfig, save_config
+from fair.config import TRAINING_METHODS, FairConfig, needs_descriptions, save_config
 from fair.data import PreparedData, prepare_data
 from fair.data.device_views import DevicePipeline
 from fair.data.views import PilPipeline, build_views
@@ -76,14 +76,14 @@ def adapt(cfg: FairConfig, run_dir: str | Path, report: Report | None = None,
     t_eval = time.perf_counter()
     metrics = baseline_metrics(cfg, setup, data)
     eval_s = time.perf_counter() - t_eval
-    trains = cfg.method in ("fair", "selftrain") and cfg.train.epochs > 0
+    trains = cfg.method in TRAINING_METHODS and cfg.train.epochs > 0
     rows, train_s = train(cfg, setup, data, run_dir, report, src) if trains else ([], 0.0)
     t_eval = time.perf_counter()
     metrics, outcomes = final_metrics(cfg, setup, data, rows, metrics)
     eval_s += time.perf_counter() - t_eval
 
     wall = time.perf_counter() - t_start
-    needs_desc = cfg.method in ("fair", "wca")
+    needs_desc = needs_descriptions(cfg)
     rec = record.completed_record(
         cfg, metrics, record.timings(wall, setup_s, train_s, eval_s, rows, device),
         {**record.provenance(data, setup.descriptions.sha256, device), "preprocess": setup.preprocess},
@@ -135,7 +135,7 @@ def set_up(cfg: FairConfig, data: PreparedData, device: torch.device) -> Setup:
     progress = cfg.run.progress and rank() == 0
     model_cfg = resolve_pretrained(cfg.model, cfg.run.cache_root)
     clip, tokenizer, pp = load_clip(model_cfg, device)
-    needs_desc = cfg.method in ("fair", "wca")
+    needs_desc = needs_descriptions(cfg)
     descriptions = load_descriptions(data.descriptions_path if (needs_desc or data.descriptions_path) else None,
                                      data.classnames, fallback=cfg.data.description_fallback or not needs_desc)
     te = build_text_embeddings(clip, tokenizer, data.classnames, data.templates, descriptions, weights_id(model_cfg),
@@ -148,9 +148,9 @@ def set_up(cfg: FairConfig, data: PreparedData, device: torch.device) -> Setup:
     class_emb = te.class_emb.to(device)
     w_desc = fixed_head(te.desc_emb, te.desc_mask, te.class_emb, cfg.anchors.tau_text).to(device) \
         if descriptions.sha256 is not None else None
-    if cfg.method == "selftrain":
+    if not methods.uses_locals(cfg):
         heads = engine.Heads(class_emb, class_emb, w_desc, scale, use_locals=False)
-        anchors = LearnableAnchors("prototype", te.class_emb)
+        anchors = methods.global_head(cfg, te.class_emb, None if w_desc is None else w_desc.cpu())
     else:
         w_fix = fixed_head(te.desc_emb, te.desc_mask, te.class_emb, cfg.anchors.tau_text).to(device)
         heads = engine.Heads(class_emb, w_fix, w_desc, scale, use_locals=True)
@@ -212,8 +212,9 @@ def train(cfg: FairConfig, setup: Setup, data: PreparedData, run_dir: Path, repo
     drop_last = len(data.train) // world_size() >= per_proc_batch
     n_batches = len(engine.make_loader(train_set, per_proc_batch, True, 0, 0, drop_last))
     steps_per_epoch = n_batches if cfg.train.max_steps_per_epoch is None else min(n_batches, cfg.train.max_steps_per_epoch)
+    method = methods.training_method(cfg, len(data.train), setup.heads.class_emb.shape[1], setup.device)
     tr = engine.make_training(cfg, setup.student, setup.visual_params, setup.heads, setup.device,
-                              max(1, steps_per_epoch * cfg.train.epochs))
+                              max(1, steps_per_epoch * cfg.train.epochs), method)
     digest = record.config_digest(cfg)
     rows: list[dict] = []
     start_epoch = 1
@@ -221,6 +222,8 @@ def train(cfg: FairConfig, setup: Setup, data: PreparedData, run_dir: Path, repo
         blob = engine.load_checkpoint(src, tr, digest)
         rows, start_epoch = list(blob["rows"]), blob["epoch"] + 1
         log.info("resumed from %s after epoch %d", src, blob["epoch"])
+    elif method is not None:
+        method.start(tr, data.train, setup.views, setup.progress)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         seed = engine.epoch_seed(cfg.seed, epoch)
         engine.seed_everything(seed)

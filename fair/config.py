@@ -18,7 +18,8 @@ import yaml
 
 from fair.errors import FairError
 
-Method = Literal["zeroshot", "wca", "selftrain", "fair"]
+Method = Literal["zeroshot", "wca", "selftrain", "fair", "dpa", "tent"]
+TRAINING_METHODS = ("fair", "selftrain", "dpa", "tent")   # the methods that adapt the model (the others only score)
 
 
 @dataclass
@@ -120,6 +121,24 @@ class EvalConfig:
 
 
 @dataclass
+class DpaConfig:
+    """The `dpa` baseline (dpa-method.md); read only when method is dpa."""
+    init: Literal["templates", "descriptions"] = "templates"   # text prototypes Z start from t_c or W_fix
+    da_len: int = 32                       # distribution alignment: batch means of p_T kept
+    alpha: float = 0.5                     # p = alpha p_P + (1 - alpha) p~_T
+    reg: float = 1.0                       # weight of the fairness term -(1/C) sum_c log pbar_c
+    align: float = 1.0                     # weight of the prototype alignment (InfoNCE over classes)
+    align_scale: float = 100.0             # its logit scale (DPA's settings: 100 or 1)
+
+
+@dataclass
+class TentConfig:
+    """The `tent` control: entropy minimisation with a batch-diversity term; read only when method is tent."""
+    diversity: float = 1.0                 # lambda in mean_b H(p_b) - lambda H(pbar)
+    view: Literal["weak", "strong"] = "weak"   # the view whose predictions are sharpened (docs/method.md)
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs"
     name: Optional[str] = None             # run folder name; default <dataset>-<method>-s<seed>
@@ -142,6 +161,8 @@ class FairConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dpa: DpaConfig = field(default_factory=DpaConfig)
+    tent: TentConfig = field(default_factory=TentConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -407,6 +428,12 @@ def save_config(cfg: FairConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def needs_descriptions(cfg: FairConfig) -> bool:
+    """Whether the method reads the class descriptions (fair, wca, dpa started from W_fix): their file must then
+    cover every class, unless data.description_fallback."""
+    return cfg.method in ("fair", "wca") or (cfg.method == "dpa" and cfg.dpa.init == "descriptions")
+
+
 def validate(cfg: FairConfig) -> None:
     """Value ranges and cross-field checks that types alone cannot express."""
     validate_model(cfg.model)
@@ -434,6 +461,12 @@ def validate(cfg: FairConfig) -> None:
     require(0 <= cfg.data.randaug_magnitude <= 30, "config key 'data.randaug_magnitude' must lie in [0, 30]")
     require(cfg.data.randaug_ops >= 0, "config key 'data.randaug_ops' must be >= 0")
     require(cfg.data.cache_size is None or cfg.data.cache_size >= 8, "config key 'data.cache_size' must be >= 8")
+    require(cfg.dpa.da_len >= 1, "config key 'dpa.da_len' must be >= 1")
+    require(0 <= cfg.dpa.alpha <= 1, "config key 'dpa.alpha' must lie in [0, 1]")
+    for k in ("reg", "align"):
+        require(getattr(cfg.dpa, k) >= 0, f"config key 'dpa.{k}' must be >= 0")
+    require(cfg.dpa.align_scale > 0, "config key 'dpa.align_scale' must be > 0 (DPA uses 100 or 1)")
+    require(cfg.tent.diversity >= 0, "config key 'tent.diversity' must be >= 0")
     name = cfg.run.name
     require(name is None or (name.strip() not in ("", ".", "..") and not name.startswith("/")),
             f"config key 'run.name' must name a folder inside run.out_dir, got {name!r}; e.g. --set run.name=dtd-try2")

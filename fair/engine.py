@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fair import local
 from fair.config import FairConfig
-from fair.data.views import as_pipeline, collate
+from fair.data.views import as_pipeline, batch_indices, collate
 from fair.errors import FairError
 from fair.io import atomic_torch_save
 from fair.losses import all_reduce_sum, student_loss, world_size
@@ -71,6 +71,7 @@ class Training:
     total_steps: int
     ddp_student: nn.Module | None = None
     running_pbar: torch.Tensor | None = None   # the running mean prediction (train.fair_momentum > 0)
+    method: TrainingMethod | None = None       # another method's step and state (dpa, tent); None: train_step
 
     def __post_init__(self):
         if self.cfg.train.fair_momentum is None:
@@ -79,8 +80,30 @@ class Training:
         self.ddp_student = self.ddp_student or self.student
 
 
+class TrainingMethod(Protocol):
+    """A training method other than FAIR's own step (fair.methods builds one per method: fair.dpa, fair.tent).
+
+    It steps on the batch's views and keeps its own state across steps and epochs, which checkpoints carry.
+    """
+
+    def start(self, tr: Training, images, pipeline, progress: bool) -> None:
+        """Before the first epoch of a run (not on resume)."""
+
+    def step(self, tr: Training, weak: torch.Tensor, strong: torch.Tensor, indices: torch.Tensor, generator,
+             crops: torch.Tensor | None) -> dict:
+        """One optimisation step; the statistics train_step returns ("agree" may be None, "extra" adds
+        per-sample means to the epoch row)."""
+
+    def end_epoch(self, tr: Training) -> None:
+        """After the last step of every epoch, on every process."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None: ...
+
+
 def make_training(cfg: FairConfig, student: Student, visual_params: list, heads: Heads, device: torch.device,
-                  total_steps: int) -> Training:
+                  total_steps: int, method: TrainingMethod | None = None) -> Training:
     """AdamW over the trainable norms and the anchors (lr x anchors.lr_mult), warm-up then cosine to
     train.lr_min, the precision's gradient scaler, and DDP across processes when there are several."""
     ddp_student = student
@@ -95,7 +118,7 @@ def make_training(cfg: FairConfig, student: Student, visual_params: list, heads:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.train.warmup_steps, total_steps, floor))
     return Training(cfg, student, heads, optimizer, scheduler, grad_scaler(cfg.model.precision, device), device,
-                    total_steps, ddp_student)
+                    total_steps, ddp_student, method=method)
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -189,18 +212,23 @@ def train_step(tr: Training, weak: torch.Tensor, strong: torch.Tensor, gamma: fl
     parts = student_loss(logits, t.y, w, cfg.train.lambda_fair, tr.running_pbar, momentum)
     if momentum > 0:
         tr.running_pbar = parts.pbar
-    tr.optimizer.zero_grad(set_to_none=True)
-    tr.scaler.scale(parts.loss).backward()
-    if cfg.train.grad_clip > 0:
-        tr.scaler.unscale_(tr.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in tr.optimizer.param_groups for p in g["params"]],
-                                       cfg.train.grad_clip)
-    tr.scaler.step(tr.optimizer)
-    tr.scaler.update()
-    tr.scheduler.step()
+    optimize(tr, parts.loss)
     # Statistics stay on the device as tensors: no per-step host synchronisation.
     return {"loss": parts.value, "ce": parts.ce, "fair": parts.fair, "w_sum": w.sum(), "kept": keep.sum(),
             "agree": (t.p_fix.argmax(1) == t.p_las.argmax(1)).sum(), "y": t.y}
+
+
+def optimize(tr: Training, loss: torch.Tensor) -> None:
+    """Backward, gradient clipping (train.grad_clip), the optimizer and schedule step: every method's update."""
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.scaler.scale(loss).backward()
+    if tr.cfg.train.grad_clip > 0:
+        tr.scaler.unscale_(tr.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in tr.optimizer.param_groups for p in g["params"]],
+                                       tr.cfg.train.grad_clip)
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    tr.scheduler.step()
 
 
 def train_one_epoch(tr: Training, loader, epoch: int, pipeline=None, progress: bool = True) -> dict:
@@ -216,6 +244,8 @@ def train_one_epoch(tr: Training, loader, epoch: int, pipeline=None, progress: b
     steps_per_epoch = len(loader) if cfg.train.max_steps_per_epoch is None else \
         min(len(loader), cfg.train.max_steps_per_epoch)
     sums = torch.zeros(8, dtype=torch.float64, device=device)  # loss, ce, fair, w, kept, pl_correct, agree, n
+    extra: dict[str, torch.Tensor] = {}                        # a method's own per-sample means, times B
+    has_agree = True
     bad, t0 = 0, time.perf_counter()
     gamma = cfg.pseudo.gamma_start
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=None if progress else True, leave=False)
@@ -230,23 +260,37 @@ def train_one_epoch(tr: Training, loader, epoch: int, pipeline=None, progress: b
         global_step = (epoch - 1) * steps_per_epoch + step
         gamma = gamma_at(cfg.pseudo.gamma_start, cfg.pseudo.gamma_end, cfg.pseudo.gamma_schedule,
                          global_step / max(tr.total_steps - 1, 1))
-        stats = train_step(tr, weak, strong, gamma, gen, crops)
+        if tr.method is None:
+            stats = train_step(tr, weak, strong, gamma, gen, crops)
+        else:
+            stats = tr.method.step(tr, weak, strong, batch_indices(batch), gen, crops)
         B = len(labels)
+        has_agree = has_agree and stats["agree"] is not None
+        agree = stats["agree"] if stats["agree"] is not None else torch.zeros((), device=device)
         sums += torch.stack([stats["loss"] * B, stats["ce"] * B, stats["fair"] * B, stats["w_sum"], stats["kept"],
-                             (stats["y"] == labels).sum(), stats["agree"],
+                             (stats["y"] == labels).sum(), agree,
                              torch.full((), B, device=device)]).double()   # a fill, not a host copy
+        for key, value in stats.get("extra", {}).items():
+            extra[key] = extra.get(key, 0) + value.double() * B
         bar.update(1)
     bar.close()
+    if tr.method is not None:
+        tr.method.end_epoch(tr)
+    extra_keys = sorted(extra)
+    sums = torch.cat([sums, *[extra[k].view(1) for k in extra_keys]])
     sums = (all_reduce_sum(sums) if world_size() > 1 else sums).cpu()
     n = max(sums[7].item(), 1.0)
     has_labels = bool((loader.dataset.images.labels >= 0).all())
     elapsed = time.perf_counter() - t0
     return {
         "epoch": epoch, "loss": sums[0].item() / n, "loss_ce": sums[1].item() / n, "loss_fair": sums[2].item() / n,
-        "lr": tr.optimizer.param_groups[0]["lr"], "gamma": gamma, "mean_weight": sums[3].item() / n,
+        "lr": tr.optimizer.param_groups[0]["lr"], "gamma": gamma if tr.method is None else None,
+        "mean_weight": sums[3].item() / n,
         "frac_kept": sums[4].item() / n, "pseudo_label_acc": 100.0 * sums[5].item() / n if has_labels else None,
-        "head_agreement": sums[6].item() / n, "images_per_s": sums[7].item() / max(elapsed, 1e-9),
+        "head_agreement": sums[6].item() / n if has_agree else None,
+        "images_per_s": sums[7].item() / max(elapsed, 1e-9),
         "epoch_s": elapsed, "bad_images": bad,
+        **{k: sums[8 + i].item() / n for i, k in enumerate(extra_keys)},
     }
 
 
@@ -314,7 +358,8 @@ def save_checkpoint(path: Path, tr: Training, epoch: int, rows: list, config_dig
     blob = {
         "epoch": epoch, "trainable": trainable_state(tr.student), "optimizer": tr.optimizer.state_dict(),
         "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(), "rows": rows,
-        "running_pbar": tr.running_pbar, "config_digest": config_digest, "resolved": resolved or {},
+        "running_pbar": tr.running_pbar, "method_state": tr.method.state_dict() if tr.method else None,
+        "config_digest": config_digest, "resolved": resolved or {},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
@@ -350,4 +395,9 @@ def load_checkpoint(path: Path, tr: Training, config_digest: str) -> dict:
     tr.scaler.load_state_dict(blob["scaler"])
     if blob.get("running_pbar") is not None:
         tr.running_pbar = blob["running_pbar"].to(tr.device)
+    if tr.method is not None:
+        if blob.get("method_state") is None:
+            raise FairError(f"checkpoint {str(path)!r} holds no {tr.cfg.method} state (memory bank, ...); "
+                            f"start the run again (run.overwrite=true)")
+        tr.method.load_state_dict(blob["method_state"], tr.device)
     return blob

@@ -30,6 +30,19 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def global_pbar(probs: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The mean of the prediction rows `probs` [B, C] over every process's samples (`n` in all): this process's
+    rows carry gradient, the others' enter detached (so DDP's gradient average is the one-process gradient)."""
+    local_sum = probs.sum(0)
+    return (local_sum + (all_reduce_sum(local_sum) - local_sum.detach())) / n
+
+
+def global_mean_rows(x: torch.Tensor) -> torch.Tensor:
+    """The mean of the rows of `x` [B, K] over every process's samples, without gradient."""
+    sums = all_reduce_sum(torch.cat([x.sum(0), x.new_full((1,), float(len(x)))]))
+    return sums[:-1] / sums[-1]
+
+
 def fairness_term(pbar: torch.Tensor) -> torch.Tensor:
     """L_fair = -(1/C) sum_c log pbar_c (minimal when predictions are balanced over classes)."""
     return -torch.log(pbar.clamp_min(1e-8)).mean()
@@ -77,9 +90,7 @@ def student_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lambda_
     W, ce_sum, N = sums[0], sums[1], sums[2]
     loss_ce = P * (w * ce).sum() / W.clamp_min(1e-12)
 
-    probs = torch.softmax(logits, dim=-1)
-    local_sum = probs.sum(0)
-    pbar = (local_sum + (all_reduce_sum(local_sum) - local_sum.detach())) / N
+    pbar = global_pbar(torch.softmax(logits, dim=-1), N)
     if running_pbar is not None and momentum > 0:
         pbar = momentum * running_pbar + (1 - momentum) * pbar
     l_fair = fairness_term(pbar)

@@ -23,6 +23,8 @@ from fair.io import sha256_json
 SCHEMA_VERSION = 1
 # Config keys that do not change a run's result (left out of config_digest; a resume may change them).
 DIGEST_IGNORES = ("run.", "eval.val_every_epoch", "data.num_workers", "train.compile")
+# Config sections read by one method only (dropped from the digest of every other method's runs).
+METHOD_SECTIONS = ("dpa", "tent")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "ray", "optuna")
 
 
@@ -43,6 +45,9 @@ def result_config(config: dict) -> dict:
     for key in ("config", *PREPROCESS_KEYS):   # added later; None: what runs before them did
         if model.get(key) is None:
             model.pop(key, None)
+    for section in METHOD_SECTIONS:         # a method's own options change only its own runs
+        if d.get("method") != section:
+            d.pop(section, None)
     return d
 
 

@@ -40,8 +40,9 @@ from results.store import Store
 
 SELECT_BY = "val_top1"                     # the validation objective; never a test metric
 GROUP = ["sweep", "method", "backbone", "pretrained"]
-METHOD_NAMES = {"zeroshot": "Zero-shot", "wca": "WCA", "selftrain": "Self-training", "fair": "FAIR"}
-METHOD_ORDER = {"zeroshot": 0, "wca": 1, "selftrain": 2, "fair": 3}
+METHOD_NAMES = {"zeroshot": "Zero-shot", "wca": "WCA", "tent": "TENT", "selftrain": "Self-training", "dpa": "DPA",
+                "fair": "FAIR"}
+METHOD_ORDER = {"zeroshot": 0, "wca": 1, "tent": 2, "selftrain": 3, "dpa": 4, "fair": 5}
 # For each reportable metric, the same-run baselines that go with it.
 BASELINES = {"test_top1": (("zeroshot_top1", "Zero-shot (same runs)"), ("wca_top1", "WCA (same runs)")),
              "test_mean_per_class": (("zeroshot_mean_per_class", "Zero-shot (same runs)"),

@@ -54,17 +54,58 @@ def test_adapt_writes_run_folder_and_complete_record(tiny_cfg):
     assert (torch.load(run_dir + "/checkpoints/last.pt", weights_only=False)["epoch"]) == 2
 
 
-@pytest.mark.parametrize("method", ["zeroshot", "wca", "selftrain"])
+@pytest.mark.parametrize("method", ["zeroshot", "wca", "selftrain", "dpa", "tent"])
 def test_every_method_runs_through_the_same_code(tiny_cfg, method):
     over = {"method": method, "train": {**tiny_cfg["train"], "epochs": 1}}
     record = run_adapt(from_dict({**tiny_cfg, **over}))
     m = record["metrics"]
+    assert record["method"] == method and m["predictor"] in ("global", "las") and 0 <= m["test_top1"] <= 100
     if method == "zeroshot":
         assert m["test_top1"] == pytest.approx(m["zeroshot_top1"])
     if method == "wca":
         assert m["test_top1"] == pytest.approx(m["wca_top1"])
-    if method == "selftrain":
+    if method in ("selftrain", "dpa", "tent"):       # global features only: one predictor, the val split's
         assert record["timings"]["epochs"] == 1 and "test_top1_las" not in m
+        assert m["predictor"] == "global" and m["val_top1"] == m["val_top1_global"] is not None
+        row = record["epochs"][0]
+        assert row["loss"] is not None and row["pseudo_label_acc"] is not None
+    if method == "dpa":
+        assert row["loss_align"] > 0 and 0 < row["mean_weight"] <= 1 and row["head_agreement"] is not None
+        assert row["gamma"] is None
+    if method == "tent":                               # no second head, no weights
+        assert row["head_agreement"] is None and row["mean_weight"] == 1.0
+        assert row["loss"] == pytest.approx(row["loss_ce"] + row["loss_fair"])   # lambda 1: H - H(pbar)
+
+
+def test_dpa_starts_from_descriptions_when_asked(tiny_cfg, tmp_path):
+    """dpa.init=descriptions starts Z from W_fix: a descriptions file is then required (and must cover every
+    class), as for fair; with templates it is not needed."""
+    d = {**tiny_cfg, "method": "dpa", "dpa": {"init": "descriptions", "alpha": 0.2},
+         "train": {**tiny_cfg["train"], "epochs": 1}}
+    rec = run_adapt(from_dict(d))
+    assert rec["provenance"]["descriptions_sha256"] and rec["config"]["dpa"]["init"] == "descriptions"
+    bad = {**d, "data": {**d["data"], "descriptions": "/nonexistent/descriptions.json"},
+           "run": {**d["run"], "name": "nodesc"}}
+    with pytest.raises(FairError):
+        run_adapt(from_dict(bad))
+    short = tmp_path / "short.json"                      # a file that misses classes: refused for W_fix only
+    short.write_text('{"red square": ["a red square."]}')
+    partial = {**d, "data": {**d["data"], "descriptions": str(short)}, "run": {**d["run"], "name": "partial"}}
+    with pytest.raises(FairError, match="green circle"):
+        run_adapt(from_dict(partial))
+    templates = {**partial, "dpa": {"init": "templates"}, "run": {**d["run"], "name": "templates"}}
+    assert run_adapt(from_dict(templates))["status"] == "completed"
+
+
+def test_a_method_section_changes_only_its_own_runs_digest(tiny_cfg):
+    """dpa.* / tent.* are read by their method only: a fair run's digest (so its checkpoints and resume check)
+    ignores them, and runs made before the sections existed keep their digest."""
+    from fair.record import config_digest
+    fair, other = from_dict(tiny_cfg), from_dict({**tiny_cfg, "dpa": {"alpha": 0.1}, "tent": {"view": "strong"}})
+    assert config_digest(fair) == config_digest(other)
+    dpa = from_dict({**tiny_cfg, "method": "dpa"})
+    assert config_digest(dpa) != config_digest(from_dict({**tiny_cfg, "method": "dpa", "dpa": {"alpha": 0.1}}))
+    assert config_digest(dpa) == config_digest(from_dict({**tiny_cfg, "method": "dpa", "tent": {"diversity": 2}}))
 
 
 def test_tokens_and_prototype_variants_run(tiny_cfg):
@@ -80,7 +121,9 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("method", ["fair", "dpa", "tent"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_cfg, tmp_path, method):
+    tiny_cfg = {**tiny_cfg, "method": method}
     straight = _cfg(tiny_cfg, run__name="straight")
     adapt(straight, tmp_path / "straight")
 
@@ -100,6 +143,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_cfg, tmp_pat
         assert torch.equal(a["trainable"][k], b["trainable"][k]), k
     assert [r["loss"] for r in a["rows"]] == [r["loss"] for r in b["rows"]]
     assert rec["timings"]["epochs"] == 2
+    if method == "dpa":          # the memory bank, P and the distribution alignment's queue travel too
+        sa, sb = a["method_state"], b["method_state"]
+        for k in ("features", "labels", "stamps"):
+            assert torch.equal(sa["bank"][k], sb["bank"][k]), k
+        assert sa["bank"]["clock"] == sb["bank"]["clock"] > 0
+        assert torch.equal(sa["prototypes"], sb["prototypes"]) and torch.equal(sa["da_means"], sb["da_means"])
+        assert (sa["bank"]["labels"] >= 0).all()        # every train image has an entry
 
 
 def test_existing_run_folder_is_refused_then_resumed(tiny_cfg, tmp_path, capsys):
@@ -244,7 +294,8 @@ def _ddp_worker(rank, port, cfg_dict, run_dir, out):
     dist.destroy_process_group()
 
 
-def test_two_processes_run_one_adaptation_with_ddp(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("method", ["fair", "dpa"])
+def test_two_processes_run_one_adaptation_with_ddp(tiny_cfg, tmp_path, method):
     """The path Ray Train workers take: torch.distributed initialised, the library shards and wraps DDP."""
     import socket
     import torch.multiprocessing as mp
@@ -252,9 +303,13 @@ def test_two_processes_run_one_adaptation_with_ddp(tiny_cfg, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    cfg = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}}
+    cfg = {**tiny_cfg, "method": method, "train": {**tiny_cfg["train"], "epochs": 1}}
     mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path / "ddp"), out), nprocs=2, join=True)
     assert out[0] == out[1]                       # unsharded evaluation: both processes report the same
+    if method == "dpa":     # the bank gathered at the epoch's end holds every image (tests/test_fair_formulas.py
+        # checks that the processes' banks and P agree)
+        state = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=False)["method_state"]
+        assert (state["bank"]["labels"] >= 0).all() and state["bank"]["stamps"].max() > 0
     assert out[0][1] == 2 and out[0][2] == 1
     assert json.loads((tmp_path / "ddp/record.json").read_text())["provenance"]["num_processes"] == 2
 

@@ -73,3 +73,39 @@ def test_the_library_never_imports_ray_and_the_cli_is_lazy():
             "bad = [m for m in ('ray', 'pyarrow', 'boto3', 'optuna') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# dpa-method.md's table of DPA's published settings: lr, epochs, alpha, reg, align, align_scale
+DPA_PUBLISHED = {
+    "dtd": (5e-5, 15, 0.2, 1, 1, 100), "caltech101": (1e-4, 15, 0.5, 1, 1, 100),
+    "flowers102": (1e-4, 15, 0.5, 1, 1, 1), "eurosat": (3e-5, 10, 0.5, 1, 0.01, 1),
+    "fgvc_aircraft": (3e-6, 10, 0.5, 1, 1, 100), "oxford_pets": (7e-5, 15, 0.01, 1, 1, 100),
+    "stanford_cars": (5e-6, 15, 0.5, 1, 1, 100), "sun397": (1e-6, 15, 0.5, 0.2, 1, 100),
+    "cifar10": (8e-5, 15, 0.1, 1, 0.1, 100), "cifar100": (1e-5, 15, 0.2, 1, 1, 100),
+    "ucf101": (1e-5, 15, 0.5, 1, 1, 100), "food101": (1e-6, 15, 0.2, 1, 1, 100),
+    "imagenet": (1e-6, 15, 0.5, 1, 1, 100),
+}
+
+
+def test_dpa_has_one_starting_config_per_dataset_with_its_published_setting():
+    from pathlib import Path
+    root = Path(__file__).parent.parent / "configs" / "methods" / "dpa"
+    assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(DPA_PUBLISHED)
+    for ds, (lr, epochs, alpha, reg, align, scale) in DPA_PUBLISHED.items():
+        cfg = load_config(root / f"{ds}.yaml")
+        assert (cfg.method, cfg.data.dataset, cfg.model.name) == ("dpa", ds, "ViT-B-32")
+        assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.grad_clip) == (lr, epochs, 64, 1.0)
+        assert (cfg.train.weight_decay, cfg.train.lr_min, cfg.anchors.lr_mult) == (0.1, 2e-6, 1.0)
+        assert (cfg.dpa.alpha, cfg.dpa.reg, cfg.dpa.align, cfg.dpa.align_scale) == (alpha, reg, align, scale)
+        assert cfg.dpa.init == "templates" and cfg.dpa.da_len == 32
+
+
+def test_dpa_and_tent_options_are_checked():
+    for key, bad in (("dpa.alpha", 1.5), ("dpa.da_len", 0), ("dpa.align_scale", 0), ("dpa.reg", -1),
+                     ("tent.diversity", -0.1)):
+        with pytest.raises(FairError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={bad}"])
+    with pytest.raises(FairError, match="dpa.init"):
+        load_config(None, ["dpa.init=llm"])
+    cfg = load_config(None, ["method=tent", "tent.view=strong", "tent.diversity=0.5"])
+    assert (cfg.tent.view, cfg.tent.diversity) == ("strong", 0.5)

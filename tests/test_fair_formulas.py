@@ -253,3 +253,168 @@ def test_bf16_autocast_leaves_pseudo_labels_weights_and_predictions_as_in_fp32(a
                 got = teacher(mode)
             for name, a, b in zip(("pseudo-labels", "weights", "global predictions", "las predictions"), want, got):
                 assert a.dtype == b.dtype and torch.equal(a, b), f"{mode}: {name} differ under bf16 autocast"
+
+
+# ------------------------------------------------------------------------------------ dpa and tent
+
+
+def test_image_prototypes_are_normalised_class_means_and_empty_classes_take_z():
+    from fair.dpa import image_prototypes
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, -1, 2])                                 # -1: never written, counts nowhere
+    z = torch.tensor([[5.0, 5.0], [0.0, 3.0], [1.0, 1.0]])
+    P = image_prototypes(features, labels, z)
+    s = 1 / math.sqrt(2)
+    assert torch.allclose(P, torch.tensor([[s, s], [0.0, 1.0], [0.0, 1.0]]))   # class 1 empty: normalize(Z[1])
+
+
+def test_distribution_alignment_by_hand_and_its_queue_keeps_the_last_means():
+    from fair.dpa import DistributionAlignment, align_distribution
+    p = torch.tensor([[0.6, 0.4]])
+    means = torch.tensor([[0.8, 0.2], [0.4, 0.2]])                      # mean (0.6, 0.2): p / it = (1, 2)
+    assert torch.allclose(align_distribution(p, means), torch.tensor([[1 / 3, 2 / 3]]))
+    da = DistributionAlignment(length=2)
+    batches = [torch.tensor([[0.9, 0.1], [0.7, 0.3]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[0.2, 0.8]])]
+    for b in batches:
+        out = da(b)
+    assert torch.allclose(da.means, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))   # the first batch's mean is gone
+    assert torch.allclose(out, align_distribution(batches[-1], torch.tensor([[0.5, 0.5], [0.2, 0.8]])))
+    assert torch.allclose(DistributionAlignment(32)(p), torch.tensor([[0.5, 0.5]]))   # alone: p / p, flat
+
+
+def test_dpa_pseudo_labels_mix_image_and_aligned_text_heads_with_the_ranking_weight():
+    from fair.dpa import DistributionAlignment, dpa_pseudo_labels
+    s_text = torch.tensor([[math.log(3.0), 0.0]])                       # p_T = (0.75, 0.25)
+    s_image = torch.tensor([[0.0, math.log(4.0)]])                      # p_P = (0.2, 0.8)
+    t = dpa_pseudo_labels(s_text, s_image, 1.0, 0.5, DistributionAlignment(32))
+    assert torch.allclose(t.p_text, torch.tensor([[0.75, 0.25]])) and torch.allclose(t.p_image, torch.tensor([[0.2, 0.8]]))
+    # p~_T of a lone batch is flat (0.5, 0.5): p = 0.5 (0.2, 0.8) + 0.5 (0.5, 0.5) = (0.35, 0.65)
+    assert torch.allclose(t.p, torch.tensor([[0.35, 0.65]])) and t.y.tolist() == [1]
+    assert t.w.item() == pytest.approx((0.8 / 0.8) * (0.25 / 0.75))    # raw p_T, not the aligned one
+    t_text_only = dpa_pseudo_labels(s_text, s_image, 1.0, 0.0, DistributionAlignment(32))
+    assert torch.allclose(t_text_only.p, torch.tensor([[0.5, 0.5]]))
+
+
+def test_dpa_loss_by_hand():
+    from fair.dpa import dpa_loss
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])          # CE(y=0): ln 2 and ln(4/3)
+    y, w = torch.tensor([0, 0]), torch.tensor([0.5, 1.0])
+    align_logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])              # each prototype: CE = ln(1 + e^-2)
+    parts = dpa_loss(logits, y, w, align_logits, reg=0.5, align=2.0)
+    ce = (0.5 * math.log(2) + math.log(4 / 3)) / 2                      # a plain batch mean of w CE
+    pbar = torch.tensor([0.625, 0.375])
+    fair = -torch.log(pbar).mean().item()
+    align = math.log(1 + math.exp(-2))
+    assert parts.ce.item() == pytest.approx(ce) and parts.fair.item() == pytest.approx(fair)
+    assert parts.align.item() == pytest.approx(align)
+    assert parts.value.item() == pytest.approx(ce + 0.5 * fair + 2 * align) == parts.loss.item()
+
+
+def test_prototype_alignment_moves_z_towards_p_and_leaves_p_alone():
+    """The alignment term trains the text prototypes Z only (P is a constant of the step)."""
+    from fair.dpa import prototype_alignment
+    from fair.scores import s_las
+    torch.manual_seed(0)
+    P = F.normalize(torch.randn(3, 4), dim=-1)
+    z = LearnableAnchors("prototype", F.normalize(torch.randn(3, 4), dim=-1))
+    before = (F.normalize(z.weight, dim=-1) * P).sum(1).detach()
+    loss = prototype_alignment(10 * s_las(z, P))
+    loss.backward()
+    assert not P.requires_grad and z.weight.grad is not None
+    with torch.no_grad():
+        z.weight -= 0.05 * z.weight.grad
+    assert prototype_alignment(10 * s_las(z, P)).item() < loss.item()
+    assert ((F.normalize(z.weight, dim=-1) * P).sum(1) > before).all()          # each Z[c] nearer its P[c]
+
+
+def test_memory_bank_keeps_the_latest_write_of_each_entry():
+    from fair.dpa import MemoryBank
+    bank = MemoryBank(4, 2, torch.device("cpu"))
+    bank.write(torch.tensor([0, 2]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 0]))
+    bank.write(torch.tensor([2]), torch.tensor([[0.5, 0.5]]), torch.tensor([3]))
+    assert bank.labels.tolist() == [1, -1, 3, -1]
+    assert torch.equal(bank.features[2], torch.tensor([0.5, 0.5])) and bank.stamps.tolist() == [1, 0, 2, 0]
+
+
+def test_tent_loss_by_hand():
+    from fair.tent import entropy, tent_loss
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])          # p = (0.5, 0.5), (0.75, 0.25)
+    h = lambda *p: -sum(x * math.log(x) for x in p)                      # noqa: E731
+    parts = tent_loss(logits, diversity=0.5)
+    mean_h = (h(0.5, 0.5) + h(0.75, 0.25)) / 2
+    assert parts.entropy.item() == pytest.approx(mean_h)
+    assert parts.diversity.item() == pytest.approx(h(0.625, 0.375))
+    assert parts.value.item() == pytest.approx(mean_h - 0.5 * h(0.625, 0.375)) == parts.loss.item()
+    assert entropy(torch.tensor([1.0, 0.0])).item() == 0.0              # 0 log 0 = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dpa_tent_objectives(x, theta, y, w, a):
+    """dpa's loss, tent's loss and the aligned text probabilities of logits x @ theta, with the gradients of
+    both losses w.r.t. the shared parameter theta (the alignment logits a @ theta: the same on every process)."""
+    from fair.dpa import DistributionAlignment, align_distribution, dpa_loss
+    from fair.tent import tent_loss
+    out = {}
+    for name, fn in (("dpa", lambda lg, th: dpa_loss(lg, y, w, a @ th, reg=0.7, align=1.3)),
+                     ("tent", lambda lg, th: tent_loss(lg, diversity=0.8))):
+        th = theta.clone().requires_grad_(True)
+        parts = fn(x @ th, th)
+        parts.loss.backward()
+        out[name] = (parts.value.item(), th.grad)
+    p = torch.softmax(x @ theta, dim=-1)
+    da = DistributionAlignment(2)
+    out["da"] = [da(p) for _ in range(3)][-1]
+    assert torch.allclose(out["da"], align_distribution(p, da.means))
+    return out
+
+
+def _dpa_worker(rank, port, x, theta, y, w, a, out):
+    import torch.distributed as dist
+
+    from fair.dpa import MemoryBank, image_prototypes
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    sl = slice(4 * rank, 4 * rank + 4)
+    res = _dpa_tent_objectives(x[sl], theta, y[sl], w[sl], a)
+    for name in ("dpa", "tent"):
+        g = res[name][1]
+        dist.all_reduce(g)   # what DDP does to parameter gradients: average over processes
+        res[name] = (res[name][0], g / 2)
+    # the bank: each process writes its half (and both write entry 0 in their second step: rank 1 wins)
+    bank = MemoryBank(8, 6, torch.device("cpu"))
+    bank.write(torch.arange(8)[sl], x[sl], y[sl])
+    bank.write(torch.tensor([0]), x[7:8] * (rank + 1), torch.tensor([rank]))
+    bank.synchronise()
+    res["bank"] = (bank.features, bank.labels, image_prototypes(bank.features, bank.labels, theta.t()))
+    out[rank] = res
+    dist.destroy_process_group()
+
+
+def test_dpa_and_tent_terms_are_the_same_for_one_batch_of_8_and_two_processes_of_4():
+    """As FAIR's loss: values, DDP-averaged gradients, the distribution alignment and the gathered memory bank
+    (so P) of two processes equal one process's on the whole batch."""
+    import torch.multiprocessing as mp
+
+    from fair.dpa import MemoryBank, image_prototypes
+    torch.manual_seed(0)
+    x, theta, a = torch.randn(8, 6), torch.randn(6, 5), torch.randn(5, 6)
+    y, w = torch.randint(0, 5, (8,)), torch.rand(8)
+    single = _dpa_tent_objectives(x, theta, y, w, a)
+    bank = MemoryBank(8, 6, torch.device("cpu"))
+    bank.write(torch.arange(8), x, y)
+    bank.write(torch.tensor([0]), x[7:8] * 2, torch.tensor([1]))
+    want_p = image_prototypes(bank.features, bank.labels, theta.t())
+    out = mp.Manager().dict()
+    mp.spawn(_dpa_worker, args=(_free_port(), x, theta, y, w, a, out), nprocs=2, join=True)
+    for r in range(2):
+        for name in ("dpa", "tent"):
+            assert out[r][name][0] == pytest.approx(single[name][0], rel=1e-5), name
+            assert torch.allclose(out[r][name][1], single[name][1], atol=1e-6), name
+        assert torch.allclose(out[r]["da"], single["da"][4 * r:4 * r + 4], atol=1e-6)
+        features, labels, P = out[r]["bank"]
+        assert torch.equal(features, bank.features) and torch.equal(labels, bank.labels)
+        assert torch.allclose(P, want_p, atol=1e-6)

@@ -64,6 +64,24 @@ def test_default_space_is_valid_for_the_fair_config():
     assert names.index("anchors.mode") < names.index("anchors.tau_anchor")
 
 
+@pytest.mark.parametrize("method, space", [
+    ("dpa", {"dpa.alpha": {"uniform": [0.0, 1.0]}, "dpa.reg": {"loguniform": [0.1, 10]},
+             "dpa.align": {"loguniform": [0.01, 1]}, "dpa.align_scale": {"choice": [1, 100]},
+             "dpa.init": {"choice": ["templates", "descriptions"]}, "dpa.da_len": {"int": [8, 64]},
+             "train.lr": {"loguniform": [1e-6, 1e-4]}}),
+    ("tent", {"tent.diversity": {"uniform": [0.0, 2.0]}, "tent.view": {"choice": ["weak", "strong"]}}),
+])
+def test_method_sections_are_searchable_like_train(method, space):
+    """dpa.* / tent.* keys are FairConfig keys: a space over them validates, and a bad one is refused by name."""
+    base = {**BASE, "method": method}
+    validate_against(parse_space(space), base)
+    key = next(iter(space))
+    with pytest.raises(FairError, match=key.split(".")[0] + r"\."):
+        validate_against(parse_space({key: {"uniform": [-1.0, -0.5]}}), base)
+    with pytest.raises(FairError, match="did you mean"):
+        validate_against(parse_space({f"{key}x": {"uniform": [0.1, 0.5]}}), base)
+
+
 def test_searcher_round_robins_and_respects_budget():
     from tune.searcher import StudySearcher
     s = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max", seeds={"a": 1, "b": 2})
@@ -266,13 +284,15 @@ def _imagefolder(root, classes=("cat", "dog")):
     return {"dataset": "imagefolder", "root": str(root), "val_per_class": 1}
 
 
-def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys):
-    """A descriptions file that leaves a class empty would fail every trial after the model is loaded."""
+@pytest.mark.parametrize("method", [{}, {"method": "dpa", "dpa": {"init": "descriptions"}}])
+def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys, method):
+    """A descriptions file that leaves a class empty would fail every trial after the model is loaded (fair,
+    and dpa when its text prototypes start from the descriptions)."""
     import json
     data = _imagefolder(tmp_path / "imgs")
     (tmp_path / "imgs" / "descriptions.json").write_text(json.dumps({"cat": ["a small feline"], "dog": []}))
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, "data": data})))
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, **method, "data": data})))
     assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "imagefolder" in err and "'dog'" in err and "'cat'" not in err, err

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from fair.config import FairConfig, build, deep_merge, from_dict, merge_overrides, read_yaml, require
+from fair.config import (FairConfig, build, deep_merge, from_dict, merge_overrides, needs_descriptions, read_yaml,
+                         require)
 from fair.errors import FairError
 from tune.space import SearchSpace, parse_space, validate_against
 
@@ -318,13 +319,14 @@ def check_datasets(cfg: SweepConfig) -> None:
 
 
 def check_dataset_ready(cfg: SweepConfig, ds: str) -> None:
-    """One dataset of the sweep: its files, and a descriptions file that covers every class (fair/wca)."""
+    """One dataset of the sweep: its files, and a descriptions file that covers every class (where the method
+    reads one: fair.config.needs_descriptions)."""
     from fair.data import descriptions_path
     from fair.data.catalog import check_dataset, get_spec
     from fair.text import load_descriptions
     fcfg = cfg.fair_config(ds)
     base = check_dataset(ds, fcfg.data.root)
-    if fcfg.method not in ("fair", "wca") or fcfg.data.description_fallback:
+    if not needs_descriptions(fcfg) or fcfg.data.description_fallback:
         return
     path = descriptions_path(fcfg.data, base=base)
     if path is None or not path.is_file():

@@ -78,6 +78,12 @@ def collate(items):
     return default_collate(good), bad
 
 
+def batch_indices(batch) -> torch.Tensor:
+    """The ImageSet indices [B] of a loader batch's images: the last element in both pipelines' batches
+    (fair.data.device_views.CachedBatches keeps this shape)."""
+    return batch[-1]
+
+
 class PilPipeline:
     """The reference data path: PIL decode and torchvision transforms per image, in DataLoader workers.
 

@@ -6,6 +6,9 @@
     print(plan(sweep))                                          # built-in cost table (cluster/costs.py)
     print(plan(sweep, calibration_from_records(recs)))          # measured costs of earlier runs
 
+A sweep runs one study per method x dataset (tune.studies): `budget.trials_per_dataset` search trials, then
+`budget.final_seeds` re-runs of the study's best configuration, which run their full epochs (no ASHA).
+A training-free method (zeroshot, wca) costs its set-up and evaluation only.
 The cost model, per trial (all in GPU-seconds at full use of one GPU):
     orchestration + setup + epochs x (train images x t_train + val images x t_eval) + test images x t_eval
 with orchestration the seconds a trial holds its resources before adapt() starts (RUNNER_OVERHEAD_S),
@@ -49,16 +52,21 @@ DEFAULT_LAUNCHER = Path(__file__).with_name("aws-gpu.yaml")
 
 @dataclass
 class DatasetWork:
-    """One dataset's share of a sweep: image counts and per-trial GPU-seconds."""
-    name: str
+    """One study's (method x dataset) share of a sweep: image counts and per-trial GPU-seconds."""
+    name: str                       # the study: <method>/<dataset>
     train_images: int               # per epoch (after caps and max_steps_per_epoch)
     val_images: int
     test_images: int
-    trials: int
+    trials: int                     # search trials
     trial_gpu_s: float              # one trial with the full epoch budget
     trial_gpu_s_asha: float         # one trial, ASHA-expected epochs
     source: str                     # "table" | "measured"
     note: str = ""
+    final_trials: int = 0           # final-seed re-runs of the picked configuration (full epochs)
+
+    def gpu_s(self, asha: bool = False) -> float:
+        """All its trials: search trials (ASHA-expected epochs with `asha`) and final re-runs (full)."""
+        return (self.trial_gpu_s_asha if asha else self.trial_gpu_s) * self.trials + self.trial_gpu_s * self.final_trials
 
 
 def _mean_value(param: Optional[Param], default: float) -> float:
@@ -200,6 +208,8 @@ class Estimate:
     capped: bool = False                  # that cap, not the node types or the sweep, bounds concurrency
     needs_max_concurrent: bool = False    # budget.max_concurrent null and resources.check_cluster false
     views: tuple = (0.0, 0.0)             # (train crops, eval crop views) per image, mean over the space
+    methods: list = field(default_factory=list)   # the sweep's methods (one study per method x dataset)
+    final_seeds: int = 0                  # final re-runs per study
 
     @property
     def trials_per_gpu(self) -> float:
@@ -208,13 +218,14 @@ class Estimate:
 
     def gpu_hours(self, asha: bool = False) -> float:
         """Busy GPU-hours (independent of packing)."""
-        return sum((d.trial_gpu_s_asha if asha else d.trial_gpu_s) * d.trials for d in self.datasets) / 3600
+        return sum(d.gpu_s(asha) for d in self.datasets) / 3600
 
     def wall_hours(self, asha: bool = False) -> float:
         """Estimated wall time with `concurrency` trials at once, plus one cold node start."""
         g = self.request.gpus or 1.0          # CPU-only trials: per-trial cost counted as one "GPU"
-        # The best trials of a dataset run the full budget even under ASHA: the longest one bounds the wall.
-        longest = max((d.trial_gpu_s / g for d in self.datasets), default=0)
+        # The best trials of a study run the full budget even under ASHA, and its final re-runs start after
+        # its search: the longest such chain bounds the wall.
+        longest = max((d.trial_gpu_s / g * (2 if d.final_trials else 1) for d in self.datasets), default=0)
         spread = self.gpu_hours(asha) * 3600 / (max(1, self.concurrency) * g)
         return (max(spread, longest) + (NODE_START_S if self.node_use else 0)) / 3600
 
@@ -278,9 +289,11 @@ def _fill_nodes(req: Resources, nodes: list[NodeType], wanted: int,
     return [u for u in uses if u.nodes], int(math.floor(placed + 1e-9)), capped
 
 
-def _dataset_work(sweep: SweepConfig, ds: str, cfg: FairConfig, e_asha: float, accelerator: str,
+def _dataset_work(sweep: SweepConfig, study: str, cfg: FairConfig, e_asha: float, accelerator: str,
                   calibration: Optional[dict]) -> DatasetWork:
-    """One dataset's images per epoch and per-trial GPU-seconds, from its FairConfig `cfg` in the sweep."""
+    """One study's images per epoch and per-trial GPU-seconds, from its FairConfig `cfg` in the sweep."""
+    from tune.studies import TRAINING_FREE, belongs, split_study
+    method, ds = split_study(study)
     req = sweep.resources
     size = costs.DATASETS.get(ds, costs.UNKNOWN_DATASET)
     val = cfg.data.val_per_class * size.classes
@@ -294,14 +307,15 @@ def _dataset_work(sweep: SweepConfig, ds: str, cfg: FairConfig, e_asha: float, a
         test = min(test, cfg.data.test_per_class * size.classes)
     if cfg.train.max_steps_per_epoch:
         train = min(train, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
-    crops, views = local_views(sweep.search_space(), cfg)
+    # a method that reads no local.* keys (selftrain, dpa, tent) cuts no crops
+    crops, views = local_views(sweep.search_space(method), cfg) if belongs(method, "local.num_crops") else (0.0, 0.0)
     t_train, t_eval, setup, source = _image_costs(cfg.model.name, accelerator if accelerator != "CPU"
                                                   else costs.DEFAULT_GPU, crops, views, calibration)
     share = req.gpus if req.gpus > 0 else 1.0
-    per_epoch = train * t_train + val * t_eval
+    per_epoch = 0.0 if method in TRAINING_FREE else train * t_train + val * t_eval
     fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
-    return DatasetWork(ds, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
-                       fixed + e_asha * per_epoch, source, size.note)
+    return DatasetWork(study, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
+                       fixed + e_asha * per_epoch, source, size.note, sweep.budget.final_seeds)
 
 
 def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
@@ -313,10 +327,10 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
         node_types = default_node_types()
         max_workers = default_max_workers() if max_workers is None else max_workers
     budget, req = sweep.budget, sweep.resources
-    configs = {ds: sweep.fair_config(ds) for ds in sweep.datasets}
+    configs = {k: sweep.fair_config(k) for k in sweep.studies}
     e_asha = asha_epochs(budget.epochs, budget.early_stopping)
     accelerator = _accelerator(node_types, req) if req.gpus > 0 else "CPU"
-    works = [_dataset_work(sweep, ds, cfg, e_asha, accelerator, calibration) for ds, cfg in configs.items()]
+    works = [_dataset_work(sweep, k, cfg, e_asha, accelerator, calibration) for k, cfg in configs.items()]
     backbone = ", ".join(dict.fromkeys(cfg.model.name for cfg in configs.values()))
 
     trials = sweep.total_trials
@@ -329,9 +343,11 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
     # The sweep leaves its concurrency to a cluster it cannot see (budget.max_concurrent null on an
     # autoscaling cluster, resources.check_cluster false): only the plan knows the full size.
     needs_max_concurrent = budget.max_concurrent is None and not req.check_cluster
+    first = sweep.studies[0]
     return Estimate(sweep.name, backbone, accelerator, req, works, budget.epochs, e_asha, trials, concurrency, uses,
                     unfit, (calibration or {}).get("source"), head, max_workers, capped, needs_max_concurrent,
-                    local_views(sweep.search_space(), configs[sweep.datasets[0]]))
+                    local_views(sweep.search_space(sweep.method_names[0]), configs[first]),
+                    sweep.method_names, budget.final_seeds)
 
 
 def default_node_types() -> list[NodeType]:
@@ -354,14 +370,17 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     """The human-readable plan."""
     lines = [f"Plan for sweep '{e.name}' -- ESTIMATES, not measurements "
              f"({'per-image costs measured: ' + e.calibration_source if e.calibration_source else 'built-in per-image costs, cluster/costs.py'}).",
-             f"  backbone {e.backbone} on {e.accelerator}; datasets {len(e.datasets)}"]
+             f"  backbone {e.backbone} on {e.accelerator}; methods {', '.join(e.methods)}; "
+             f"{len(e.datasets)} studies (method x dataset)"]
     asha = e.asha_epochs < e.epochs
-    lines.append(f"  trials: {len(e.datasets)} datasets x {e.datasets[0].trials if e.datasets else 0} = {e.trials}, "
-                 f"{e.epochs} epochs each" + (f" (ASHA: ~{e.asha_epochs:.1f} epochs/trial expected)" if asha else ""))
+    per_study = e.datasets[0].trials if e.datasets else 0
+    lines.append(f"  trials: {len(e.datasets)} studies x ({per_study} search + {e.final_seeds} final seeds) = "
+                 f"{e.trials}, {e.epochs} epochs each" +
+                 (f" (ASHA: ~{e.asha_epochs:.1f} epochs/search trial expected)" if asha else ""))
     per_gpu = f"; {e.trials_per_gpu:g} trials per GPU" if e.trials_per_gpu else ""
     lines.append(f"  per trial: {describe(e.request)} = {e.request.gpus:g} GPU{per_gpu}")
     lines.append(f"  local crops per image: {e.views[0]:.1f} in training, {e.views[1]:.1f} in evaluation (mean over "
-                 f"the search space; `tokens` trials cut none)")
+                 f"{e.methods[0] if e.methods else 'the'}'s search space; `tokens` trials cut none)")
     lines.append(f"  node types{' (' + launcher + ')' if launcher else ''}:")
     for u in e.node_use:
         od, sp = u.price
@@ -381,11 +400,11 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     lines.append("")
     unit = "GPU" if e.request.gpus > 0 else "trial"     # CPU-only trials: hours of one whole trial
     w = max([16] + [len(d.name) + 2 for d in e.datasets])
-    lines.append(f"  {'dataset':<{w}}{'train img':>10}{'test img':>10}{unit + '-min/trial':>16}{'trials':>8}"
+    lines.append(f"  {'study':<{w}}{'train img':>10}{'test img':>10}{unit + '-min/trial':>16}{'trials':>8}"
                  f"{unit + '-h':>9}{'  cost source'}")
     for d in e.datasets:
-        lines.append(f"  {d.name:<{w}}{d.train_images:>10}{d.test_images:>10}{d.trial_gpu_s / 60:>16.1f}{d.trials:>8}"
-                     f"{d.trial_gpu_s * d.trials / 3600:>9.1f}  {d.source}")
+        lines.append(f"  {d.name:<{w}}{d.train_images:>10}{d.test_images:>10}{d.trial_gpu_s / 60:>16.1f}"
+                     f"{d.trials + d.final_trials:>8}{d.gpu_s() / 3600:>9.1f}  {d.source}")
     lines.append("")
     scen = [("full budget", False)] + ([("with ASHA (ideal)", True)] if asha else [])
     for label, a in scen:

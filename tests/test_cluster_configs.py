@@ -364,4 +364,4 @@ def test_submit_valid_sweep_says_data_is_unchecked(fake_cluster, tmp_path, capsy
     (ep, meta), = fake_cluster.submitted
     assert meta == {"sweep": "demo-smoke"} and "--no-data-check" in ep and "--set budget.epochs=3" in ep
     checked = [r.getMessage() for r in caplog.records if "config valid" in r.getMessage()]
-    assert len(checked) == 1 and "dataset files not checked here" in checked[0] and "2 trials" in checked[0]
+    assert len(checked) == 1 and "dataset files not checked here" in checked[0] and "4 trials" in checked[0]

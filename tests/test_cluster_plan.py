@@ -35,7 +35,7 @@ def plan_of(sweep_mapping: dict, *args, **kw) -> str:
 
 def test_trials_and_packing():
     e = estimate_of(sweep())
-    assert e.trials == 13 * 10 == sum(d.trials for d in e.datasets)
+    assert e.trials == 13 * (10 + 3) == sum(d.trials + d.final_trials for d in e.datasets)   # 3 final seeds
     assert e.request.gpus == 0.25 and e.trials_per_gpu == 4
     small = next(u for u in e.node_use if u.node.name == "gpu-small")
     assert small.trials_per_node == 4          # 1 GPU / 0.25; 16 CPUs hold 4 x 2.01
@@ -50,7 +50,8 @@ def test_gpu_hours_linear_in_epochs():
         assert d.trial_gpu_s == pytest.approx(fixed[i] + 10 * per_epoch)
     c = estimate_of(sweep(epochs=20))
     assert c.gpu_hours() - b.gpu_hours() == pytest.approx(2 * (b.gpu_hours() - a.gpu_hours()))
-    assert b.gpu_hours() == pytest.approx(2 * estimate_of(sweep(trials_per_dataset=5)).gpu_hours())
+    b2 = estimate_of(sweep(epochs=10, final_seeds=2))          # search and final trials cost the same
+    assert b2.gpu_hours() == pytest.approx(2 * estimate_of(sweep(trials_per_dataset=5, final_seeds=1)).gpu_hours())
 
 
 def test_gpu_hours_independent_of_packing_wall_time_not():
@@ -61,7 +62,7 @@ def test_gpu_hours_independent_of_packing_wall_time_not():
     # Only the per-trial start (orchestration + setup), when a trial holds its GPU share idle, depends on it.
     from cluster.plan import RUNNER_OVERHEAD_S, SETUP_S
     idle = SETUP_S + RUNNER_OVERHEAD_S["trainer"]
-    assert whole.gpu_hours() - quarter.gpu_hours() == pytest.approx(130 * idle * (1 - 0.25) / 3600)
+    assert whole.gpu_hours() - quarter.gpu_hours() == pytest.approx(169 * idle * (1 - 0.25) / 3600)
     assert whole.wall_hours() != pytest.approx(quarter.wall_hours())
     assert whole.trials_per_gpu == 1
     small = next(u for u in whole.node_use if u.node.name == "gpu-small")
@@ -71,7 +72,7 @@ def test_gpu_hours_independent_of_packing_wall_time_not():
 def test_cpu_bound_packing():
     """g5.2xlarge-like node (8 CPUs): four {CPU 2} trials + drivers (8.04) do not fit, three do."""
     node = NodeType("n", {"CPU": 8, "GPU": 1}, max_workers=2, instance="g5.2xlarge", accelerator="A10G")
-    one = {"name": "f", "datasets": ["dtd"], "budget": {"trials_per_dataset": 4},
+    one = {"name": "f", "datasets": ["dtd"], "budget": {"trials_per_dataset": 3, "final_seeds": 1},
            "resources": {"num_workers": 1, "per_worker": {"GPU": 0.25, "CPU": 2}}}
     assert node.trials_per_node(from_mapping(one).resources) == 3
     e = estimate_of(one, node_types=[node])
@@ -123,10 +124,11 @@ def test_calibration_from_records(tmp_path):
 
 def test_plan_text_says_estimates_and_totals():
     text = plan_of(sweep())
-    assert "ESTIMATES" in text and "13 datasets x 10 = 130" in text and "4 trials per GPU" in text
+    assert "ESTIMATES" in text and "13 studies x (10 search + 3 final seeds) = 169" in text
+    assert "4 trials per GPU" in text
     assert "GPU-hours" in text and "on-demand" in text and "spot" in text
     for ds in PAPER13:
-        assert f"\n  {ds} " in text
+        assert f"\n  fair/{ds} " in text
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -172,7 +174,7 @@ def test_direct_runner_costs_less_orchestration_per_trial():
     direct["resources"]["runner"] = "direct"
     saved = estimate_of(trainer).gpu_hours() - estimate_of(direct).gpu_hours()
     per_trial = (RUNNER_OVERHEAD_S["trainer"] - RUNNER_OVERHEAD_S["direct"]) * 0.25 / 3600
-    assert saved == pytest.approx(130 * per_trial)
+    assert saved == pytest.approx(169 * per_trial)
 
 
 def test_global_max_workers_caps_all_node_types():
@@ -229,7 +231,7 @@ def test_sweep_plan_takes_smoke_test(capsys):
     assert main(["sweep", "--config", str(ROOT / "configs" / "sweeps" / "demo.yaml"), "--plan", "--smoke-test",
                  "--storage", "s3://b/p"]) == 0
     out = capsys.readouterr().out
-    assert "sweep 'demo-smoke'" in out and "2 datasets x 1 = 2, 1 epochs each" in out
+    assert "sweep 'demo-smoke'" in out and "2 studies x (1 search + 1 final seeds) = 4, 1 epochs each" in out
 
 
 @pytest.mark.parametrize("extra, says", [
@@ -274,3 +276,18 @@ def test_an_unset_space_is_planned_as_the_default_space_the_sweep_searches():
     for raw in ({}, {"space": None}, {"space": "default"}):
         e = estimate_of({**sweep(), **raw})
         assert e.views == default.views and e.gpu_hours() == pytest.approx(default.gpu_hours())
+
+
+def test_methods_are_priced_per_study_with_their_final_seeds():
+    """Each method x dataset is a study with the same budget; a training-free method (wca) costs its set-up
+    and evaluation only, whatever the epochs; final re-runs run their full epochs, also under ASHA."""
+    two = {**sweep(trials_per_dataset=4, final_seeds=2, early_stopping={"grace_period": 1, "reduction_factor": 3}),
+           "datasets": ["dtd", "eurosat"], "methods": {"fair": "default", "wca": {"anchors.tau_text": {"uniform": [0, 50]}}}}
+    e = estimate_of(two)
+    assert [d.name for d in e.datasets] == ["fair/dtd", "fair/eurosat", "wca/dtd", "wca/eurosat"]
+    assert e.trials == 4 * (4 + 2) and all((d.trials, d.final_trials) == (4, 2) for d in e.datasets)
+    fair, wca = e.datasets[0], e.datasets[2]
+    assert wca.trial_gpu_s < fair.trial_gpu_s and wca.trial_gpu_s == wca.trial_gpu_s_asha
+    assert fair.gpu_s(asha=True) == pytest.approx(4 * fair.trial_gpu_s_asha + 2 * fair.trial_gpu_s)
+    text = plan_of(two)
+    assert "methods fair, wca" in text and "4 studies x (4 search + 2 final seeds) = 24" in text

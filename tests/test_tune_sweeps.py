@@ -34,10 +34,10 @@ SPACE = {"anchors.mode": {"choice": ["prototype", "set"]},
 
 
 def sweep_dict(name: str, storage: str, datasets=("fashion_mnist", "fashion_mnist_shifted"), trials=2,
-               epochs=1, **over) -> dict:
+               epochs=1, final_seeds=1, **over) -> dict:
     d = {"name": f"{name}-{uuid.uuid4().hex[:6]}", "datasets": list(datasets), "base": BASE, "space": SPACE,
          "budget": {"trials_per_dataset": trials, "epochs": epochs, "max_steps_per_epoch": 2,
-                    "max_concurrent": 2},
+                    "max_concurrent": 2, "final_seeds": final_seeds},
          "resources": {"num_workers": 1, "per_worker": {"CPU": 1}},
          "storage": storage,
          "ray": {"worker_start_timeout_s": 30, "controller_failure_limit": 0, "summary_every_s": 3600}}
@@ -63,6 +63,12 @@ def ray_session(use_s3, tmp_path_factory):
     ray.shutdown()
 
 
+def _records(uri: str, name: str) -> list[dict]:
+    """Every record a sweep wrote."""
+    return [sweep_storage.read_json(uri, sweep_storage.record_key(name, d, tid))
+            for d, ids in sweep_storage.list_records(uri, name).items() for tid in ids]
+
+
 def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, tmp_path):
     from tune.sweep import preflight, run
     storage = f"s3://{use_s3.bucket}/t-{uuid.uuid4().hex[:6]}" if use_s3 else str(tmp_path / "sweeps")
@@ -70,17 +76,17 @@ def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, 
     uri = preflight(cfg)
     t = time.monotonic()
     result = run(cfg, uri)
-    assert not result.errored and result.trials == 4
+    assert not result.errored and result.trials == 4 + 2                  # 2 search + 1 final seed per study
     recs = sweep_storage.list_records(uri, cfg.name)
-    assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 2, "fashion_mnist_shifted": 2}
+    assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 3, "fashion_mnist_shifted": 3}
     for d, ids in recs.items():
         for tid in ids:
             rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, d, tid))
             assert rec["run_id"] == tid and rec["status"] == "completed" and rec["dataset"] == d
-            assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": d}
+            assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": f"fair/{d}"}
             assert rec["metrics"]["val_top1"] is not None and rec["metrics"]["test_top1"] is not None
             assert rec["config"]["train"]["epochs"] == 1
-    assert set(result.best) == {"fashion_mnist", "fashion_mnist_shifted"}
+    assert set(result.best) == {"fair/fashion_mnist", "fair/fashion_mnist_shifted"}
     print(f"2x2 sweep on {'s3' if use_s3 else 'local'}: {time.monotonic() - t:.1f} s")
 
 
@@ -95,9 +101,10 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg, data_check=False)          # the data check would have caught it before Ray
     result = run(cfg, uri)
-    assert result.errored_by == {"fashion_mnist_shifted": 1}
+    assert result.errored_by == {"fair/fashion_mnist_shifted": 1}
     recs = sweep_storage.list_records(uri, cfg.name)
-    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
+    # fashion_mnist: its search trial and its final re-run; the failed study has nothing to re-run
+    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 2, "fashion_mnist_shifted": 1}
     first = sweep_storage.record_key(cfg.name, "fashion_mnist", recs["fashion_mnist"][0])
     completed = sweep_storage.read_json(uri, first)
     assert completed["status"] == "completed"
@@ -106,7 +113,8 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist_shifted", tid))
     assert rec["status"] == "failed" and rec["metrics"] is None and rec["run_id"] == tid
     assert "FairError" in rec["error"] and "missing.json" in rec["error"] and "not found" in rec["error"]
-    assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": "fashion_mnist_shifted"}
+    assert rec["sweep"] == {"name": cfg.name, "trial_id": tid, "study": "fair/fashion_mnist_shifted"}
+    assert rec["stage"] == "search" and rec["method"] == "fair" and rec["seed"] == 0
     rows = record_to_rows(rec, "test")                  # the results tables accept it
     assert rows.trial["status"] == "failed" and rows.dataset == "fashion_mnist_shifted"
 
@@ -121,7 +129,7 @@ def test_a_trial_whose_sampled_config_is_invalid_still_leaves_a_failed_record(tm
     plan = build_plan(cfg, cfg.storage)
     error = ("Failure # 1 (occurred at 2026-11-29_05-00-00)\nTraceback (most recent call last):\n"
              "fair.errors.FairError: config keys 'local.crop_min' <= 'local.crop_max' must lie in (0, 1]")
-    write_failed_record(plan, "t_bad", {"study": "fashion_mnist",
+    write_failed_record(plan, "t_bad", {"study": "fair/fashion_mnist",
                                         "hparams": {"local.crop_min": 0.9, "local.crop_max": 0.5}}, error)
     rec = sweep_storage.read_json(cfg.storage, sweep_storage.record_key(cfg.name, "fashion_mnist", "t_bad"))
     assert rec["status"] == "failed" and "crop_min" in rec["error"] and rec["run_id"] == "t_bad"
@@ -145,10 +153,12 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner
     uri = preflight(cfg)
     result = run(cfg, uri)
     assert not result.errored
-    (tid,) = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
-    rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))
-    assert [r["epoch"] for r in rec["epochs"]] == [1, 2, 3]          # no epoch lost or duplicated
-    (df,) = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes.values()
+    recs = {r["stage"]: r for r in _records(uri, cfg.name)}       # the search trial and its final re-run
+    assert set(recs) == {"search", "final"}
+    for rec in recs.values():
+        assert [r["epoch"] for r in rec["epochs"]] == [1, 2, 3]      # no epoch lost or duplicated
+    dfs = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes
+    df = dfs[next(k for k in dfs if recs["search"]["run_id"] in k)]  # the one that crashed (once per sweep)
     assert list(df["epoch"]) == [1, 2, 3]                            # epoch 2 reported once: after the crash
     assert list(df["resumed_from_epoch"]) == [0, 1, 1]               # ... by the attempt resumed after epoch 1
     assert df["final_test_top1"].iloc[-1] is not None
@@ -184,19 +194,24 @@ def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_p
     proc.wait()
     time.sleep(2)                                                    # let Ray reap the dead job's actors
     n_before = sum(map(len, sweep_storage.list_records(storage, d["name"]).values()))
-    assert n_before < 2, "the sweep finished before it could be killed; make it longer"
+    assert n_before < 4, "the sweep finished before it could be killed; make it longer"
 
     proc = _driver(sweep_file, ray_session, log)                     # the same command resumes
     assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
     recs = sweep_storage.list_records(storage, d["name"])
-    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 1, "fashion_mnist_shifted": 1}
+    # per study: its search trial and the final re-run of it
+    assert {k: len(v) for k, v in recs.items()} == {"fashion_mnist": 2, "fashion_mnist_shifted": 2}
+    by_stage = {}
+    for rec in _records(storage, d["name"]):
+        by_stage.setdefault(rec["stage"], []).append(rec)
+    assert {r["picked_from"] for r in by_stage["final"]} == {r["run_id"] for r in by_stage["search"]}
     for ds, ids in first.items():                                    # records of finished trials kept
         assert set(ids) <= set(recs[ds])
     text = log.read_text()
     assert "resuming sweep" in text
     from ray.tune import ExperimentAnalysis
     ea = ExperimentAnalysis(sweep_storage.join(storage, d["name"]))
-    assert len(ea.trials) == 2 and all(t.status == "TERMINATED" for t in ea.trials)
+    assert len(ea.trials) == 4 and all(t.status == "TERMINATED" for t in ea.trials)
     assert sorted(t.trial_id for t in ea.trials) == sorted(i for v in recs.values() for i in v)
 
 
@@ -217,13 +232,53 @@ def test_interrupted_sweep_says_so_and_exits_130_then_the_same_command_finishes(
     os.kill(proc.pid, signal.SIGINT)                                 # what Ctrl-C sends the driver
     assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     text = log.read_text()
-    assert "interrupted with 1 of 1 trials unfinished" in text and "1 unfinished" in text
+    assert "interrupted with 1 of 2 trials unfinished" in text and "1 unfinished" in text
     # (the cut-off trial's actor may still finish and write its record before the dead job's actors are
     # reaped; rerunning resumes it from its checkpoint and writes the same record again)
 
     proc = _driver(sweep_file, ray_session, log)                     # the same command finishes it
     assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
-    assert {k: len(v) for k, v in sweep_storage.list_records(storage, d["name"]).items()} == {"fashion_mnist": 1}
+    assert {k: len(v) for k, v in sweep_storage.list_records(storage, d["name"]).items()} == {"fashion_mnist": 2}
+
+
+def test_two_methods_search_then_rerun_each_studys_pick_with_final_seeds(ray_session, tmp_path):
+    """fair and selftrain on one dataset, 2 search trials each, then the best of each re-run with 2 new
+    seeds: records per method and stage, finals re-run their pick's configuration, studies hold search only."""
+    from tune.sweep import preflight, run
+    d = sweep_dict("methods", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=2, final_seeds=2,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+    del d["space"]
+    d["methods"] = {"fair": SPACE, "selftrain": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                                                 "pseudo.gamma_end": {"uniform": [0.0, 1.0]}}}
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg)
+    result = run(cfg, uri)
+    assert not result.errored and result.complete and result.trials == 2 * (2 + 2)
+    recs = _records(uri, cfg.name)
+    count = {}
+    for r in recs:
+        count[(r["method"], r["stage"])] = count.get((r["method"], r["stage"]), 0) + 1
+        assert r["status"] == "completed" and r["dataset"] == "fashion_mnist" and r["sweep"]["name"] == cfg.name
+        assert r["sweep"]["study"] == f"{r['method']}/fashion_mnist" and r["config"]["method"] == r["method"]
+    assert count == {("fair", "search"): 2, ("fair", "final"): 2, ("selftrain", "search"): 2,
+                     ("selftrain", "final"): 2}
+    by_id = {r["run_id"]: r for r in recs}
+    for method in ("fair", "selftrain"):
+        search = [r for r in recs if r["method"] == method and r["stage"] == "search"]
+        finals = [r for r in recs if r["method"] == method and r["stage"] == "final"]
+        best = max(search, key=lambda r: r["metrics"]["val_top1"])
+        assert {r["picked_from"] for r in finals} == {best["run_id"]}            # the pick, on the objective
+        assert result.best[f"{method}/fashion_mnist"]["objective"] == best["metrics"]["val_top1"]
+        assert sorted(r["seed"] for r in finals) == [1, 2] and {r["seed"] for r in search} == {0}
+        for r in finals:                                                       # its configuration, new seed
+            picked = by_id[r["picked_from"]]["hparams"]
+            assert {k: v for k, v in r["hparams"].items() if k != "seed"} == \
+                {k: v for k, v in picked.items() if k != "seed"}
+        assert sorted(result.finals[f"{method}/fashion_mnist"]) == sorted(r["metrics"]["val_top1"] for r in finals)
+    studies = _studies(uri, cfg.name)
+    assert set(studies) == {"fair/fashion_mnist", "selftrain/fashion_mnist"}
+    assert all(len(s.trials) == 2 for s in studies.values())                  # finals are no search trials
+    assert set(studies["selftrain/fashion_mnist"].trials[0].params) == {"train.lr", "pseudo.gamma_end"}
 
 
 def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsys):
@@ -268,16 +323,21 @@ def test_errored_trial_resumes_under_its_id_and_its_study_learns_the_late_result
     assert len(first.errored) == 1
     (tid,) = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
     assert sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))["status"] == "failed"
-    assert [t.state.name for t in _studies(uri, cfg.name)["fashion_mnist"].trials] == ["FAIL"]
+    assert [t.state.name for t in _studies(uri, cfg.name)["fair/fashion_mnist"].trials] == ["FAIL"]
+    assert first.complete                                            # nothing to re-run: no final seeds yet
 
     second = run(cfg, uri)                                           # the rerun resumes the sweep
-    assert not second.errored and second.trials == 1 and second.best["fashion_mnist"]["trial_id"] == tid
-    assert sweep_storage.list_records(uri, cfg.name) == {"fashion_mnist": [tid]}   # one record: the completed one
-    rec = sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", tid))
+    assert not second.errored and second.trials == 2 and second.best["fair/fashion_mnist"]["trial_id"] == tid
+    recs = {r["run_id"]: r for r in _records(uri, cfg.name)}         # one record each: the completed one ...
+    assert set(recs) == {tid, *(t for t, r in recs.items() if r["stage"] == "final")} and len(recs) == 2
+    (final,) = (r for r in recs.values() if r["stage"] == "final")   # ... and the final re-run of its pick
+    assert final["picked_from"] == tid and final["config"]["seed"] == 1
+    rec = recs[tid]
     assert rec["status"] == "completed" and [r["epoch"] for r in rec["epochs"]] == [1, 2]
-    (df,) = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes.values()
+    dfs = ExperimentAnalysis(sweep_storage.join(uri, cfg.name)).trial_dataframes
+    df = dfs[next(k for k in dfs if tid in k)]
     assert list(df["resumed_from_epoch"])[-1] == 1                   # from its checkpoint, not from scratch
-    study = _studies(uri, cfg.name)["fashion_mnist"]
+    study = _studies(uri, cfg.name)["fair/fashion_mnist"]
     failed, late = study.trials
     assert (failed.state.name, late.state.name) == ("FAIL", "COMPLETE")
     assert late.params == failed.params and late.user_attrs[LATE_ATTR] == tid
@@ -299,18 +359,21 @@ def test_early_stopped_trials_are_pruned_recorded_and_counted_apart(ray_session,
     uri = preflight(cfg)
     result = run(cfg, uri)
     assert not result.errored
-    ids = sweep_storage.list_records(uri, cfg.name)["fashion_mnist"]
-    recs = {t: sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, "fashion_mnist", t)) for t in ids}
+    everything = {r["run_id"]: r for r in _records(uri, cfg.name)}
+    recs = {t: r for t, r in everything.items() if r["stage"] == "search"}
+    ids = list(recs)
+    (final,) = (r for r in everything.values() if r["stage"] == "final")   # never stopped early
+    assert final["status"] == "completed" and recs[final["picked_from"]]["status"] == "completed"
     stopped = {t for t, r in recs.items() if r["status"] == "stopped_early"}
     assert len(ids) == 4 and stopped and len(stopped) < 4, {t: r["status"] for t, r in recs.items()}
-    assert result.stopped_by == {"fashion_mnist": len(stopped)}
+    assert result.stopped_by == {"fair/fashion_mnist": len(stopped)}
     for t in stopped:
         assert recs[t]["metrics"] is None and recs[t]["last_epoch"]["epoch"] == 1
-    study = _studies(uri, cfg.name)["fashion_mnist"]
+    study = _studies(uri, cfg.name)["fair/fashion_mnist"]
     states = {t: study.trials[n].state.name for t, n in study.tune_ids.items()}
     assert states == {t: "PRUNED" if t in stopped else "COMPLETE" for t in ids}, states
     assert study.best_trial.state.name == "COMPLETE"
     collect([uri], str(tmp_path / "out"))
     table = main_table(load_trials(open_store(str(tmp_path / "out"))))
-    assert any(f"{4 - len(stopped)} completed, {len(stopped)} stopped early, 0 failed" in n
+    assert any(f"{5 - len(stopped)} completed, {len(stopped)} stopped early, 0 failed" in n
                for n in table.notes), table.notes

@@ -91,9 +91,8 @@ def _write_unfinished(plan, trial_id: str, config: dict, make) -> str:
     from fair.config import from_dict, set_by_path, to_dict
     from fair.errors import FairError
     from tune import storage
-    from tune.trainable import stamp_record, trial_config
-    study = config["study"]
-    key = storage.record_key(plan.sweep, study, trial_id)
+    from tune.trainable import record_key, stamp_record, trial_config
+    key = record_key(plan, config["study"], trial_id)
     if _completed(plan.storage, key):
         return storage.join(plan.storage, key)
     cfg = trial_config(plan, config)
@@ -102,7 +101,7 @@ def _write_unfinished(plan, trial_id: str, config: dict, make) -> str:
         resolved = to_dict(from_dict(cfg))
     except FairError:      # the sampled combination itself is what failed (e.g. crop_min > crop_max)
         resolved = cfg
-    return storage.write_json(plan.storage, key, stamp_record(make(resolved), plan, trial_id, study))
+    return storage.write_json(plan.storage, key, stamp_record(make(resolved), plan, trial_id, config))
 
 
 def _completed(uri: str, key: str) -> bool:

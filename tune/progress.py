@@ -72,7 +72,9 @@ class ProgressLog(Callback):
 
     @staticmethod
     def _name(trial) -> str:
-        return f"{trial.trial_id} [{trial.config.get('study', '?')}]"
+        c = trial.config
+        final = f" final seed {c.get('seed')} of {c.get('picked_from')}" if c.get("stage") == "final" else ""
+        return f"{trial.trial_id} [{c.get('study', '?')}{final}]"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.add(trial.trial_id)
@@ -91,7 +93,8 @@ class ProgressLog(Callback):
         r = trial.last_result or {}
         obj = r.get("objective")
         d = trial.config.get("study", "?")
-        if obj is not None and finished_result(r):      # a stopped trial's epoch objective is no result
+        search = trial.config.get("stage") != "final"   # a re-run of the pick is no new best
+        if obj is not None and finished_result(r) and search:   # a stopped trial's epoch objective is no result
             better = d not in self.best or (obj > self.best[d][0] if self.mode == "max" else obj < self.best[d][0])
             if better:
                 self.best[d] = (obj, trial.trial_id)
@@ -127,7 +130,8 @@ class ProgressLog(Callback):
                 log.warning("could not write %s (%s: %s)", STATE_FILE, type(e).__name__, e)
 
     def summary(self, trials) -> str:
-        """A plain-text table: per dataset, trials by state and the best objective so far."""
+        """A plain-text table: per study, trials by state (final re-runs included) and the best search
+        objective so far."""
         rows: dict[str, dict] = {}
         cut = set(self.unfinished(trials))
         for t in trials:
@@ -135,16 +139,16 @@ class ProgressLog(Callback):
             row = rows.setdefault(d, {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0})
             status = "PAUSED" if t.trial_id in cut and t.status == "TERMINATED" else t.status   # resumes later
             row[status] = row.get(status, 0) + 1
-            final = status == "TERMINATED" and finished_result(t.last_result)
+            final = status == "TERMINATED" and finished_result(t.last_result) and t.config.get("stage") != "final"
             obj = (t.last_result or {}).get("objective") if final else None
             if obj is not None:
                 cur: Optional[tuple] = row.get("best")
                 if cur is None or (obj > cur[0] if self.mode == "max" else obj < cur[0]):
                     row["best"] = (obj, t.trial_id)
-        head = f"{'dataset':24s} {'done':>5s} {'run':>4s} {'wait':>5s} {'err':>4s}  best {self.objective}"
+        head = f"{'study':32s} {'done':>5s} {'run':>4s} {'wait':>5s} {'err':>4s}  best {self.objective}"
         lines = [f"sweep progress: {sum(r['TERMINATED'] for r in rows.values())}/{self.total} trials done", head]
         for d, r in sorted(rows.items()):
             best = r.get("best")
-            lines.append(f"{d:24s} {r['TERMINATED']:5d} {r['RUNNING']:4d} {r['PENDING'] + r['PAUSED']:5d} "
+            lines.append(f"{d:32s} {r['TERMINATED']:5d} {r['RUNNING']:4d} {r['PENDING'] + r['PAUSED']:5d} "
                          f"{r['ERROR']:4d}  {_fmt(best[0]) + ' (' + best[1] + ')' if best else '-'}")
         return "\n".join(lines)

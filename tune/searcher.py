@@ -1,12 +1,13 @@
-"""One Optuna study per dataset inside a single Tuner, so every dataset's trials share the cluster.
+"""One Optuna study per method x dataset inside a single Tuner, so every study's trials share the cluster.
 
-`StudySearcher` holds one `OptunaSearch` (own study, own seed, define-by-run space) per dataset and hands
-out suggestions round-robin among the datasets that still have budget; results and completions are routed
-back to the owning study by trial id. Its whole state (the studies included) is pickled with the Tune
+`StudySearcher` holds one `OptunaSearch` (own study, own seed, its method's define-by-run space) per study
+(`<method>/<dataset>`, tune.studies) and hands out suggestions round-robin among the studies that still
+have budget, then each study's final-seed re-runs of its best configuration; results and completions are
+routed back to the owning study by trial id. Its whole state (the studies included) is pickled with the Tune
 experiment, so `fair sweep --resume` continues every study where it stopped.
 
-`PerStudyASHA` does the same for early stopping: accuracies of different datasets are not comparable, so
-each dataset gets its own ASHA rungs.
+`PerStudyASHA` does the same for early stopping: accuracies of different studies are not comparable, so
+each study gets its own ASHA rungs (final-seed re-runs always run to the end).
 
 How a trial ended reaches its study as one Optuna state (`outcome`): COMPLETE only with the trial's final
 report (its real objective), PRUNED when it ended without one (stopped by the scheduler: its last result
@@ -22,7 +23,7 @@ import pickle
 from typing import Dict, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger("tune.searcher")
@@ -52,52 +53,118 @@ def make_sampler(kind: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-class StudySearcher(Searcher):
-    """Round-robin over per-dataset Optuna studies with a trial budget each."""
+SEARCH, FINAL = "search", "final"   # a trial's `stage` (its Tune config and its record)
 
-    def __init__(self, space, datasets: list[str], trials_per_dataset: int, mode: str,
-                 sampler: str = "tpe", seeds: Optional[Dict[str, int]] = None):
+
+class StudySearcher(Searcher):
+    """Round-robin over Optuna studies (one per method x dataset) with a search budget each, then each
+    study's final-seed re-runs.
+
+    A trial's Tune config is `{"study", "stage": "search", "hparams"}` while its study has search budget
+    left. Once every search trial of a study has ended (completed, stopped or failed), its best completed
+    trial on the objective is picked and re-run once per seed of `final_seeds[study]`:
+    `{"study", "stage": "final", "seed", "picked_from": <search trial id>, "hparams": <its values>}`.
+    Final trials are not told to the study (they are no search) and are never early-stopped. While a
+    study waits for its last search trials, `suggest` returns None (Tune asks again later); when no study
+    has anything left to run, FINISHED. A study without a completed search trial has nothing to re-run.
+    """
+
+    def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
+                 seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None):
+        """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
+        seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none)."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         seeds = seeds or {}
-        self.datasets = list(datasets)
-        self.budget = {d: trials_per_dataset for d in self.datasets}
-        self.suggested = {d: 0 for d in self.datasets}
-        self.studies = {d: OptunaSearch(space=space, metric=METRIC, mode=mode, study_name=f"fair-{d}",
-                                        sampler=make_sampler(sampler, seeds.get(d, 0)))
-                        for d in self.datasets}
-        self.owner: Dict[str, str] = {}     # trial_id -> dataset
+        spaces = space if isinstance(space, dict) else {k: space for k in studies}
+        self.study_keys = list(studies)
+        self.budget = {k: trials_per_study for k in self.study_keys}
+        self.suggested = {k: 0 for k in self.study_keys}
+        self.final_seeds = {k: list((final_seeds or {}).get(k, [])) for k in self.study_keys}
+        self.studies = {k: OptunaSearch(space=spaces[k], metric=METRIC, mode=mode, study_name=k,
+                                        sampler=make_sampler(sampler, seeds.get(k, 0)))
+                        for k in self.study_keys}
+        self.owner: Dict[str, str] = {}     # trial_id -> study
+        self.configs: Dict[str, Dict] = {}  # trial_id -> its Tune config (what suggest returned)
+        self.ended: Dict[str, list] = {k: [] for k in self.study_keys}    # search trials that ended
+        self.values: Dict[str, Dict[str, float]] = {k: {} for k in self.study_keys}   # completed: objective
+        self.finals: Dict[str, list] = {k: [] for k in self.study_keys}   # final trial ids emitted
+        self.failed: Dict[str, list] = {k: [] for k in self.study_keys}   # search trials that errored
         self._next = 0
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True   # metric and mode are fixed by the sweep file; the space lives in the studies
 
     def suggest(self, trial_id: str) -> Optional[Dict]:
-        if trial_id in self.owner:       # Tune may ask again for a trial it already has a config for
-            d = self.owner[trial_id]
-            return {"study": d, "hparams": self.studies[d].suggest(trial_id)}
-        n = len(self.datasets)
+        if trial_id in self.configs:     # Tune may ask again for a trial it already has a config for
+            return self.configs[trial_id]
+        n = len(self.study_keys)
         for i in range(n):
-            d = self.datasets[(self._next + i) % n]
-            if self.suggested[d] < self.budget[d]:
+            k = self.study_keys[(self._next + i) % n]
+            config = self._search(k, trial_id) if self.suggested[k] < self.budget[k] else self._final(k, trial_id)
+            if config is not None:
                 self._next = (self._next + i + 1) % n
-                self.suggested[d] += 1
-                self.owner[trial_id] = d
-                return {"study": d, "hparams": self.studies[d].suggest(trial_id)}
-        return Searcher.FINISHED
+                self.owner[trial_id], self.configs[trial_id] = k, config
+                return config
+        return None if any(self._pending(k) for k in self.study_keys) else Searcher.FINISHED
+
+    def _search(self, k: str, trial_id: str) -> Dict:
+        self.suggested[k] += 1
+        return {"study": k, "stage": SEARCH, "hparams": self.studies[k].suggest(trial_id)}
+
+    def _final(self, k: str, trial_id: str) -> Optional[Dict]:
+        """The next final re-run of study `k`, once its search is over; None if there is none (yet)."""
+        done = len(self.finals[k])
+        if len(self.ended[k]) < self.budget[k] or done >= len(self.final_seeds[k]):
+            return None
+        picked = self.picked(k)
+        if picked is None:
+            return None
+        self.finals[k].append(trial_id)
+        return {"study": k, "stage": FINAL, "seed": self.final_seeds[k][done], "picked_from": picked,
+                "hparams": self.configs[picked]["hparams"]}
+
+    def _pending(self, k: str) -> bool:
+        """Whether study `k` will still have a trial to hand out (search budget, or finals to come)."""
+        if self.suggested[k] < self.budget[k]:
+            return True
+        if len(self.finals[k]) >= len(self.final_seeds[k]):
+            return False
+        return len(self.ended[k]) < self.budget[k] or self.picked(k) is not None
+
+    def picked(self, k: str) -> Optional[str]:
+        """The search trial of study `k` with the best objective among its completed ones (first on ties)."""
+        values = self.values[k]
+        if not values:
+            return None
+        sign = 1 if self.mode == "max" else -1
+        return max(values, key=lambda t: sign * values[t])
+
+    def stage(self, trial_id: str) -> str:
+        return (self.configs.get(trial_id) or {}).get("stage", SEARCH)
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
-        d = self.owner.get(trial_id)
+        k = self.owner.get(trial_id)
+        if k is None or self.stage(trial_id) == FINAL:
+            return
         # a resumed trial whose study already holds its failure: nothing to report to (Ray would warn)
-        if d is not None and result.get(METRIC) is not None and trial_id not in self.studies[d]._completed_trials:
-            self.studies[d].on_trial_result(trial_id, result)
+        if result.get(METRIC) is not None and trial_id not in self.studies[k]._completed_trials:
+            self.studies[k].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
-        d = self.owner.get(trial_id)
-        if d is None:
+        k = self.owner.get(trial_id)
+        if k is None or self.stage(trial_id) == FINAL:
             return
-        state, study = outcome(result, error), self.studies[d]
+        state, study = outcome(result, error), self.studies[k]
+        if trial_id not in self.ended[k]:
+            self.ended[k].append(trial_id)
+        if state == "FAIL" and trial_id not in self.failed[k]:
+            self.failed[k].append(trial_id)
+        elif state != "FAIL" and trial_id in self.failed[k]:
+            self.failed[k].remove(trial_id)
+        if state == "COMPLETE":
+            self.values[k][trial_id] = result[METRIC]
         if trial_id not in study._completed_trials:
             if state == "PRUNED" and (result or {}).get(METRIC) is not None and "training_iteration" in result:
                 study.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
@@ -105,19 +172,19 @@ class StudySearcher(Searcher):
             study.on_trial_complete(trial_id, result=result if state == "COMPLETE" else None,
                                     error=state == "FAIL")
         elif state != "FAIL":
-            self._tell_late(d, trial_id, result, state)
+            self._tell_late(k, trial_id, result, state)
 
-    def _frozen(self, d: str, trial_id: str):
+    def _frozen(self, k: str, trial_id: str):
         """The study's own (frozen) trial of Tune trial `trial_id`."""
-        number = self.studies[d]._ot_trials[trial_id].number
-        return self.studies[d]._ot_study.get_trials(deepcopy=False)[number]
+        number = self.studies[k]._ot_trials[trial_id].number
+        return self.studies[k]._ot_study.get_trials(deepcopy=False)[number]
 
-    def _tell_late(self, d: str, trial_id: str, result: Dict, state: str) -> None:
+    def _tell_late(self, k: str, trial_id: str, result: Dict, state: str) -> None:
         """A trial the study recorded as FAIL ended after all (resumed by a later run, same trial id): add a
         trial with its parameters and distributions in `state`, once (a second completion adds nothing)."""
         import optuna
-        study = self.studies[d]._ot_study
-        old = self._frozen(d, trial_id)
+        study = self.studies[k]._ot_study
+        old = self._frozen(k, trial_id)
         if old.state != optuna.trial.TrialState.FAIL:
             return                     # told COMPLETE or PRUNED already: a repeated completion
         if any(t.user_attrs.get(LATE_ATTR) == trial_id for t in study.get_trials(deepcopy=False)):
@@ -128,21 +195,30 @@ class StudySearcher(Searcher):
             params=old.params, distributions=old.distributions, user_attrs={LATE_ATTR: trial_id},
             state=getattr(optuna.trial.TrialState, state), value=value if state == "COMPLETE" else None,
             intermediate_values={int(step): value} if state == "PRUNED" and value is not None else None))
-        log.info("trial %s [%s] ended after a resume: its study records it %s", trial_id, d, state)
+        log.info("trial %s [%s] ended after a resume: its study records it %s", trial_id, k, state)
 
     def remaining(self) -> Dict[str, int]:
-        return {d: self.budget[d] - self.suggested[d] for d in self.datasets}
+        """Search trials each study has yet to hand out."""
+        return {k: self.budget[k] - self.suggested[k] for k in self.study_keys}
 
     # Tune saves this with the experiment state and restores it on Tuner.restore
+    _STATE = ("budget", "suggested", "owner", "configs", "ended", "values", "finals", "final_seeds", "study_keys",
+              "failed")
+
     def get_state(self) -> Dict:
-        return {"budget": self.budget, "suggested": self.suggested, "owner": self.owner, "next": self._next,
-                "datasets": self.datasets, "studies": {d: s.__dict__.copy() for d, s in self.studies.items()}}
+        return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next,
+                "studies": {k: s.__dict__.copy() for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
-        self.budget, self.suggested, self.owner = state["budget"], state["suggested"], state["owner"]
-        self._next, self.datasets = state["next"], state["datasets"]
-        for d, st in state["studies"].items():
-            self.studies[d].__dict__.update(st)
+        for a in self._STATE:
+            setattr(self, a, state[a])
+        self._next = state["next"]
+        # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
+        # is not over until they end again, and one may yet become its pick (its finals wait for it).
+        for k, ids in self.failed.items():
+            self.ended[k] = [t for t in self.ended[k] if t not in ids]
+        for k, st in state["studies"].items():
+            self.studies[k].__dict__.update(st)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
@@ -151,6 +227,19 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.set_state(pickle.load(fh))
+
+
+class SweepSearch(SearchGenerator):
+    """Tune's SearchGenerator, but a restored sweep asks its searcher again even if it had said FINISHED.
+
+    Tune saves the generator's `finished` flag with the experiment. A study whose search trials all errored
+    has no configuration to re-run, so the searcher finishes; a rerun resumes those trials, and when one
+    completes its study has a pick whose final-seed re-runs must still be created.
+    """
+
+    def set_state(self, state: Dict) -> None:
+        super().set_state(state)
+        self._finished = False
 
 
 class SweepLimiter(ConcurrencyLimiter):
@@ -191,7 +280,8 @@ class SweepLimiter(ConcurrencyLimiter):
 
 
 class PerStudyASHA(FIFOScheduler):
-    """ASHA with separate rungs per dataset (`trial.config["study"]`), stopping on the epoch counter.
+    """ASHA with separate rungs per study (`trial.config["study"]`), stopping on the epoch counter; a
+    final-seed re-run (`stage: final`) is never stopped (it reports the picked configuration's result).
 
     The epoch (not training_iteration) is the time axis: a worker restarted from a checkpoint reports some
     epochs twice, which would push training_iteration past max_t and cut the trial before its final report.
@@ -215,9 +305,12 @@ class PerStudyASHA(FIFOScheduler):
         return self.by_study[d]
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        self._asha(trial).on_trial_add(tune_controller, trial)
+        if trial.config.get("stage") != FINAL:
+            self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        if trial.config.get("stage") == FINAL:
+            return TrialScheduler.CONTINUE
         if trial.trial_id not in self._asha(trial)._trial_info:   # e.g. after a restore
             self._asha(trial).on_trial_add(tune_controller, trial)
         return self._asha(trial).on_trial_result(tune_controller, trial, result)
@@ -236,4 +329,4 @@ class PerStudyASHA(FIFOScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]
+__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "SEARCH", "FINAL", "TrialScheduler", "outcome"]

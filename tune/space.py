@@ -216,7 +216,7 @@ def validate_against(space: SearchSpace, base: dict, label: str = "") -> None:
             try:
                 from_dict(d)
             except FairError as e:
-                where = f" (dataset {label})" if label else ""
+                where = f" (study {label})" if label else ""
                 raise FairError(f"search space '{p.name}' = {v!r}{where}: {e}") from None
 
 

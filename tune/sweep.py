@@ -1,4 +1,4 @@
-"""Run (or resume) a sweep: checks first, then one Tuner over every dataset's study.
+"""Run (or resume) a sweep: checks first, then one Tuner over every study (method x dataset).
 
 Rerunning the same sweep, or `fair sweep --resume NAME`, restores the Tuner from storage: finished trials
 are kept, unfinished and errored ones continue (from their last Train checkpoint), and the Optuna studies
@@ -24,10 +24,11 @@ class SweepResult:
     storage: str
     trials: int
     errored: list = field(default_factory=list)
-    best: dict = field(default_factory=dict)          # dataset -> {"trial_id", "objective", metrics...}
+    best: dict = field(default_factory=dict)          # study -> {"trial_id", "objective", metrics...} (search)
     records: dict = field(default_factory=dict)       # dataset -> [trial ids] (completed and failed records)
-    errored_by: dict = field(default_factory=dict)    # dataset -> trials that ended in error
-    stopped_by: dict = field(default_factory=dict)    # dataset -> trials the scheduler stopped early
+    errored_by: dict = field(default_factory=dict)    # study -> trials that ended in error
+    stopped_by: dict = field(default_factory=dict)    # study -> trials the scheduler stopped early
+    finals: dict = field(default_factory=dict)        # study -> final-seed objectives (completed re-runs)
     unfinished: int = 0                               # trials cut off by an interrupt or never started
 
     @property
@@ -39,20 +40,23 @@ class SweepResult:
         standard error; test top-1 only with `show_test` (exploration chooses on validation)."""
         cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
         stopped = sum(self.stopped_by.values())
+        n_records = sum(map(len, self.records.values()))
         lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored, {stopped} stopped early"
-                 f"{cut}; records in {sweep_storage.join(self.storage, self.name, 'records')}",
-                 f"{'dataset':24s} {'records':>7s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} "
-                 f"{objective:>10s} {'val_top1 ± se':>15s}" + (f" {'test_top1':>9s}" if show_test else "")]
-        for d in sorted(set(self.best) | set(self.records) | set(self.errored_by) | set(self.stopped_by)):
-            b = self.best.get(d, {})
+                 f"{cut}; {n_records} records in {sweep_storage.join(self.storage, self.name, 'records')}",
+                 f"{'study':32s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} {objective:>10s} "
+                 f"{'val_top1 ± se':>15s}" + (f" {'test_top1':>9s}" if show_test else "")
+                 + f"  final seeds ({objective})"]
+        for k in sorted(set(self.best) | set(self.errored_by) | set(self.stopped_by) | set(self.finals)):
+            b = self.best.get(k, {})
             obj, test = b.get("objective"), b.get("final_test_top1")
             val, se = b.get("final_val_top1"), b.get("final_val_stderr")
             val_text = "-" if val is None else f"{val:.2f}" + ("" if se is None else f" ± {se:.2f}")
-            lines.append(f"{d:24s} {len(self.records.get(d, [])):7d} {self.errored_by.get(d, 0):7d} "
-                         f"{self.stopped_by.get(d, 0):7d}  "
+            finals = " ".join(f"{v:.4g}" for v in self.finals.get(k, [])) or "-"
+            lines.append(f"{k:32s} {self.errored_by.get(k, 0):7d} {self.stopped_by.get(k, 0):7d}  "
                          f"{b.get('trial_id', '-'):12s} "
                          f"{'-' if obj is None else f'{obj:.4g}':>10s} {val_text:>15s}"
-                         + (f" {'-' if test is None else f'{test:.2f}':>9s}" if show_test else ""))
+                         + (f" {'-' if test is None else f'{test:.2f}':>9s}" if show_test else "")
+                         + f"  {finals}")
         return "\n".join(lines)
 
 
@@ -111,7 +115,7 @@ def build_plan(cfg: SweepConfig, uri: str):
     from tune.trainable import TrialPlan
     r = cfg.resources
     return TrialPlan(
-        sweep=cfg.name, storage=uri, study_configs={d: cfg.study_config(d) for d in cfg.datasets},
+        sweep=cfg.name, storage=uri, study_configs={k: cfg.study_config(k) for k in cfg.studies},
         objective=cfg.objective.metric, num_workers=r.num_workers, per_worker=dict(r.per_worker),
         use_gpu=r.use_gpu, backend=r.backend, worker_max_failures=cfg.ray.worker_max_failures,
         controller_failure_limit=cfg.ray.controller_failure_limit,
@@ -153,7 +157,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
-    from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter
+    from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
+    from tune.studies import split_study
 
     exp_path = sweep_storage.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
@@ -183,19 +188,23 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
         # id, so the failed record and the study's FAIL would stay beside the completed twin
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        space = cfg.search_space()
-        searcher = StudySearcher(space, cfg.datasets, cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
-                                 {d: cfg.search.seed_for(d) for d in cfg.datasets})
+        spaces = {m: cfg.search_space(m) for m in cfg.method_names}
+        searcher = StudySearcher({k: spaces[split_study(k)[0]] for k in cfg.studies}, cfg.studies,
+                                 cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
+                                 {k: cfg.search.seed_for(k) for k in cfg.studies},
+                                 {k: cfg.final_seeds_of(k) for k in cfg.studies})
         es = cfg.budget.early_stopping
         scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
         if scheduler is not None:
             scheduler.set_search_properties(METRIC, mode)
-        log.info("sweep %s: %d datasets x %d trials, %d epochs, %d trials in flight at most (runner %s); "
-                 "space: %s", cfg.name, len(cfg.datasets), cfg.budget.trials_per_dataset, cfg.budget.epochs, conc,
-                 cfg.resources.runner, space.describe())
+        log.info("sweep %s: %d methods x %d datasets x (%d search + %d final-seed trials), %d epochs, %d trials "
+                 "in flight at most (runner %s); spaces: %s", cfg.name, len(spaces), len(cfg.datasets),
+                 cfg.budget.trials_per_dataset, cfg.budget.final_seeds, cfg.budget.epochs, conc,
+                 cfg.resources.runner, "; ".join(f"{m}: {sp.describe()}" for m, sp in spaces.items()))
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=SweepLimiter(searcher, cfg.name, conc), scheduler=scheduler,
+            tune_config=tune.TuneConfig(search_alg=SweepSearch(SweepLimiter(searcher, cfg.name, conc)),
+                                        scheduler=scheduler,
                                         num_samples=cfg.total_trials),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=uri, verbose=0,
@@ -212,28 +221,42 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
 
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
+    from tune.searcher import FINAL
     res = SweepResult(cfg.name, uri, len(grid))
     try:
         cut_ids = set(sweep_storage.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
     except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
         cut_ids = set()
     sign = 1 if cfg.objective.mode == "max" else -1
+    searched = {k: 0 for k in cfg.studies}       # search trials in the grid, per study
+    picked = set()                              # studies with a completed search trial (finals to come)
     for r in grid:
-        m = r.metrics or {}
-        d = (r.config or {}).get("study", "?")
+        m, config = r.metrics or {}, r.config or {}
+        k = config.get("study", "?")
+        final = config.get("stage") == FINAL
+        searched[k] = searched.get(k, 0) + (not final)
         if r.error is not None:
             res.errored.append(m.get("trial_id") or str(r.path))
-            res.errored_by[d] = res.errored_by.get(d, 0) + 1
+            res.errored_by[k] = res.errored_by.get(k, 0) + 1
             continue
         if not finished_result(m):         # stopped by the scheduler (or cut off: counted as unfinished below)
             if m.get("trial_id") not in cut_ids:
-                res.stopped_by[d] = res.stopped_by.get(d, 0) + 1
+                res.stopped_by[k] = res.stopped_by.get(k, 0) + 1
             continue
         obj = m.get(metric)
-        if obj is not None and (d not in res.best or sign * obj > sign * res.best[d]["objective"]):
-            res.best[d] = {"trial_id": m.get("trial_id"), "objective": obj,
-                           **{k: v for k, v in m.items() if k.startswith("final_")},
-                           "hparams": (r.config or {}).get("hparams")}
+        if final:
+            if obj is not None:
+                res.finals.setdefault(k, []).append(obj)
+            continue
+        if obj is not None:
+            picked.add(k)
+        if obj is not None and (k not in res.best or sign * obj > sign * res.best[k]["objective"]):
+            res.best[k] = {"trial_id": m.get("trial_id"), "objective": obj,
+                           **{x: v for x, v in m.items() if x.startswith("final_")},
+                           "hparams": config.get("hparams")}
     res.records = sweep_storage.list_records(uri, cfg.name)
-    res.unfinished = len(cut_ids) + max(0, cfg.total_trials - len(grid))
+    # trials still to come: search trials never started, and final re-runs of every study that has a pick
+    # (a study whose search trials all failed or were stopped has none to re-run)
+    expected = cfg.budget.trials_per_dataset * len(cfg.studies) + cfg.budget.final_seeds * len(picked)
+    res.unfinished = len(cut_ids) + max(0, expected - len(grid))
     return res

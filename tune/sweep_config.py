@@ -5,9 +5,12 @@
     base: {model: {...}, data: {...}}           # inline FAIR config, or a path to a FAIR YAML (relative to
                                                 # the sweep file)
     per_dataset: {fashion_mnist_shifted: {data: {val_per_class: 5}}}   # merged over base for one dataset
-    space: default                              # or a mapping, see tune.space
+    space: default                              # the space of base.method (one method): a mapping, see tune.space
+    methods: {fair: default, selftrain: {...}}  # or several methods, each with its own space (tune.studies):
+                                                # one Optuna study per method x dataset, equal budgets
     search: {sampler: tpe, seed: 0}             # tpe | tpe-multivariate | random
     budget: {trials_per_dataset: 8, epochs: 10, early_stopping: {grace_period: 2, reduction_factor: 3},
+             final_seeds: 3,                    # each study's best configuration re-run with 3 new seeds
              max_concurrent: null}              # null: as many trials as the resources allow (required
                                                 # with check_cluster false: `fair cluster plan` prints it)
     resources: {num_workers: 1, per_worker: {CPU: 1}, trial_driver_cpu: 0.01, backend: auto,
@@ -39,6 +42,7 @@ from typing import Any, Literal, Optional
 from fair.config import (FairConfig, build, deep_merge, from_dict, merge_overrides, needs_descriptions, read_yaml,
                          require)
 from fair.errors import FairError
+from tune import studies
 from tune.space import SearchSpace, parse_space, validate_against
 
 log = logging.getLogger("tune.sweep_config")
@@ -54,11 +58,12 @@ class EarlyStopping:
 
 @dataclass
 class Budget:
-    trials_per_dataset: int = 8
+    trials_per_dataset: int = 8            # search trials per study (method x dataset)
     epochs: int = 15                       # sets train.epochs of every trial
     max_steps_per_epoch: Optional[int] = None
     early_stopping: Optional[EarlyStopping] = None
     max_concurrent: Optional[int] = None   # None: bounded by resources only
+    final_seeds: int = 3                   # re-runs of each study's best configuration: seeds seed+1..seed+n
 
 
 @dataclass
@@ -122,10 +127,10 @@ class RayOptions:
 
 @dataclass
 class Faults:
-    """Fault injection for tests: kill rank 0 once, during epoch `crash_worker_in_epoch` (after the
-    previous epoch's checkpoint was reported); or pause rank 0 once, `hold_s` seconds in epoch
-    `hold_in_epoch`, writing its node id to `hold.marker` in the trial's scratch folder (a test removes
-    that node: pre-emption)."""
+    """Fault injection for tests: kill rank 0 once per sweep (on a node), in the first trial to reach epoch
+    `crash_worker_in_epoch` (after the previous epoch's checkpoint was reported); or pause rank 0 once,
+    `hold_s` seconds in epoch `hold_in_epoch`, writing its node id to `hold.marker` in the trial's scratch
+    folder (a test removes that node: pre-emption)."""
     crash_worker_in_epoch: Optional[int] = None
     hold_in_epoch: Optional[int] = None
     hold_s: float = 60.0
@@ -140,6 +145,8 @@ class SweepConfig:
     per_dataset: dict[str, Optional[dict]] = field(
         default_factory=dict, metadata={"note": "it maps dataset names to FAIR config mappings"})
     space: Any = "default"                               # checked by tune.space.parse_space
+    methods: Optional[dict[str, Any]] = field(default=None, metadata={
+        "note": "it maps method names to search spaces, e.g. {fair: default, selftrain: {train.lr: ...}}"})
     search: Search = field(default_factory=Search)
     budget: Budget = field(default_factory=Budget)
     resources: Resources = field(default_factory=Resources)
@@ -151,10 +158,26 @@ class SweepConfig:
     faults: Faults = field(default_factory=Faults)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
 
-    def study_config(self, dataset: str) -> dict:
-        """The nested FAIR config of one dataset's trials, before the searched values."""
+    def method_spaces(self) -> dict[str, Any]:
+        """{method: its raw search space}: `methods`, or the one-method form `space` for base.method."""
+        if self.methods is not None:
+            return {m: "default" if sp is None else sp for m, sp in self.methods.items()}
+        return {self.base.get("method") or "fair": self.space}
+
+    @property
+    def method_names(self) -> list[str]:
+        return list(self.method_spaces())
+
+    @property
+    def studies(self) -> list[str]:
+        """Every study key (`<method>/<dataset>`), methods outer, datasets inner."""
+        return [studies.study_key(m, d) for m in self.method_names for d in self.datasets]
+
+    def study_config(self, study: str) -> dict:
+        """The nested FAIR config of one study's trials (`<method>/<dataset>`), before the searched values."""
+        method, dataset = studies.split_study(study)
         d = deep_merge(copy.deepcopy(self.base), copy.deepcopy(self.per_dataset.get(dataset) or {}))
-        d = deep_merge(d, {"data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
+        d = deep_merge(d, {"method": method, "data": {"dataset": dataset}, "train": {"epochs": self.budget.epochs},
                             "run": {"progress": False}})
         if self.budget.max_steps_per_epoch is not None:
             d["train"]["max_steps_per_epoch"] = self.budget.max_steps_per_epoch
@@ -165,17 +188,28 @@ class SweepConfig:
             d["run"]["cache_root"] = str(Path(root).resolve())
         return d
 
-    def fair_config(self, dataset: str) -> FairConfig:
-        """The validated FairConfig of one dataset's trials, before the searched values (FAIR's own
-        defaults for every key the sweep leaves unset)."""
-        return from_dict(self.study_config(dataset))
+    def fair_config(self, study: str) -> FairConfig:
+        """The validated FairConfig of one study's trials, before the searched values (FAIR's own defaults
+        for every key the sweep leaves unset)."""
+        return from_dict(self.study_config(study))
+
+    def final_seeds_of(self, study: str) -> list[int]:
+        """The seeds a study's picked configuration re-runs with: new ones (seed+1..seed+n), so that the
+        final runs are not the search trial that won, whose result is biased upwards by the pick."""
+        seed = int(self.study_config(study).get("seed") or 0)
+        return [seed + k for k in range(1, self.budget.final_seeds + 1)]
 
     @property
     def total_trials(self) -> int:
-        return self.budget.trials_per_dataset * len(self.datasets)
+        """Search trials and final-seed re-runs of every study."""
+        return (self.budget.trials_per_dataset + self.budget.final_seeds) * len(self.studies)
 
-    def search_space(self) -> SearchSpace:
-        return parse_space(self.space)
+    def search_space(self, method: Optional[str] = None) -> SearchSpace:
+        """The parsed search space of `method` (None: the first); "default" is tune.studies.default_space."""
+        spaces = self.method_spaces()
+        method = method or next(iter(spaces))
+        raw = spaces[method]
+        return parse_space(studies.default_space(method) if raw in (None, "default") else raw)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -209,6 +243,7 @@ def from_mapping(data: dict, sweep_file: Optional[Path] = None) -> SweepConfig:
     if len(set(cfg.datasets)) != len(cfg.datasets):
         raise FairError("sweep key 'datasets' must be a list of distinct dataset names")
     check_values(cfg)
+    check_methods(cfg)
     unused = [k for k in cfg.per_dataset if k not in cfg.datasets]
     if unused:   # e.g. `--set datasets=[dtd]` on the paper sweep: its sun397 entry is simply not needed
         log.warning("per_dataset entries for datasets not in this sweep are ignored: %s", ", ".join(unused))
@@ -221,6 +256,8 @@ def check_values(cfg: SweepConfig) -> None:
     b, r = cfg.budget, cfg.resources
     require(b.trials_per_dataset >= 1, "sweep key 'budget.trials_per_dataset' must be >= 1")
     require(b.epochs >= 1, "sweep key 'budget.epochs' must be >= 1")
+    require(b.final_seeds >= 1, "sweep key 'budget.final_seeds' must be >= 1 (the re-runs of each study's best "
+            "configuration with new seeds; 1 re-runs it once)")
     require(b.max_concurrent is None or b.max_concurrent >= 1, "sweep key 'budget.max_concurrent' must be >= 1 "
             "or null (as many trials as the resources allow)")
     es = b.early_stopping
@@ -238,6 +275,18 @@ def check_values(cfg: SweepConfig) -> None:
             "inside the trial process), so resources.num_workers must be 1; use runner trainer for DDP across workers")
     require(r.backend != "nccl" or r.use_gpu, "sweep key 'resources.backend' is nccl but resources.per_worker "
             "has no GPU")
+
+
+def check_methods(cfg: SweepConfig) -> None:
+    """`methods`: known method names, each space's keys ones its method reads (tune.studies)."""
+    if cfg.methods is not None:
+        require(bool(cfg.methods), "sweep key 'methods' must name at least one method, e.g. {fair: default}")
+        require(cfg.space == "default", "sweep keys 'space' and 'methods' are exclusive: put the space under its "
+                "method in 'methods' (methods: {fair: {...}})")
+    for method, raw in cfg.method_spaces().items():
+        studies.check_method(method)
+        if isinstance(raw, dict):
+            studies.check_keys(method, [str(k) for k in raw])
 
 
 def read_sweep(path: Optional[str], overrides: list[str] | None = None, smoke_test: bool = False,
@@ -265,6 +314,7 @@ def shrink_for_smoke_test(cfg: SweepConfig) -> None:
     if not cfg.name.endswith("-smoke"):      # idempotent: `--resume NAME-smoke --smoke-test` is that sweep
         cfg.name = f"{cfg.name}-smoke"
     cfg.budget.trials_per_dataset = 1
+    cfg.budget.final_seeds = 1
     cfg.budget.epochs = 1
     cfg.budget.max_steps_per_epoch = 2
     cfg.budget.early_stopping = None
@@ -294,13 +344,14 @@ def validate(cfg: SweepConfig) -> None:
     from fair.data.catalog import get_spec
     for ds in cfg.datasets:
         get_spec(ds)                    # an unknown name fails here, not in every trial on the cluster
-    space = cfg.search_space()
-    for ds in cfg.datasets:
-        fcfg = cfg.fair_config(ds)      # the dataset's base config itself must be valid
+    spaces = {m: cfg.search_space(m) for m in cfg.method_names}
+    for study in cfg.studies:
+        method, ds = studies.split_study(study)
+        fcfg = cfg.fair_config(study)   # the study's base config itself must be valid
         if cfg.objective.metric == "val_top1" and fcfg.data.val_per_class < 1:
             raise FairError(f"objective val_top1 needs a validation split, but data.val_per_class is 0 for {ds}; "
                             f"raise it or use objective.metric=head_agreement")
-        validate_against(space, cfg.study_config(ds), ds)
+        validate_against(spaces[method], cfg.study_config(study), study)
 
 
 def check_datasets(cfg: SweepConfig) -> None:
@@ -319,12 +370,13 @@ def check_datasets(cfg: SweepConfig) -> None:
 
 
 def check_dataset_ready(cfg: SweepConfig, ds: str) -> None:
-    """One dataset of the sweep: its files, and a descriptions file that covers every class (where the method
-    reads one: fair.config.needs_descriptions)."""
+    """One dataset of the sweep: its files, and a descriptions file that covers every class where one of
+    the sweep's methods reads one (fair.config.needs_descriptions)."""
     from fair.data import descriptions_path
     from fair.data.catalog import check_dataset, get_spec
     from fair.text import load_descriptions
-    fcfg = cfg.fair_config(ds)
+    configs = [cfg.fair_config(studies.study_key(m, ds)) for m in cfg.method_names]
+    fcfg = next((c for c in configs if needs_descriptions(c)), configs[0])
     base = check_dataset(ds, fcfg.data.root)
     if not needs_descriptions(fcfg) or fcfg.data.description_fallback:
         return

@@ -38,7 +38,7 @@ class TrialPlan:
     """Everything a trial needs besides its sampled values; shipped to the trial and its workers."""
     sweep: str
     storage: str                     # resolved storage URI
-    study_configs: dict              # dataset -> nested FAIR config (before the searched values)
+    study_configs: dict              # study (method/dataset) -> nested FAIR config (before the searched values)
     objective: str
     num_workers: int
     per_worker: dict
@@ -197,15 +197,15 @@ def adapt_trial(payload: dict, session: Session) -> None:
     hold = (plan.hold_in_epoch, plan.hold_s, scratch / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
     reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
-                             scratch / "crash.marker", hold)
+                             scratch.parent / "crash.marker", hold)   # crash: once per sweep (on this node)
     # a shared GPU (per_worker.GPU < 1): this process keeps to its share, and runs out of memory alone
     cap = gpu_share.apply_memory_cap(float(plan.per_worker.get("GPU", 0)), cfg.model.device)
     record = gpu_share.out_of_memory_guarded(
         lambda: adapt(cfg, run_dir, report=reporter, resume_from=resume_from), cap, cfg)
     record["provenance"]["gpu_memory_cap"] = cap.as_dict() if cap else None
     if rank == 0:
-        stamp_record(record, plan, trial_id, study)
-        path = storage.write_json(plan.storage, storage.record_key(plan.sweep, study, trial_id), record)
+        stamp_record(record, plan, trial_id, payload["tune_config"])
+        path = storage.write_json(plan.storage, record_key(plan, study, trial_id), record)
         log.info("trial %s: record %s", trial_id, path)
     reporter.finish(record)
     # the record is in storage and the checkpoints are Ray's: the node-local copies can go
@@ -234,23 +234,40 @@ def train_worker(payload: dict) -> None:
 
 
 def trial_config(plan: TrialPlan, config: dict) -> dict:
-    """A trial's nested FAIR config from its Tune config: its study's base config with the sampled values."""
+    """A trial's nested FAIR config from its Tune config (tune.searcher.StudySearcher): its study's base
+    config with the sampled values, and for a final-seed re-run its seed."""
     from tune.space import apply
-    return apply(plan.study_configs[config["study"]], config.get("hparams") or {})
+    cfg = apply(plan.study_configs[config["study"]], config.get("hparams") or {})
+    if config.get("seed") is not None:
+        cfg["seed"] = config["seed"]
+    return cfg
 
 
-def stamp_record(record: dict, plan: TrialPlan, trial_id: str, study: str) -> dict:
-    """A trial's record as the sweep stores it: named by the trial id, with its sweep, trial and study."""
+def record_key(plan: TrialPlan, study: str, trial_id: str) -> str:
+    """Where a trial's record goes: under its study's dataset, named by the trial id."""
+    from tune.studies import study_dataset
+    return storage.record_key(plan.sweep, study_dataset(study), trial_id)
+
+
+def stamp_record(record: dict, plan: TrialPlan, trial_id: str, config: dict) -> dict:
+    """A trial's record as the sweep stores it, from its Tune `config`: named by the trial id, with its
+    sweep, trial and study, and its `stage` ("search", or "final" for a re-run of the study's picked
+    configuration, which also names that search trial in `picked_from`). `method`, `dataset` and `seed`
+    are the record's own (its config's)."""
+    from tune.searcher import FINAL, SEARCH
     record["run_id"] = trial_id
-    record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": study}
+    record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": config["study"]}
+    record["stage"] = config.get("stage") or SEARCH
+    if record["stage"] == FINAL:
+        record["picked_from"] = config["picked_from"]
     return record
 
 
 def _payload(config: dict, plan: TrialPlan) -> dict:
-    """The trial's id, study and FAIR config (the study's base config with the sampled values)."""
+    """The trial's id, study, Tune config and FAIR config (the study's base config with the sampled values)."""
     import ray.tune
     return {"plan": plan, "trial_id": ray.tune.get_context().get_trial_id(), "study": config["study"],
-            "config": trial_config(plan, config)}
+            "tune_config": dict(config), "config": trial_config(plan, config)}
 
 
 def run_trial_direct(config: dict, plan: TrialPlan) -> None:

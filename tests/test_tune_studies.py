@@ -1,0 +1,206 @@
+"""Methods as studies (no Ray): a sweep's methods, each with its own space, one Optuna study per method x
+dataset with the same budget, and each study's best configuration re-run with `budget.final_seeds` seeds."""
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+import yaml
+
+from fair.cli import main as fair_main
+from fair.errors import FairError
+from tune.space import parse_space
+from tune.sweep_config import load_sweep
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BASE = {"model": {"name": "fair-tiny-vit", "pretrained": "", "device": "cpu"},
+        "data": {"val_per_class": 2, "num_workers": 0}}
+FAIR_SPACE = {"anchors.mode": {"choice": ["prototype", "set"]}, "train.lr": {"loguniform": [1e-5, 1e-3]}}
+SELFTRAIN_SPACE = {"pseudo.gamma_end": {"uniform": [0, 1]}, "train.lr": {"loguniform": [1e-5, 1e-3]}}
+
+
+def _sweep(**over) -> dict:
+    d = {"name": "m", "datasets": ["fashion_mnist", "fashion_mnist_shifted"], "base": BASE,
+         "methods": {"fair": FAIR_SPACE, "selftrain": SELFTRAIN_SPACE},
+         "budget": {"trials_per_dataset": 3, "epochs": 2, "final_seeds": 2}}
+    d.update(over)
+    return d
+
+
+def test_every_method_x_dataset_is_a_study_with_its_method_and_the_same_budget():
+    cfg = load_sweep(None, mapping=_sweep())
+    assert cfg.studies == ["fair/fashion_mnist", "fair/fashion_mnist_shifted",
+                           "selftrain/fashion_mnist", "selftrain/fashion_mnist_shifted"]
+    assert cfg.total_trials == 4 * (3 + 2)
+    st = cfg.fair_config("selftrain/fashion_mnist_shifted")
+    assert st.method == "selftrain" and st.data.dataset == "fashion_mnist_shifted" and st.train.epochs == 2
+    assert cfg.search_space("selftrain").names == ["pseudo.gamma_end", "train.lr"]
+    assert cfg.final_seeds_of("fair/fashion_mnist") == [1, 2]          # new seeds, not the searched one (0)
+    assert load_sweep(None, mapping=_sweep(base={**BASE, "seed": 7})).final_seeds_of("fair/fashion_mnist") == [8, 9]
+
+
+def test_space_is_the_one_method_form_of_methods():
+    """`space:` is `methods: {<base.method>: space}`; existing sweep files keep working."""
+    cfg = load_sweep(None, mapping=_sweep(methods=None, space=FAIR_SPACE))
+    assert cfg.method_names == ["fair"] and cfg.studies == ["fair/fashion_mnist", "fair/fashion_mnist_shifted"]
+    one = load_sweep(None, mapping=_sweep(methods=None, space=SELFTRAIN_SPACE, base={**BASE, "method": "selftrain"}))
+    assert one.studies[0] == "selftrain/fashion_mnist"
+
+
+def test_default_space_of_a_method_is_the_spec_space_cut_to_its_keys():
+    from tune.studies import belongs, default_space
+    cfg = load_sweep(None, mapping=_sweep(methods={"fair": None, "selftrain": "default", "wca": "default"}))
+    fair, st, wca = (cfg.search_space(m).names for m in ("fair", "selftrain", "wca"))
+    assert "anchors.tau_anchor" in fair and "local.num_crops" in fair
+    assert all(belongs("selftrain", k) for k in st) and "pseudo.gamma_end" in st and "local.beta" not in st
+    assert "anchors.tau_text" in wca and "anchors.mode" not in wca
+    assert "anchors.tau_anchor" not in default_space("wca")           # its condition's parent is not wca's
+
+
+@pytest.mark.parametrize("methods, words", [
+    ({"fair": FAIR_SPACE, "fairr": {}}, ["'fairr' does not exist", "did you mean 'fair'"]),
+    ({"dpaa": None}, ["'dpaa' does not exist"]),
+    ({"selftrain": {"local.num_crops": {"int": [2, 4]}}}, ["selftrain", "local.num_crops", "fair"]),
+    ({"wca": {"anchors.mode": {"choice": ["set"]}}}, ["wca", "anchors.mode", "it is fair's"]),
+    ({"fair": {"dpa.lr": {"uniform": [0, 1]}}}, ["fair", "dpa.lr", "it is dpa's"]),
+    ({"fair": {"seed": {"int": [0, 3]}}}, ["seed", "final_seeds"]),
+    ({}, ["at least one method"]),
+])
+def test_bad_methods_give_one_line_errors_before_anything_starts(methods, words, tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_sweep(methods=methods)))
+    assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"budget": {"trials_per_dataset": 2, "final_seeds": 0}}, ["budget.final_seeds", ">= 1"]),
+    ({"space": FAIR_SPACE}, ["exclusive"]),
+])
+def test_bad_budget_and_both_space_forms_are_refused(over, words):
+    with pytest.raises(FairError) as e:
+        load_sweep(None, mapping=_sweep(**over))
+    assert all(w in str(e.value) for w in words), e.value
+
+
+def _final(objective: float) -> dict:
+    """A trial's final report (tune.trainable): its objective and the record's metrics as final_*."""
+    return {"objective": objective, "final_val_top1": objective, "epoch": 2, "training_iteration": 2}
+
+
+def _searcher(budget=2, finals=2):
+    from tune.searcher import StudySearcher
+    keys = ["fair/a", "selftrain/a"]
+    spaces = {"fair/a": parse_space(FAIR_SPACE), "selftrain/a": parse_space(SELFTRAIN_SPACE)}
+    return StudySearcher(spaces, keys, budget, "max", seeds={k: i for i, k in enumerate(keys)},
+                         final_seeds={k: list(range(1, finals + 1)) for k in keys})
+
+
+def test_searcher_budgets_per_study_then_final_seeds_of_the_best_once_its_search_has_ended(tmp_path):
+    s = _searcher()
+    got = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}
+    assert [c["study"] for c in got.values()] == ["fair/a", "selftrain/a", "fair/a", "selftrain/a"]
+    assert {c["stage"] for c in got.values()} == {"search"} and s.remaining() == {"fair/a": 0, "selftrain/a": 0}
+    assert set(got["t1"]["hparams"]) == {"pseudo.gamma_end", "train.lr"}        # its method's space
+    assert s.suggest("w0") is None                       # search trials in flight: wait, not FINISHED
+    s.on_trial_complete("t0", _final(10.0))
+    s.on_trial_complete("t1", error=True)
+    s.on_trial_complete("t3", {"objective": 99.0, "epoch": 1, "training_iteration": 1})   # stopped: PRUNED
+    assert s.suggest("w1") is None                       # fair/a still has t2 running
+    s.on_trial_complete("t2", _final(30.0))              # fair/a's search is over: t2 is its best
+    f1, f2 = s.suggest("f1"), s.suggest("f2")
+    assert [f1["stage"], f1["study"], f1["picked_from"], f1["seed"]] == ["final", "fair/a", "t2", 1]
+    assert f2["seed"] == 2 and f1["hparams"] == f2["hparams"] == got["t2"]["hparams"]
+    assert s.suggest("f1") == f1                         # asked again for a trial it has: the same config
+    # selftrain/a: one failed, one stopped (PRUNED, never picked): nothing to re-run, the search is done
+    assert s.picked("selftrain/a") is None and s.suggest("w2") == s.FINISHED
+    # final trials are no search: not told to the study, never its best
+    s.on_trial_result("f1", {"objective": 50.0, "epoch": 1, "training_iteration": 1})
+    s.on_trial_complete("f1", _final(50.0))
+    study = s.studies["fair/a"]._ot_study
+    assert len(study.trials) == 2 and study.best_value == 30.0
+    assert [t.state.name for t in s.studies["selftrain/a"]._ot_study.trials] == ["FAIL", "PRUNED"]
+
+    s.save(str(tmp_path / "state.pkl"))                  # what Tune stores with the sweep; restored on resume
+    s2 = _searcher()
+    s2.restore(str(tmp_path / "state.pkl"))
+    assert s2.suggest("f2") == f2 and s2.finals == {"fair/a": ["f1", "f2"], "selftrain/a": []}
+    assert pickle.loads(pickle.dumps(s2)).picked("fair/a") == "t2"
+    # the rerun resumes errored t1 (same id): selftrain/a's search waits for it, and its result is the pick
+    assert s2.suggest("w3") is None
+    s2.on_trial_complete("t1", _final(5.0))
+    f3 = s2.suggest("f3")
+    assert (f3["study"], f3["picked_from"], f3["hparams"]) == ("selftrain/a", "t1", got["t1"]["hparams"])
+    s2.suggest("f4")
+    assert s2.suggest("w4") == s2.FINISHED
+
+
+def test_a_resumed_trial_whose_late_result_is_best_is_the_pick_when_finals_have_not_started():
+    """An errored search trial resumed by a rerun completes after all: its study learns the late result, and
+    if it is the best before the finals are emitted, the finals re-run it."""
+    s = _searcher(budget=2, finals=1)
+    for i in range(4):
+        s.suggest(f"t{i}")
+    s.on_trial_complete("t0", _final(10.0))
+    s.on_trial_complete("t2", error=True)
+    s.on_trial_complete("t2", _final(80.0))              # resumed under its id: COMPLETE after all
+    s.on_trial_complete("t1", _final(1.0))
+    s.on_trial_complete("t3", _final(2.0))
+    by_study = {c["study"]: c for c in (s.suggest("f0"), s.suggest("f1"))}
+    assert by_study["fair/a"]["picked_from"] == "t2" and by_study["selftrain/a"]["picked_from"] == "t3"
+    assert s.suggest("f2") == s.FINISHED                 # every trial handed out (Tune waits for those running)
+
+
+def test_a_restored_search_generator_asks_its_searcher_again():
+    """Tune saves the generator's `finished`; a rerun may have finals to create after all."""
+    from tune.searcher import SweepSearch
+    gen = SweepSearch(_searcher())
+    state = {**gen.get_state(), "finished": True, "counter": 4, "total_samples": 8}
+    gen.set_state(state)
+    assert not gen.is_finished()
+
+
+def test_final_trials_are_never_stopped_early():
+    from ray.tune.schedulers import TrialScheduler
+    from tune.searcher import PerStudyASHA
+
+    class Trial:
+        def __init__(self, tid, config):
+            self.trial_id, self.config = tid, config
+
+    asha = PerStudyASHA(max_t=4, grace_period=1, reduction_factor=2)
+    search = [Trial(f"s{i}", {"study": "fair/a", "stage": "search"}) for i in range(4)]
+    final = Trial("f", {"study": "fair/a", "stage": "final"})
+    for t in [*search, final]:
+        asha.on_trial_add(None, t)
+    for t, v in zip(search, (90.0, 80.0, 70.0)):
+        asha.on_trial_result(None, t, {"objective": v, "epoch": 1})
+    assert asha.on_trial_result(None, search[3], {"objective": 1.0, "epoch": 1}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, final, {"objective": 1.0, "epoch": 1}) == TrialScheduler.CONTINUE
+
+
+def test_records_carry_stage_and_picked_from():
+    """The contract with the results tables: method, dataset, sweep, seed, stage; picked_from on finals."""
+    from fair.config import from_dict
+    from fair.record import failed_record
+    from tune.sweep import build_plan
+    from tune.trainable import record_key, stamp_record, trial_config
+    cfg = load_sweep(None, mapping=_sweep())
+    plan = build_plan(cfg, "/tmp/nowhere")
+    search = {"study": "selftrain/fashion_mnist", "stage": "search", "hparams": {"train.lr": 1e-4}}
+    final = {"study": "selftrain/fashion_mnist", "stage": "final", "seed": 2, "picked_from": "t7",
+             "hparams": {"train.lr": 1e-4}}
+    for config, seed in ((search, 0), (final, 2)):
+        fcfg = from_dict(trial_config(plan, config))
+        rec = stamp_record(failed_record(fcfg, "x"), plan, "t9", config)
+        assert (rec["method"], rec["dataset"], rec["seed"], rec["stage"]) == \
+            ("selftrain", "fashion_mnist", seed, config["stage"])
+        assert rec["sweep"] == {"name": "m", "trial_id": "t9", "study": "selftrain/fashion_mnist"}
+        assert rec.get("picked_from") == config.get("picked_from")
+        assert rec["config"]["train"]["lr"] == 1e-4
+    assert record_key(plan, "selftrain/fashion_mnist", "t9") == "m/records/dataset=fashion_mnist/t9.json"

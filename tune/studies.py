@@ -14,6 +14,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from fair.config import TRAINING_METHODS
 from fair.errors import FairError
 
 # Config keys (dotted prefixes) every method reads.
@@ -26,11 +27,11 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "selftrain": ("anchors.lr_mult", "pseudo.", "weighting."),
     "wca": ("anchors.tau_text", "local."),
     "zeroshot": (),
-    "dpa": ("dpa.",),
-    "tent": ("tent.",),
+    "dpa": ("dpa.", "anchors.lr_mult", "anchors.tau_text"),   # tau_text: W_fix, with dpa.init=descriptions
+    "tent": ("tent.", "anchors.lr_mult"),
 }
 # Methods that do not train: their trials cost setup and evaluation only (cluster plan).
-TRAINING_FREE = ("zeroshot", "wca")
+TRAINING_FREE = tuple(m for m in METHOD_KEYS if m not in TRAINING_METHODS)
 # Keys the sweep sets for every trial of a study (not searched in any method's space).
 STUDY_OWNED = ("method", "seed")
 

@@ -292,7 +292,8 @@ def test_descriptions_missing_a_class_fail_before_ray(tmp_path, capsys, method):
     data = _imagefolder(tmp_path / "imgs")
     (tmp_path / "imgs" / "descriptions.json").write_text(json.dumps({"cat": ["a small feline"], "dog": []}))
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, **method, "data": data})))
+    space = {"dpa.alpha": {"uniform": [0.0, 1.0]}} if method else SPACE     # a space of the method's own keys
+    p.write_text(yaml.safe_dump(_sweep(datasets=["imagefolder"], base={**BASE, **method, "data": data}, space=space)))
     assert fair_main(["sweep", "-c", str(p), "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "imagefolder" in err and "'dog'" in err and "'cat'" not in err, err

@@ -38,6 +38,9 @@ def result_config(config: dict) -> dict:
         data.pop("pipeline", None)
     if data.get("cache_size") is None:
         data.pop("cache_size", None)
+    pseudo = d.get("pseudo") or {}
+    if pseudo.get("teacher", "student") == "student":
+        pseudo.pop("teacher", None)
     return d
 
 

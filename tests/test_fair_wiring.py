@@ -351,3 +351,29 @@ def test_a_student_teacher_run_keeps_its_config_digest(tiny_cfg):
     old["pseudo"].pop("teacher")
     assert result_config(old) == result_config(to_dict(cfg))
     assert config_digest(cfg) != config_digest(_config(tiny_cfg, pseudo={"teacher": "frozen"}))
+
+
+@pytest.mark.parametrize("source", ["crops", "tokens"])
+def test_a_frozen_teacher_scores_s_fix_on_the_frozen_towers_f_loc_and_s_las_on_the_students(tiny_cfg, source):
+    """With the pipeline's crops (the device pipeline cuts them) or MaskCLIP tokens: both towers see the same
+    locals; S_fix pools the frozen tower's, S_las the student's."""
+    cfg, setup, tr = _training(_config(tiny_cfg, pseudo={"teacher": "frozen"}, train={"lr": 1e-2},
+                                       local={"source": source, "beta": 0.25}))
+    engine.train_step(tr, *_views(1), 0.5, _gen())                      # the two towers now differ
+    weak, _ = _views(0)
+    crops = local.random_crops(weak, 3, 0.4, 0.8, _gen()).unflatten(0, (B, 3)) if source == "crops" else None
+    fixed, learned = engine.teacher_scores(tr, weak, _gen(), crops)
+
+    def features(visual):
+        if source == "tokens":
+            f, locs = local.token_features(visual, weak)
+        else:
+            feats = local.encode(visual, torch.cat([weak, crops.flatten(0, 1)]))
+            f, locs = feats[:B], feats[B:].view(B, 3, -1)
+        return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
+
+    with torch.no_grad():
+        (f, f_loc), (_, frozen_loc) = features(setup.student.visual), features(setup.heads.frozen_visual)
+        assert torch.allclose(fixed, frozen_loc @ setup.heads.w_fix.t(), atol=1e-6)
+        assert torch.allclose(learned, setup.student.anchors(_f_mix(f, f_loc, 0.25)), atol=1e-6)
+        assert not torch.allclose(fixed, f_loc @ setup.heads.w_fix.t(), atol=1e-4)

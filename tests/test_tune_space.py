@@ -64,6 +64,15 @@ def test_default_space_is_valid_for_the_fair_config():
     assert names.index("anchors.mode") < names.index("anchors.tau_anchor")
 
 
+def test_the_teacher_of_s_fix_is_searchable():
+    """pseudo.teacher (student | frozen) is a config key a sweep may search; a misspelt value is refused."""
+    space = parse_space({"pseudo.teacher": {"choice": ["student", "frozen"]}})
+    validate_against(space, BASE)
+    assert space.params[0].candidates() == ["student", "frozen"]
+    with pytest.raises(FairError, match="pseudo.teacher.*did you mean 'frozen'"):
+        validate_against(parse_space({"pseudo.teacher": {"choice": ["student", "frozn"]}}), BASE)
+
+
 def test_searcher_round_robins_and_respects_budget():
     from tune.searcher import StudySearcher
     s = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max", seeds={"a": 1, "b": 2})

@@ -28,7 +28,7 @@ from fair.data.views import PilPipeline, build_views
 from fair.errors import FairError
 from fair.io import atomic_write_text, write_json
 from fair.losses import fair_momentum_for, world_size
-from fair.models import (load_clip, preprocess_record, resolve_device, resolve_pretrained,
+from fair.models import (frozen_copy, load_clip, preprocess_record, resolve_device, resolve_pretrained,
                          trainable_visual_parameters, weights_id)
 from fair.scores import s_fix, s_las
 from fair.text import Descriptions, build_text_embeddings, load_descriptions
@@ -156,6 +156,9 @@ def set_up(cfg: FairConfig, data: PreparedData, device: torch.device) -> Setup:
         heads = engine.Heads(class_emb, w_fix, w_desc, scale, use_locals=True)
         anchors = LearnableAnchors("prototype", w_fix.cpu()) if cfg.anchors.mode == "prototype" else \
             LearnableAnchors("set", te.desc_emb, te.desc_mask, cfg.anchors.tau_anchor)
+    if cfg.pseudo.teacher == "frozen" and cfg.method in ("fair", "selftrain"):
+        heads.frozen_visual = frozen_copy(visual)   # the pretrained weights, rebuilt on resume: never saved
+        maybe_compile(heads.frozen_visual, cfg.train.compile, device)
     visual_params = trainable_visual_parameters(visual, cfg.train.trainable)
     maybe_compile(visual, cfg.train.compile, device)
     student = engine.Student(visual, anchors).to(device)

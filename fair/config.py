@@ -85,6 +85,9 @@ class PseudoConfig:
     gamma_start: float = 1.0               # weight of the fixed score p_fix at the first epoch
     gamma_end: float = 0.5                 # ... and at the last epoch
     gamma_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    teacher: Literal["student", "frozen"] = "student"   # the tower S_fix's f and f_loc come from: the adapting
+    #                                        one (DPA) or a frozen copy of the pretrained one (the WCA prior;
+    #                                        one more forward of the weak view + crops per step, docs/method.md)
 
 
 @dataclass

@@ -52,6 +52,8 @@ class Heads:
     w_desc: torch.Tensor | None      # the description head for the WCA baseline (None: no descriptions)
     scale: float                     # the model's logit scale
     use_locals: bool                 # fair/wca: local features; selftrain: global only
+    frozen_visual: nn.Module | None = None   # pseudo.teacher=frozen: the pretrained tower S_fix is computed
+    #                                          with (eval mode, no gradient); None: the student's tower
 
 
 @dataclass
@@ -195,15 +197,32 @@ def pipeline_crops(cfg: FairConfig, need_locals: bool, k: int) -> int:
     return k if need_locals and cfg.local.source == "crops" else 0
 
 
+@torch.no_grad()
+def teacher_scores(tr: Training, weak: torch.Tensor, generator, crops: torch.Tensor | None = None):
+    """(S_fix, S_las) [B, C] of the weak view, without gradient (spec §4).
+
+    S_las: the student's tower and anchors. S_fix: the fixed head on the teacher tower's f_loc, which is the
+    student's tower (pseudo.teacher=student) or the frozen pretrained copy (frozen; Heads.frozen_visual).
+    """
+    cfg, heads, k = tr.cfg, tr.heads, tr.cfg.local.num_crops
+    frozen = heads.frozen_visual
+    with autocast(cfg.model.precision, tr.device):
+        if frozen is not None and crops is None and pipeline_crops(cfg, heads.use_locals, k):
+            # cut once, as crop_features would, so that both towers see the same crops
+            crops = local.random_crops(weak, k, cfg.local.crop_min, cfg.local.crop_max, generator).unflatten(
+                0, (len(weak), k))
+        f, f_loc = teacher_features(tr.student.visual, weak, cfg, heads, generator, k, crops)
+        learned = s_las(tr.student.anchors, f, f_loc if heads.use_locals else None, cfg.local.beta)
+        if frozen is not None:
+            f, f_loc = teacher_features(frozen, weak, cfg, heads, generator, k, crops)
+        return s_fix(f_loc, heads.w_fix), learned
+
+
 def train_step(tr: Training, weak: torch.Tensor, strong: torch.Tensor, gamma: float, generator,
                crops: torch.Tensor | None = None) -> dict:
     """One FAIR step: teacher on the weak view (no gradient), weights, student on the strong view."""
     cfg, heads = tr.cfg, tr.heads
-    with torch.no_grad(), autocast(cfg.model.precision, tr.device):
-        f, f_loc = teacher_features(tr.student.visual, weak, cfg, heads, generator, cfg.local.num_crops, crops)
-        fixed = s_fix(f_loc, heads.w_fix)
-        learned = s_las(tr.student.anchors, f, f_loc if heads.use_locals else None, cfg.local.beta)
-    t = pseudo_labels(fixed, learned, heads.scale, gamma)
+    t = pseudo_labels(*teacher_scores(tr, weak, generator, crops), heads.scale, gamma)
     w, keep = ambiguity_weights(cfg.weighting.mode, t.p_fix, t.p_las, t.p, t.y, cfg.weighting.power,
                                 cfg.weighting.min)
     with autocast(cfg.model.precision, tr.device):

@@ -2,6 +2,7 @@
 image preprocessing the weights expect, freezing for adaptation, device choice."""
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
@@ -307,6 +308,11 @@ def trainable_visual_parameters(visual: nn.Module, trainable: str) -> list[nn.Pa
         raise FairError(f"{type(visual).__name__} has no normalisation layers to adapt; "
                         f"use a ViT backbone or train.trainable=norm+proj")
     return params
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` that never changes: eval mode, no parameter requires gradient (pseudo.teacher=frozen)."""
+    return copy.deepcopy(module).eval().requires_grad_(False)
 
 
 @dataclass

@@ -48,6 +48,9 @@ def result_config(config: dict) -> dict:
     for section in METHOD_SECTIONS:         # a method's own options change only its own runs
         if d.get("method") != section:
             d.pop(section, None)
+    pseudo = d.get("pseudo") or {}
+    if pseudo.get("teacher", "student") == "student":
+        pseudo.pop("teacher", None)
     return d
 
 

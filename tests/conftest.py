@@ -79,6 +79,11 @@ def imagefolder(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg(imagefolder, tmp_path):
     """A nested config dict for a 2-epoch FAIR run of the tiny random model on the synthetic folder."""
+    return tiny_config(imagefolder, tmp_path)
+
+
+def tiny_config(imagefolder, tmp_path) -> dict:
+    """tiny_cfg's dict, for fixtures of a wider scope: runs and caches go under `tmp_path`."""
     return {
         "method": "fair", "seed": 0,
         "model": {"name": "fair-tiny-vit", "pretrained": "", "device": "cpu"},

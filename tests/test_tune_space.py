@@ -82,6 +82,15 @@ def test_method_sections_are_searchable_like_train(method, space):
         validate_against(parse_space({f"{key}x": {"uniform": [0.1, 0.5]}}), base)
 
 
+def test_the_teacher_of_s_fix_is_searchable():
+    """pseudo.teacher (student | frozen) is a config key a sweep may search; a misspelt value is refused."""
+    space = parse_space({"pseudo.teacher": {"choice": ["student", "frozen"]}})
+    validate_against(space, BASE)
+    assert space.params[0].candidates() == ["student", "frozen"]
+    with pytest.raises(FairError, match="pseudo.teacher.*did you mean 'frozen'"):
+        validate_against(parse_space({"pseudo.teacher": {"choice": ["student", "frozn"]}}), BASE)
+
+
 def test_searcher_round_robins_and_respects_budget():
     from tune.searcher import StudySearcher
     s = StudySearcher(parse_space(SPACE), ["a", "b"], 2, "max", seeds={"a": 1, "b": 2})

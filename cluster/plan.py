@@ -59,6 +59,9 @@ class DatasetWork:
     trial_gpu_s_asha: float         # one trial, ASHA-expected epochs
     source: str                     # "table" | "measured"
     note: str = ""
+    epoch_gpu_s: float = 0.0        # one epoch (training + validation); bench.scale waits these
+    setup_gpu_s: float = 0.0        # before the first epoch, orchestration excluded
+    eval_gpu_s: float = 0.0         # the final evaluation on the test split
 
 
 def _mean_value(param: Optional[Param], default: float) -> float:
@@ -301,7 +304,7 @@ def _dataset_work(sweep: SweepConfig, ds: str, cfg: FairConfig, e_asha: float, a
     per_epoch = train * t_train + val * t_eval
     fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
     return DatasetWork(ds, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
-                       fixed + e_asha * per_epoch, source, size.note)
+                       fixed + e_asha * per_epoch, source, size.note, per_epoch, setup * share, test * t_eval)
 
 
 def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,

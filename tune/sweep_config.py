@@ -112,6 +112,7 @@ class RayOptions:
     trial_max_failures: int = 1            # Tune retries of a whole trial
     summary_every_s: float = 60.0          # progress summary table period
     checkpoints_to_keep: int = 2
+    reuse_actors: bool = False             # a finished trial's process runs the next trial (bench.scale)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class SweepConfig:
     storage: str = "./sweeps"
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
+    simulate: Optional[dict] = None   # bench.scale only: timed stand-in for adapt() (tune/simulate.py)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
 
     def study_config(self, dataset: str) -> dict:

@@ -63,6 +63,9 @@ class DatasetWork:
     source: str                     # "table" | "measured"
     note: str = ""
     final_trials: int = 0           # final-seed re-runs of the picked configuration (full epochs)
+    epoch_gpu_s: float = 0.0        # one epoch (training + validation); bench.scale waits these
+    setup_gpu_s: float = 0.0        # before the first epoch, orchestration excluded
+    eval_gpu_s: float = 0.0         # the final evaluation on the test split
 
     def gpu_s(self, asha: bool = False) -> float:
         """All its trials: search trials (ASHA-expected epochs with `asha`) and final re-runs (full)."""
@@ -315,7 +318,8 @@ def _dataset_work(sweep: SweepConfig, study: str, cfg: FairConfig, e_asha: float
     per_epoch = 0.0 if method in TRAINING_FREE else train * t_train + val * t_eval
     fixed = (setup + RUNNER_OVERHEAD_S[req.runner]) * share + test * t_eval
     return DatasetWork(study, train, val, test, sweep.budget.trials_per_dataset, fixed + cfg.train.epochs * per_epoch,
-                       fixed + e_asha * per_epoch, source, size.note, sweep.budget.final_seeds)
+                       fixed + e_asha * per_epoch, source, size.note, final_trials=sweep.budget.final_seeds,
+                       epoch_gpu_s=per_epoch, setup_gpu_s=setup * share, eval_gpu_s=test * t_eval)
 
 
 def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,

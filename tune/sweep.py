@@ -120,7 +120,8 @@ def build_plan(cfg: SweepConfig, uri: str):
         use_gpu=r.use_gpu, backend=r.backend, worker_max_failures=cfg.ray.worker_max_failures,
         controller_failure_limit=cfg.ray.controller_failure_limit,
         checkpoints_to_keep=cfg.ray.checkpoints_to_keep, crash_worker_in_epoch=cfg.faults.crash_worker_in_epoch,
-        runner=r.runner, hold_in_epoch=cfg.faults.hold_in_epoch, hold_s=cfg.faults.hold_s)
+        runner=r.runner, hold_in_epoch=cfg.faults.hold_in_epoch, hold_s=cfg.faults.hold_s,
+        simulate=cfg.simulate)
 
 
 _TUNE_RESOURCE = {"CPU": "cpu", "GPU": "gpu"}   # Train's bundle keys -> tune.with_resources keys
@@ -204,8 +205,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=SweepSearch(SweepLimiter(searcher, cfg.name, conc)),
-                                        scheduler=scheduler,
-                                        num_samples=cfg.total_trials),
+                                        scheduler=scheduler, num_samples=cfg.total_trials,
+                                        reuse_actors=cfg.ray.reuse_actors),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=uri, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),

@@ -123,6 +123,7 @@ class RayOptions:
     checkpoints_to_keep: int = 2
     autoscaling_config: str = "~/ray_bootstrap_config.yaml"   # an autoscaling cluster's launcher config
     #                                      (where `ray up` puts it on the head): its node types must hold a trial
+    reuse_actors: bool = False             # a finished trial's process runs the next trial (bench.scale)
 
 
 @dataclass
@@ -156,6 +157,7 @@ class SweepConfig:
     #                                                      (NFS, EFS) at the same path on every node
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
+    simulate: Optional[dict] = None   # bench.scale only: timed stand-in for adapt() (tune/simulate.py)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
 
     def method_spaces(self) -> dict[str, Any]:

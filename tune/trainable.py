@@ -51,6 +51,7 @@ class TrialPlan:
     runner: str = "trainer"          # trainer | direct (see the module docstring)
     hold_in_epoch: Optional[int] = None   # fault injection: rank 0 pauses once in this epoch (node-loss tests)
     hold_s: float = 0.0
+    simulate: Optional[dict] = None  # bench.scale: adapt() replaced by tune.simulate's timed stand-in
 
 
 def scratch_dir(sweep: str, trial_id: str) -> Path:
@@ -158,9 +159,8 @@ def _tune_session() -> Session:
     return Session(0, ray.tune.get_checkpoint(), send)
 
 
-def _restore_checkpoint(ckpt, work: Path) -> tuple[Optional[Path], int]:
+def _restore_checkpoint(ckpt, work: Path, simulated: bool = False) -> tuple[Optional[Path], int]:
     """Download checkpoint `ckpt` (if any) into `work`; (path of last.pt, its epoch)."""
-    import torch
     if ckpt is None:
         return None, 0
     shutil.rmtree(work, ignore_errors=True)
@@ -168,14 +168,27 @@ def _restore_checkpoint(ckpt, work: Path) -> tuple[Optional[Path], int]:
     path = work / "last.pt"
     if not path.is_file():
         raise RuntimeError(f"checkpoint {ckpt.path} holds no last.pt")
+    if simulated:
+        from tune.simulate import checkpoint_epoch
+        return path, checkpoint_epoch(path)
+    import torch
     epoch = int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
     return path, epoch
+
+
+def _adapt_fn(plan: TrialPlan) -> Callable:
+    """fair.adapt.adapt, or under a sweep's `simulate:` section its timed stand-in (bench.scale)."""
+    if plan.simulate is None:
+        from fair.adapt import adapt
+        return adapt
+    from functools import partial
+    from tune.simulate import simulated_adapt
+    return partial(simulated_adapt, spec=plan.simulate)
 
 
 def adapt_trial(payload: dict, session: Session) -> None:
     """One adapt() of the trial's config on this process, resumed from the session's checkpoint; rank 0
     writes the record to the sweep's storage."""
-    from fair.adapt import adapt
     from fair.config import from_dict, set_by_path
     plan: TrialPlan = payload["plan"]
     trial_id, study, rank = payload["trial_id"], payload["study"], session.rank
@@ -184,7 +197,8 @@ def adapt_trial(payload: dict, session: Session) -> None:
     # failed attempt must not be picked up instead of the checkpoint Ray hands us.
     run_dir = scratch / f"rank{rank}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    resume_from, resumed_epoch = _restore_checkpoint(session.checkpoint, scratch / f"resume-rank{rank}")
+    resume_from, resumed_epoch = _restore_checkpoint(session.checkpoint, scratch / f"resume-rank{rank}",
+                                                     plan.simulate is not None)
     if resume_from:
         log.info("trial %s rank %d resumes after epoch %d", trial_id, rank, resumed_epoch)
 
@@ -201,7 +215,7 @@ def adapt_trial(payload: dict, session: Session) -> None:
     # a shared GPU (per_worker.GPU < 1): this process keeps to its share, and runs out of memory alone
     cap = gpu_share.apply_memory_cap(float(plan.per_worker.get("GPU", 0)), cfg.model.device)
     record = gpu_share.out_of_memory_guarded(
-        lambda: adapt(cfg, run_dir, report=reporter, resume_from=resume_from), cap, cfg)
+        lambda: _adapt_fn(plan)(cfg, run_dir, report=reporter, resume_from=resume_from), cap, cfg)
     record["provenance"]["gpu_memory_cap"] = cap.as_dict() if cap else None
     if rank == 0:
         stamp_record(record, plan, trial_id, payload["tune_config"])

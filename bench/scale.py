@@ -158,6 +158,8 @@ def build_sweep(a, name: str, storage: str, trace_dir: str, extra: list[str]):
             f"budget.trials_per_dataset={a.trials}", f"budget.max_concurrent={slots}",
             f"budget.epochs={a.epochs}", "resources.per_worker={CPU: 1, GPU: 1}",
             f"resources.runner={a.runner}", "resources.check_cluster=true", "ray.summary_every_s=30",
+            # the simulated nodes are processes of this machine: a local folder is shared by all of them
+            f"storage_shared={str(not storage.startswith('s3://')).lower()}",
             *extra]
     cfg = read_sweep(str(SWEEP), over)
     est = estimate(cfg, node_types=[sim_cluster_node(a)], max_workers=a.nodes)

@@ -9,8 +9,8 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.ray
 def test_scale_quick_every_trial_has_one_record():
-    """2 datasets x 4 trials, ASHA, simulated adapt(): every study gets its 4 records (completed or stopped
-    early, one per trial id), `results collect` reads all 8, the sweep exits 0 (bench.scale checks these and
+    """2 datasets x (4 search trials + 1 final seed), ASHA, simulated adapt(): every study gets its 5 records
+    (completed or stopped early, one per trial id), `results collect` reads all 10, the sweep exits 0 (bench.scale checks these and
     exits 1 with a PROBLEM line otherwise)."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     p = subprocess.run([sys.executable, "-m", "bench.scale", "--quick"], capture_output=True, text=True,
@@ -21,4 +21,4 @@ def test_scale_quick_every_trial_has_one_record():
     check = [line for line in p.stdout.splitlines() if line.startswith("count check")]
     assert check and check[0].split()[-1] == "ok", out[-3000:]
     collect = [line for line in p.stdout.splitlines() if line.startswith("results collect")]
-    assert collect and collect[0].rstrip().endswith("(8)"), out[-3000:]
+    assert collect and collect[0].rstrip().endswith("(10)"), out[-3000:]

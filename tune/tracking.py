@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -202,8 +203,10 @@ class MLflowRuns(MLflowLoggerCallback):
             return
         run_id = self._existing_run(trial.trial_id)
         if run_id is None:
+            from mlflow.entities import Param
             run_id = self.mlflow_util.start_run(run_name=self.runs.name(trial), tags=self.runs.tags(trial)).info.run_id
-            self.mlflow_util.log_params(run_id=run_id, params_to_log=self.runs.params(trial))
+            params = [Param(k, str(v)) for k, v in self.runs.params(trial).items()]
+            self.mlflow_util._get_client().log_batch(run_id, params=params)
         self._trial_runs[trial] = run_id
 
     def _existing_run(self, trial_id: str) -> Optional[str]:
@@ -216,8 +219,12 @@ class MLflowRuns(MLflowLoggerCallback):
     def log_trial_result(self, iteration, trial, result):
         if trial not in self._trial_runs:
             self.log_trial_start(trial)
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=self.runs.metrics(result),
-                                     step=self.runs.step(result))
+        # one request per result (Ray's callback makes one per metric: seconds per epoch on a busy store)
+        from mlflow.entities import Metric
+        now, step = int(time.time() * 1000), self.runs.step(result)
+        metrics = [Metric(k, float(v), now, step) for k, v in self.runs.metrics(result).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.mlflow_util._get_client().log_batch(self._trial_runs[trial], metrics=metrics)
 
     def log_trial_end(self, trial, failed: bool = False):
         if trial not in self._trial_runs:
@@ -273,7 +280,7 @@ class WandbRuns(WandbLoggerCallback):
         self._start_logging_actor(
             trial, [*self._exclude_results, *(_NOT_METRICS - set(self.AUTO_CONFIG_KEYS))],
             id=trial.trial_id, name=self.runs.name(trial), resume="allow", allow_val_change=True,
-            group=self.runs.sweep, job_type=self.runs.dataset(trial), tags=tags, config=config,
+            project=self.project, group=self.runs.sweep, job_type=self.runs.dataset(trial), tags=tags, config=config,
             **({"dir": self.folder} if self.folder else {}), **self.kwargs)
 
     def log_trial_end(self, trial, failed: bool = False):

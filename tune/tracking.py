@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
@@ -275,8 +275,8 @@ class WandbRuns(WandbLoggerCallback):
         if self.folder:
             Path(self.folder).mkdir(parents=True, exist_ok=True)
         config = {**self.runs.params(trial), "sweep": self.runs.sweep, "git_commit": self.runs.git_commit}
-        tags = [f"sweep:{self.runs.sweep}", f"dataset:{self.runs.dataset(trial)}",
-                f"git:{(self.runs.git_commit or 'unknown')[:12]}"]
+        tags = [t[:64] for t in (f"sweep:{self.runs.sweep}", f"dataset:{self.runs.dataset(trial)}",
+                                 f"git:{(self.runs.git_commit or 'unknown')[:12]}")]    # W&B's limit: 64
         self._start_logging_actor(
             trial, [*self._exclude_results, *(_NOT_METRICS - set(self.AUTO_CONFIG_KEYS))],
             id=trial.trial_id, name=self.runs.name(trial), resume="allow", allow_val_change=True,
@@ -286,7 +286,6 @@ class WandbRuns(WandbLoggerCallback):
     def log_trial_end(self, trial, failed: bool = False):
         record = self.runs.record(trial)
         if record is not None and trial in self._trial_queues:
-            from ray.air.integrations.wandb import _QueueItem
             fd, path = tempfile.mkstemp(prefix=f"record-{trial.trial_id}-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f, indent=1, default=str)

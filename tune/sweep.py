@@ -102,10 +102,12 @@ def _search_changes(a: dict, b: dict) -> list[str]:
 
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
-    """Checks that need the storage and the data (after the offline ones of load_sweep): the resolved
-    storage URI, probed with a marker write."""
+    """Checks that need the storage, the data and the trackers (after the offline ones of load_sweep): the
+    resolved storage URI, probed with a marker write."""
+    from tune import tracking
     uri = sweep_storage.resolve(cfg.storage)
     sweep_storage.probe(uri, cfg.name)
+    tracking.check(cfg.tracking)
     if data_check:
         check_datasets(cfg)
     return uri
@@ -158,6 +160,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
+    from tune import tracking
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
     from tune.studies import split_study
 
@@ -213,7 +216,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
                 callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s,
                                        uri, cfg.name, show_test),
-                           FailedTrialRecords(plan)],
+                           FailedTrialRecords(plan), *tracking.callbacks(cfg, uri)],
             ),
         )
     grid = tuner.fit()

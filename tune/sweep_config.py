@@ -23,6 +23,8 @@
     ray: {num_cpus: null, worker_start_timeout_s: 60, controller_failure_limit: -1,
           worker_max_failures: 2, trial_max_failures: 1, summary_every_s: 60,
           autoscaling_config: ~/ray_bootstrap_config.yaml}   # node types a trial must fit (autoscaling)
+    tracking: {mlflow: {tracking_uri: http://mlflow:5000, experiment: null},   # off unless named
+               wandb: {project: fair, entity: null, mode: online}}             # (tune.tracking)
 
 This module is the one reader of sweep files (`fair sweep` and `fair cluster` both read them here).
 Reading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, and
@@ -138,6 +140,27 @@ class Faults:
 
 
 @dataclass
+class MLflowTracking:
+    tracking_uri: Optional[str] = None     # None: MLFLOW_TRACKING_URI (checked before the first trial)
+    experiment: Optional[str] = None       # None: the sweep's name
+
+
+@dataclass
+class WandbTracking:
+    project: Optional[str] = None          # None: WANDB_PROJECT
+    entity: Optional[str] = None           # None: the API key's default entity
+    mode: Literal["online", "offline", "disabled"] = "online"   # offline: run folders to `wandb sync` later
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers, each off unless its section is present: one tracker run per trial
+    (tune.tracking). TensorBoard event files are written for every sweep regardless."""
+    mlflow: Optional[MLflowTracking] = None
+    wandb: Optional[WandbTracking] = None
+
+
+@dataclass
 class SweepConfig:
     name: str
     datasets: list[str] = field(metadata={"note": "it lists distinct dataset names, e.g. [dtd, eurosat]"})
@@ -158,6 +181,7 @@ class SweepConfig:
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
     simulate: Optional[dict] = None   # bench.scale only: timed stand-in for adapt() (tune/simulate.py)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
 
     def method_spaces(self) -> dict[str, Any]:

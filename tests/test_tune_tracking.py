@@ -18,7 +18,7 @@ import pytest
 
 from fair.errors import FairError
 from tests.test_tune_sweeps import sweep_dict
-from tune import storage as st
+from tune import storage as sweep_storage
 from tune.sweep_config import load_sweep
 
 
@@ -134,12 +134,12 @@ def ray_local():
     """A Ray of this test's own: with no address, ray.init joins any Ray already running on the machine
     (another test session's), whose workers would not see this worktree's code."""
     import os
-    from tune import cluster
+    from tune import ray_session
     from tune.sweep_config import RayOptions
     old = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = "local"
     try:
-        started = cluster.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
+        started = ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
     finally:
         os.environ.pop("RAY_ADDRESS") if old is None else os.environ.update(RAY_ADDRESS=old)
     yield
@@ -156,7 +156,7 @@ def _direct(**over) -> dict:
 @pytest.mark.slow
 def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
-    from fair.adapt import git_commit
+    from fair.record import git_commit
     from tune.sweep import preflight, run
     monkeypatch.delenv("WANDB_DIR", raising=False)
     db = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
@@ -166,11 +166,11 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg, data_check=False)
     result = run(cfg, uri)
-    assert not result.errored and result.trials == 2
-    recs = st.list_records(uri, cfg.name)
+    assert not result.errored and result.trials == 4              # 1 search trial + 1 final seed per study
+    recs = sweep_storage.list_records(uri, cfg.name)
     trials = {tid: ds for ds, ids in recs.items() for tid in ids}
-    assert sorted(trials.values()) == ["fashion_mnist", "fashion_mnist_shifted"]
-    records = {tid: st.read_json(uri, st.record_key(cfg.name, ds, tid)) for tid, ds in trials.items()}
+    assert sorted(trials.values()) == ["fashion_mnist"] * 2 + ["fashion_mnist_shifted"] * 2
+    records = {tid: sweep_storage.read_json(uri, sweep_storage.record_key(cfg.name, ds, tid)) for tid, ds in trials.items()}
 
     # MLflow: one run per trial, read back through its client
     client = MlflowClient(db)
@@ -179,7 +179,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path
     assert set(runs) == set(trials)
     for tid, r in runs.items():
         ds, rec = trials[tid], records[tid]
-        assert r.info.run_name == f"{cfg.name}/{ds}/{tid}" and r.info.status == "FINISHED"
+        assert r.info.run_name == f"{cfg.name}/fair/{ds}/{tid}" and r.info.status == "FINISHED"
         assert r.data.tags["sweep"] == cfg.name and r.data.tags["git_commit"] == (git_commit() or "unknown")
         assert r.data.params["dataset"] == ds
         assert {"dataset", "anchors.mode", "train.lr"} <= set(r.data.params)     # the searched values
@@ -199,7 +199,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path
         for rec in wandb_records(Path(folder) / f"run-{tid}.wandb"):
             kinds.setdefault(rec.WhichOneof("record_type"), []).append(rec)
         (head,) = kinds["run"]
-        assert head.run.display_name == f"{cfg.name}/{ds}/{tid}" and head.run.project == "fair-test"
+        assert head.run.display_name == f"{cfg.name}/fair/{ds}/{tid}" and head.run.project == "fair-test"
         assert f"sweep:{cfg.name}" in head.run.tags
         config = {c.key: json.loads(c.value_json) for c in head.run.config.update}
         assert config["dataset"] == ds and config["sweep"] == cfg.name and "train.lr" in config
@@ -212,7 +212,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path
 
     # TensorBoard: event files in every trial's folder, with the per-epoch metrics
     events = sorted(glob.glob(str(Path(uri) / cfg.name / "*" / "events.out.tfevents.*")))
-    assert len(events) == 2
+    assert len(events) == 4                                  # every trial, search and final
     for path in events:
         scalars = tensorboard_scalars(Path(path))
         assert [step for step, _ in scalars["ray/tune/loss"]] == [1, 2]
@@ -231,7 +231,7 @@ def test_a_tracker_that_breaks_mid_sweep_is_logged_once_and_fails_no_trial(ray_l
     done = threading.Event()
 
     def break_store_after_the_first_record():
-        while not done.is_set() and not st.list_records(uri, cfg.name):
+        while not done.is_set() and not sweep_storage.list_records(uri, cfg.name):
             time.sleep(0.1)
         with sqlite3.connect(path) as db:                    # ... and loses its tables mid-sweep
             db.executescript("DROP TABLE latest_metrics; DROP TABLE metrics; DROP TABLE params;")
@@ -244,7 +244,7 @@ def test_a_tracker_that_breaks_mid_sweep_is_logged_once_and_fails_no_trial(ray_l
         finally:
             done.set()
             watcher.join()
-    assert not result.errored and result.trials == 2 and result.complete
-    assert sum(map(len, st.list_records(uri, cfg.name).values())) == 2
+    assert not result.errored and result.trials == 3 and result.complete     # 2 search trials + 1 final seed
+    assert sum(map(len, sweep_storage.list_records(uri, cfg.name).values())) == 3
     failures = [r for r in caplog.records if r.name == "tune.tracking" and "tracker mlflow failed" in r.message]
     assert len(failures) == 1 and "\n" not in failures[0].message

@@ -6,7 +6,7 @@
 
 Each tracker is off unless its section is there, and is one of Ray's own logger callbacks on the driver
 (`MLflowLoggerCallback`, `WandbLoggerCallback`) with this sweep's conventions: one tracker run per trial,
-named `<sweep>/<dataset>/<trial id>`, with the trial's searched values (and its dataset) as parameters,
+named `<sweep>/<method>/<dataset>/<trial id>`, with the trial's searched values (its method and dataset) as parameters,
 every epoch's metrics (step: the epoch) and the final `final_*` ones, the trial's record as an artifact
 (`record.json`), and the sweep's name and git commit as tags. A resumed sweep continues the same runs
 (MLflow: found by the trial's tag; W&B: the trial id is the run id).
@@ -39,6 +39,7 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
 from fair.errors import FairError
+from tune.studies import split_study
 
 log = logging.getLogger("tune.tracking")
 EXTRA = "pip install 'fair-sweeps[track]'"
@@ -149,18 +150,27 @@ class SweepRuns:
         self.sweep, self.storage, self.git_commit = sweep, storage, git_commit
 
     @staticmethod
-    def dataset(trial) -> str:
-        return (trial.config or {}).get("study", "?")
+    def study(trial) -> str:
+        """The trial's study, `<method>/<dataset>`."""
+        return (trial.config or {}).get("study", "?/?")
+
+    def dataset(self, trial) -> str:
+        return split_study(self.study(trial))[1]
+
+    def method(self, trial) -> str:
+        return split_study(self.study(trial))[0]
 
     def name(self, trial) -> str:
-        return f"{self.sweep}/{self.dataset(trial)}/{trial.trial_id}"
+        return f"{self.sweep}/{self.study(trial)}/{trial.trial_id}"
 
     def params(self, trial) -> dict:
-        """The trial's searched values by their dotted FAIR keys, and its dataset."""
-        return {"dataset": self.dataset(trial), **((trial.config or {}).get("hparams") or {})}
+        """The trial's searched values by their dotted FAIR keys, its method and dataset."""
+        return {"method": self.method(trial), "dataset": self.dataset(trial),
+                **((trial.config or {}).get("hparams") or {})}
 
     def tags(self, trial) -> dict:
-        return {"sweep": self.sweep, "dataset": self.dataset(trial), "trial_id": trial.trial_id,
+        return {"sweep": self.sweep, "method": self.method(trial), "dataset": self.dataset(trial),
+                "stage": (trial.config or {}).get("stage") or "search", "trial_id": trial.trial_id,
                 "git_commit": self.git_commit or "unknown"}
 
     @staticmethod
@@ -275,12 +285,12 @@ class WandbRuns(WandbLoggerCallback):
         if self.folder:
             Path(self.folder).mkdir(parents=True, exist_ok=True)
         config = {**self.runs.params(trial), "sweep": self.runs.sweep, "git_commit": self.runs.git_commit}
-        tags = [t[:64] for t in (f"sweep:{self.runs.sweep}", f"dataset:{self.runs.dataset(trial)}",
+        tags = [t[:64] for t in (f"sweep:{self.runs.sweep}", f"study:{self.runs.study(trial)}",
                                  f"git:{(self.runs.git_commit or 'unknown')[:12]}")]    # W&B's limit: 64
         self._start_logging_actor(
             trial, [*self._exclude_results, *(_NOT_METRICS - set(self.AUTO_CONFIG_KEYS))],
             id=trial.trial_id, name=self.runs.name(trial), resume="allow", allow_val_change=True,
-            project=self.project, group=self.runs.sweep, job_type=self.runs.dataset(trial), tags=tags, config=config,
+            project=self.project, group=self.runs.sweep, job_type=self.runs.study(trial), tags=tags, config=config,
             **({"dir": self.folder} if self.folder else {}), **self.kwargs)
 
     def log_trial_end(self, trial, failed: bool = False):
@@ -338,7 +348,7 @@ class Guarded(Callback):
 def callbacks(cfg, uri: str) -> list[Callback]:
     """The Tune callbacks of a sweep's trackers: TensorBoard always, MLflow and W&B when configured (after
     the sweep's own callbacks, so a failed trial's record is written before a tracker reads it)."""
-    from fair.adapt import git_commit
+    from fair.record import git_commit
     from results.store import s3_uri
     t = cfg.tracking
     runs = SweepRuns(cfg.name, uri, git_commit())

@@ -292,15 +292,13 @@ def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsy
 
 
 def _studies(uri: str, name: str) -> dict:
-    """Each dataset's Optuna study as the sweep stored it (the searcher state Tune saves with the experiment),
-    with `tune_ids`: Tune trial id -> the study's trial number."""
-    import pickle
-    files = sorted(Path(uri, name).glob("searcher-state-*.pkl"))   # named by the run's start time
-    state = pickle.loads(files[-1].read_bytes())
-    out = {}
-    for d, s in state["studies"].items():
-        out[d] = s["_ot_study"]
-        out[d].tune_ids = {t: ot.number for t, ot in s["_ot_trials"].items()}
+    """Each study of the sweep as its Optuna storage holds it (tune.optuna_storage), with `tune_ids`: Tune
+    trial id -> the study's trial number."""
+    from tune.optuna_storage import load_studies
+    from tune.searcher import TUNE_ATTR
+    out = load_studies(uri, name)
+    for study in out.values():
+        study.tune_ids = {t.user_attrs[TUNE_ATTR]: t.number for t in study.trials if TUNE_ATTR in t.user_attrs}
     return out
 
 

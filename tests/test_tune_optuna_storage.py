@@ -170,7 +170,7 @@ def test_a_sweeps_studies_load_back_with_the_records_trial_states(ray_address, t
     uri = preflight(cfg, data_check=False)
     result = run(cfg, uri)
     db = f"sqlite:///{uri}/{cfg.name}/optuna.db"
-    names = sorted(s.study_name for s in optuna.get_all_studies(storage=db))
+    names = sorted(optuna.study.get_all_study_names(storage=db))
     assert names == [f"{cfg.name}/fair/fashion_mnist", f"{cfg.name}/fair/fashion_mnist_shifted"]
     for n in names:
         assert len(optuna.load_study(study_name=n, storage=db).trials) == 3

@@ -8,11 +8,13 @@ import os
 import pickle
 import signal
 import time
+import uuid
 
 import pytest
 import yaml
 
 from fair.errors import FairError
+from tests.s3 import s3_server, weed_binary  # noqa: F401  (fixture)
 from tests.test_tune_sweeps import SPACE, _driver, _records, _studies, sweep_dict
 from tune import storage as sweep_storage
 from tune.sweep_config import load_sweep
@@ -121,8 +123,11 @@ def test_a_fresh_sweep_refuses_a_named_storage_that_holds_its_studies(tmp_path):
 # ------------------------------------------------------------------------------------- real Ray
 
 @pytest.fixture(scope="module")
-def ray_address():
-    """A local Ray for this module (or the one this process already holds)."""
+def ray_address(request):
+    """A local Ray for this module (or the one this process already holds); SeaweedFS, when installed, is
+    started first so that Ray's workers inherit its AWS_* environment."""
+    if weed_binary() is not None:
+        request.getfixturevalue("s3_server")
     import ray
     import tune.ray_session
     from tune.sweep_config import RayOptions
@@ -208,3 +213,23 @@ def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_address, tmp_
     assert "resuming sweep" in log.read_text()
     states = _check_studies_match_records(storage, d["name"])
     assert states == {"fair/fashion_mnist": ["COMPLETE"] * 2, "fair/fashion_mnist_shifted": ["COMPLETE"] * 2}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.s3
+def test_an_s3_sweeps_studies_are_copied_into_its_storage_with_each_snapshot(ray_address, s3_server, tmp_path,
+                                                                            monkeypatch):
+    """An s3 sweep's studies live in a file on the driver; the copy Tune's snapshots upload beside the
+    experiment holds them all when the sweep ends, and `load_studies` reads them from S3."""
+    from tune import optuna_storage
+    from tune.sweep import preflight, run
+    monkeypatch.setattr(optuna_storage, "CACHE", tmp_path / "cache")
+    d = sweep_dict("os3", f"s3://{s3_server.bucket}/o-{uuid.uuid4().hex[:6]}", datasets=["fashion_mnist"],
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+    cfg = load_sweep(None, mapping=d)
+    uri = preflight(cfg, data_check=False)
+    assert not run(cfg, uri).errored
+    assert _check_studies_match_records(uri, cfg.name) == {"fair/fashion_mnist": ["COMPLETE", "COMPLETE"]}
+    (local,) = (tmp_path / "cache").glob(f"{cfg.name}-*/optuna.db")       # the driver's live file
+    assert optuna_storage._trials_in(local) == 2

@@ -266,9 +266,10 @@ def test_two_methods_search_then_rerun_each_studys_pick_with_final_seeds(ray_ses
     for method in ("fair", "selftrain"):
         search = [r for r in recs if r["method"] == method and r["stage"] == "search"]
         finals = [r for r in recs if r["method"] == method and r["stage"] == "final"]
-        best = max(search, key=lambda r: r["metrics"]["val_top1"])
-        assert {r["picked_from"] for r in finals} == {best["run_id"]}            # the pick, on the objective
-        assert result.best[f"{method}/fashion_mnist"]["objective"] == best["metrics"]["val_top1"]
+        top = max(r["metrics"]["val_top1"] for r in search)      # tiny data: trials often tie (at chance)
+        (pick,) = {r["picked_from"] for r in finals}
+        assert by_id[pick]["metrics"]["val_top1"] == top and by_id[pick]["stage"] == "search"   # the pick
+        assert result.best[f"{method}/fashion_mnist"]["objective"] == top
         assert sorted(r["seed"] for r in finals) == [1, 2] and {r["seed"] for r in search} == {0}
         for r in finals:                                                       # its configuration, new seed
             picked = by_id[r["picked_from"]]["hparams"]

@@ -12,9 +12,7 @@ One cluster per module; each sweep is 1 trial of 2 epochs of 2 steps of the tiny
 """
 from __future__ import annotations
 
-import io
 import logging
-import pickle
 import threading
 import time
 import uuid
@@ -68,30 +66,9 @@ def gpu_cluster(s3_server):                     # noqa: F811 - SeaweedFS first: 
 # ------------------------------------------------------------------------------------------ helpers
 
 def study_states(server, uri: str, sweep: str) -> dict[str, list[tuple[str, object]]]:
-    """{dataset: [(Optuna trial state, value), ...]} from the sweep's newest searcher state in S3."""
-    bucket, prefix = uri[len("s3://"):].split("/", 1)
-    client = server.client()
-    keys = [o for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{sweep}/searcher-state")
-            .get("Contents", [])]
-    newest = max(keys, key=lambda o: o["LastModified"])["Key"]
-    state = pickle.load(io.BytesIO(client.get_object(Bucket=bucket, Key=newest)["Body"].read()))
-
-    def studies(obj):                                  # the StudySearcher's state, wherever the limiter keeps it
-        if isinstance(obj, dict):
-            if "studies" in obj and "budget" in obj:
-                return obj["studies"]
-            for v in obj.values():
-                found = studies(v)
-                if found is not None:
-                    return found
-        elif hasattr(obj, "__dict__"):
-            return studies(vars(obj))
-        return None
-    out = {}
-    for d, s in studies(state).items():
-        ot = s["_ot_study"]
-        out[d] = [(t.state.name, t.value) for t in ot.trials]
-    return out
+    """{study: [(Optuna trial state, value), ...]} from the sweep's Optuna file in S3 (tune.optuna_storage)."""
+    from tune.optuna_storage import load_studies
+    return {k: [(t.state.name, t.value) for t in s.trials] for k, s in load_studies(uri, sweep).items()}
 
 
 def records(uri: str, sweep: str) -> dict[str, list[dict]]:
@@ -151,7 +128,7 @@ def test_node_loss_mid_epoch_resumes_on_another_node(gpu_cluster, s3_server, run
     assert [r["epoch"] for r in rows] == [1, 2]                 # epoch 2 reported once, after the loss
     assert [r["resumed_from_epoch"] for r in rows] == [0, 1]    # ... by the attempt resumed from epoch 1
     studies = study_states(s3_server, uri, cfg.name)
-    assert studies == {"fashion_mnist": [("COMPLETE", rows[-1]["objective"])]}   # told once, the final value
+    assert studies == {"fair/fashion_mnist": [("COMPLETE", rows[-1]["objective"])]}   # told once, the final value
     log.warning("node loss (%s): removed %s in epoch 2 after %.1f s; resumed from epoch %d; records %s; "
                 "studies %s; %.1f s in all", runner, seen["removed"][:12], seen["removed_at"] - t,
                 rows[-1]["resumed_from_epoch"], {d: [(r["run_id"], r["status"], len(r["epochs"])) for r in v]

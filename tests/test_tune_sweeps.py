@@ -266,9 +266,10 @@ def test_two_methods_search_then_rerun_each_studys_pick_with_final_seeds(ray_ses
     for method in ("fair", "selftrain"):
         search = [r for r in recs if r["method"] == method and r["stage"] == "search"]
         finals = [r for r in recs if r["method"] == method and r["stage"] == "final"]
-        best = max(search, key=lambda r: r["metrics"]["val_top1"])
-        assert {r["picked_from"] for r in finals} == {best["run_id"]}            # the pick, on the objective
-        assert result.best[f"{method}/fashion_mnist"]["objective"] == best["metrics"]["val_top1"]
+        top = max(r["metrics"]["val_top1"] for r in search)      # tiny data: trials often tie (at chance)
+        (pick,) = {r["picked_from"] for r in finals}
+        assert by_id[pick]["metrics"]["val_top1"] == top and by_id[pick]["stage"] == "search"   # the pick
+        assert result.best[f"{method}/fashion_mnist"]["objective"] == top
         assert sorted(r["seed"] for r in finals) == [1, 2] and {r["seed"] for r in search} == {0}
         for r in finals:                                                       # its configuration, new seed
             picked = by_id[r["picked_from"]]["hparams"]
@@ -292,15 +293,13 @@ def test_request_larger_than_the_cluster_is_refused(ray_session, tmp_path, capsy
 
 
 def _studies(uri: str, name: str) -> dict:
-    """Each dataset's Optuna study as the sweep stored it (the searcher state Tune saves with the experiment),
-    with `tune_ids`: Tune trial id -> the study's trial number."""
-    import pickle
-    files = sorted(Path(uri, name).glob("searcher-state-*.pkl"))   # named by the run's start time
-    state = pickle.loads(files[-1].read_bytes())
-    out = {}
-    for d, s in state["studies"].items():
-        out[d] = s["_ot_study"]
-        out[d].tune_ids = {t: ot.number for t, ot in s["_ot_trials"].items()}
+    """Each study of the sweep as its Optuna storage holds it (tune.optuna_storage), with `tune_ids`: Tune
+    trial id -> the study's trial number."""
+    from tune.optuna_storage import load_studies
+    from tune.searcher import TUNE_ATTR
+    out = load_studies(uri, name)
+    for study in out.values():
+        study.tune_ids = {t.user_attrs[TUNE_ATTR]: t.number for t in study.trials if TUNE_ATTR in t.user_attrs}
     return out
 
 

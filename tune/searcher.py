@@ -3,8 +3,15 @@
 `StudySearcher` holds one `OptunaSearch` (own study, own seed, its method's define-by-run space) per study
 (`<method>/<dataset>`, tune.studies) and hands out suggestions round-robin among the studies that still
 have budget, then each study's final-seed re-runs of its best configuration; results and completions are
-routed back to the owning study by trial id. Its whole state (the studies included) is pickled with the Tune
-experiment, so `fair sweep --resume` continues every study where it stopped.
+routed back to the owning study by trial id.
+
+The studies live in an Optuna storage (tune.optuna_storage: a SQLite file beside the sweep by default, or a
+database URL), which is their one source of truth: every study trial carries its Tune trial id (user attr
+`tune_trial_id`), and the searcher's own state, pickled with the Tune experiment, holds its bookkeeping and
+the samplers but never the studies nor the storage (whose URL may name a password). A restored searcher
+re-reads the studies (`_attach`): a trial that the storage holds as finished is never told again (a driver
+killed between a tell and Tune's next snapshot), and a RUNNING trial of no known Tune trial (asked by that
+driver after the snapshot) is handed to the next suggestion of its study instead of asking a new one.
 
 `PerStudyASHA` does the same for early stopping: accuracies of different studies are not comparable, so
 each study gets its own ASHA rungs (final-seed re-runs always run to the end).
@@ -19,7 +26,9 @@ parameters and distributions) in the late state, once (`StudySearcher._tell_late
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import warnings
 from typing import Dict, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -29,6 +38,8 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger("tune.searcher")
 METRIC = "objective"   # what every report carries: the sweep's objective (val_top1 or head_agreement)
 LATE_ATTR = "resumed_trial_id"   # user attr of a study trial added for a trial that errored, then resumed
+TUNE_ATTR = "tune_trial_id"      # user attr of every study trial: the Tune trial it is
+_LIVE = ("_ot_study", "_storage", "_ot_trials", "_completed_trials")   # an OptunaSearch's storage-bound parts
 
 
 def outcome(result: Optional[Dict], error: bool) -> str:
@@ -69,21 +80,30 @@ class StudySearcher(Searcher):
     has anything left to run, FINISHED. A study without a completed search trial has nothing to re-run.
     """
 
+    stores: Dict[str, object] = {}   # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
+
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
-                 seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None):
+                 seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
+                 sweep: str = ""):
         """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
-        seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none)."""
+        seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none); `sweep`: the sweep whose
+        Optuna storage (`use_store`) holds the studies, named `<sweep>/<study>` ("": an in-memory storage,
+        kept with the searcher's state, for tools and tests)."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         seeds = seeds or {}
         spaces = space if isinstance(space, dict) else {k: space for k in studies}
+        self.sweep = sweep
+        self._memory = None if sweep else optuna.storages.InMemoryStorage()
         self.study_keys = list(studies)
         self.budget = {k: trials_per_study for k in self.study_keys}
         self.suggested = {k: 0 for k in self.study_keys}
         self.final_seeds = {k: list((final_seeds or {}).get(k, [])) for k in self.study_keys}
-        self.studies = {k: OptunaSearch(space=spaces[k], metric=METRIC, mode=mode, study_name=k,
-                                        sampler=make_sampler(sampler, seeds.get(k, 0)))
+        storage = self._storage()
+        from tune.optuna_storage import study_name
+        self.studies = {k: OptunaSearch(space=spaces[k], metric=METRIC, mode=mode, study_name=study_name(sweep, k),
+                                        sampler=make_sampler(sampler, seeds.get(k, 0)), storage=storage)
                         for k in self.study_keys}
         self.owner: Dict[str, str] = {}     # trial_id -> study
         self.configs: Dict[str, Dict] = {}  # trial_id -> its Tune config (what suggest returned)
@@ -91,7 +111,55 @@ class StudySearcher(Searcher):
         self.values: Dict[str, Dict[str, float]] = {k: {} for k in self.study_keys}   # completed: objective
         self.finals: Dict[str, list] = {k: [] for k in self.study_keys}   # final trial ids emitted
         self.failed: Dict[str, list] = {k: [] for k in self.study_keys}   # search trials that errored
+        self.orphans: Dict[str, list] = {k: [] for k in self.study_keys}  # storage trial ids to hand out again
         self._next = 0
+        self._attached = True
+
+    @classmethod
+    def use_store(cls, sweep: str, store) -> None:
+        """The Optuna storage of `sweep` in this process; searchers of that sweep restored afterwards use it."""
+        cls.stores[sweep] = store
+
+    def _storage(self):
+        if not self.sweep:
+            return self._memory
+        if self.sweep not in self.stores:
+            raise RuntimeError(f"no Optuna storage opened for sweep {self.sweep!r} (tune.sweep.run opens it)")
+        return self.stores[self.sweep].storage
+
+    def _attach(self) -> None:
+        """After a restore: open every study in the storage and take its trials as they are there
+        (`_reconcile`). The sampler and the bookkeeping come from the restored state."""
+        if self._attached:
+            return
+        storage = self._storage()
+        for k, s in self.studies.items():
+            s._storage = storage
+            s._setup_study(self.mode)        # Ray's create_study(load_if_exists=True): the stored study
+            self._reconcile(k)
+        self._attached = True
+
+    def _reconcile(self, k: str) -> None:
+        """Study `k`'s trials as the storage holds them: each search trial of this searcher finds its study
+        trial by its Tune trial id (finished ones are never told again); RUNNING trials of no known Tune
+        trial were asked by a driver that died before Tune's snapshot: the next suggestions take them."""
+        import optuna
+        s, mine = self.studies[k], {t for t, c in self.configs.items()
+                                    if self.owner.get(t) == k and c.get("stage") == SEARCH}
+        s._ot_trials, s._completed_trials, self.orphans[k] = {}, set(), []
+        for t in s._ot_study.get_trials(deepcopy=False):
+            tid = t.user_attrs.get(TUNE_ATTR)
+            if tid in mine:
+                s._ot_trials[tid] = optuna.Trial(s._ot_study, t._trial_id)
+                if t.state.is_finished():
+                    s._completed_trials.add(tid)
+            elif tid is not None and t.state == optuna.trial.TrialState.RUNNING:
+                self.orphans[k].append(t._trial_id)
+        lost = sorted(mine - set(s._ot_trials))
+        if lost:
+            log.warning("the Optuna storage %s lacks %d trials of study %s (%s); their results will not reach it",
+                        self.stores[self.sweep].shown if self.sweep else "(memory)", len(lost), k,
+                        ", ".join(lost[:5]))
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True   # metric and mode are fixed by the sweep file; the space lives in the studies
@@ -99,6 +167,7 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> Optional[Dict]:
         if trial_id in self.configs:     # Tune may ask again for a trial it already has a config for
             return self.configs[trial_id]
+        self._attach()
         n = len(self.study_keys)
         for i in range(n):
             k = self.study_keys[(self._next + i) % n]
@@ -110,8 +179,14 @@ class StudySearcher(Searcher):
         return None if any(self._pending(k) for k in self.study_keys) else Searcher.FINISHED
 
     def _search(self, k: str, trial_id: str) -> Dict:
+        import optuna
         self.suggested[k] += 1
-        return {"study": k, "stage": SEARCH, "hparams": self.studies[k].suggest(trial_id)}
+        s = self.studies[k]
+        if self.orphans[k]:      # asked before a driver died: its parameters are kept (define-by-run returns them)
+            s._ot_trials[trial_id] = optuna.Trial(s._ot_study, self.orphans[k].pop(0))
+        hparams = s.suggest(trial_id)
+        s._ot_trials[trial_id].set_user_attr(TUNE_ATTR, trial_id)
+        return {"study": k, "stage": SEARCH, "hparams": hparams}
 
     def _final(self, k: str, trial_id: str) -> Optional[Dict]:
         """The next final re-run of study `k`, once its search is over; None if there is none (yet)."""
@@ -148,15 +223,28 @@ class StudySearcher(Searcher):
         k = self.owner.get(trial_id)
         if k is None or self.stage(trial_id) == FINAL:
             return
-        # a resumed trial whose study already holds its failure: nothing to report to (Ray would warn)
-        if result.get(METRIC) is not None and trial_id not in self.studies[k]._completed_trials:
-            self.studies[k].on_trial_result(trial_id, result)
+        self._attach()
+        s = self.studies[k]
+        # a resumed trial whose study already holds its end: nothing to report to (Ray would warn)
+        if result.get(METRIC) is not None and trial_id in s._ot_trials and trial_id not in s._completed_trials:
+            with warnings.catch_warnings():   # an epoch reported again after a resume: Optuna keeps the first
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                s.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         k = self.owner.get(trial_id)
         if k is None or self.stage(trial_id) == FINAL:
             return
+        self._attach()
         state, study = outcome(result, error), self.studies[k]
+        if trial_id not in study._ot_trials:
+            log.warning("trial %s [%s] ended but its study has no trial for it (see the warning above)", trial_id, k)
+            return
+        told = self._told(k, trial_id)
+        value = (result or {}).get(METRIC)
+        if told is not None and told.state.name != "FAIL":
+            # the storage holds how it ended (told before a driver died, or its late copy): the storage wins
+            state, value = told.state.name, told.value
         if trial_id not in self.ended[k]:
             self.ended[k].append(trial_id)
         if state == "FAIL" and trial_id not in self.failed[k]:
@@ -164,34 +252,41 @@ class StudySearcher(Searcher):
         elif state != "FAIL" and trial_id in self.failed[k]:
             self.failed[k].remove(trial_id)
         if state == "COMPLETE":
-            self.values[k][trial_id] = result[METRIC]
-        if trial_id not in study._completed_trials:
-            if state == "PRUNED" and (result or {}).get(METRIC) is not None and "training_iteration" in result:
-                study.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
+            self.values[k][trial_id] = value
+        if told is None:
+            if state == "PRUNED" and value is not None and "training_iteration" in result:
+                self.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
             # OptunaSearch tells COMPLETE with the result's objective, else PRUNED, or FAIL when error=True
             study.on_trial_complete(trial_id, result=result if state == "COMPLETE" else None,
                                     error=state == "FAIL")
-        elif state != "FAIL":
+        elif told.state.name == "FAIL" and state != "FAIL":
             self._tell_late(k, trial_id, result, state)
 
     def _frozen(self, k: str, trial_id: str):
-        """The study's own (frozen) trial of Tune trial `trial_id`."""
-        number = self.studies[k]._ot_trials[trial_id].number
-        return self.studies[k]._ot_study.get_trials(deepcopy=False)[number]
+        """The study's own (frozen) trial of Tune trial `trial_id`, as the storage holds it now."""
+        s = self.studies[k]
+        return s._ot_study._storage.get_trial(s._ot_trials[trial_id]._trial_id)
+
+    def _told(self, k: str, trial_id: str):
+        """How study `k` holds the end of `trial_id`: None while its trial runs; else its late copy if it has
+        one (the trial failed, then ended after a resume), else its own finished trial."""
+        if trial_id not in self.studies[k]._completed_trials:
+            return None
+        own = self._frozen(k, trial_id)
+        if own.state.name != "FAIL":
+            return own
+        late = [t for t in self.studies[k]._ot_study.get_trials(deepcopy=False)
+                if t.user_attrs.get(LATE_ATTR) == trial_id]
+        return late[0] if late else own
 
     def _tell_late(self, k: str, trial_id: str, result: Dict, state: str) -> None:
         """A trial the study recorded as FAIL ended after all (resumed by a later run, same trial id): add a
-        trial with its parameters and distributions in `state`, once (a second completion adds nothing)."""
+        trial with its parameters and distributions in `state`, once (`_told` then returns it)."""
         import optuna
-        study = self.studies[k]._ot_study
         old = self._frozen(k, trial_id)
-        if old.state != optuna.trial.TrialState.FAIL:
-            return                     # told COMPLETE or PRUNED already: a repeated completion
-        if any(t.user_attrs.get(LATE_ATTR) == trial_id for t in study.get_trials(deepcopy=False)):
-            return
         value = result.get(METRIC)
         step = result.get("training_iteration") or result.get("epoch") or 0
-        study.add_trial(optuna.trial.create_trial(
+        self.studies[k]._ot_study.add_trial(optuna.trial.create_trial(
             params=old.params, distributions=old.distributions, user_attrs={LATE_ATTR: trial_id},
             state=getattr(optuna.trial.TrialState, state), value=value if state == "COMPLETE" else None,
             intermediate_values={int(step): value} if state == "PRUNED" and value is not None else None))
@@ -201,32 +296,60 @@ class StudySearcher(Searcher):
         """Search trials each study has yet to hand out."""
         return {k: self.budget[k] - self.suggested[k] for k in self.study_keys}
 
-    # Tune saves this with the experiment state and restores it on Tuner.restore
+    # Tune saves this with the experiment state and restores it on Tuner.restore; the studies themselves are
+    # in the Optuna storage (each OptunaSearch is saved without its storage-bound parts, _LIVE)
     _STATE = ("budget", "suggested", "owner", "configs", "ended", "values", "finals", "final_seeds", "study_keys",
               "failed")
 
     def get_state(self) -> Dict:
-        return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next,
-                "studies": {k: s.__dict__.copy() for k, s in self.studies.items()}}
+        return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next, "memory": self._memory,
+                "studies": {k: _detached(s) for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
         for a in self._STATE:
             setattr(self, a, state[a])
-        self._next = state["next"]
+        self._next, self._memory = state["next"], state.get("memory")
         # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
         # is not over until they end again, and one may yet become its pick (its finals wait for it).
         for k, ids in self.failed.items():
             self.ended[k] = [t for t in self.ended[k] if t not in ids]
         for k, st in state["studies"].items():
             self.studies[k].__dict__.update(st)
+        self._attached = False
+        self._attach()
 
     def save(self, checkpoint_path: str) -> None:
+        """The searcher's state; for a sweep whose studies live in a driver file (an s3 sweep), a copy of that
+        file beside it in Tune's staging folder, which Tune uploads with its snapshot (tune.optuna_storage)."""
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self.get_state(), fh)
+        if self.sweep in self.stores:
+            self.stores[self.sweep].snapshot(os.path.dirname(os.path.abspath(checkpoint_path)))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.set_state(pickle.load(fh))
+
+    def __getstate__(self) -> Dict:   # pickled with the Tuner (tuner.pkl): no storage, no live study
+        state = self.__dict__.copy()
+        state["studies"] = {k: _detached(s) for k, s in self.studies.items()}
+        state["_attached"] = False
+        return state
+
+    def __setstate__(self, state: Dict) -> None:
+        studies = state.pop("studies")
+        self.__dict__.update(state)
+        self.studies = {}
+        for k, st in studies.items():
+            s = OptunaSearch.__new__(OptunaSearch)
+            s.__dict__.update(st)
+            s._ot_study, s._storage, s._ot_trials, s._completed_trials = None, None, {}, set()
+            self.studies[k] = s
+
+
+def _detached(s: OptunaSearch) -> Dict:
+    """An OptunaSearch's state without its study, storage and trials (those are re-read from the storage)."""
+    return {a: v for a, v in s.__dict__.items() if a not in _LIVE}
 
 
 class SweepSearch(SearchGenerator):

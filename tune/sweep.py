@@ -2,7 +2,8 @@
 
 Rerunning the same sweep, or `fair sweep --resume NAME`, restores the Tuner from storage: finished trials
 are kept, unfinished and errored ones continue (from their last Train checkpoint), and the Optuna studies
-come back from the searcher state; each trial id keeps one record key, so nothing is lost or duplicated.
+come back from their Optuna storage (tune.optuna_storage); each trial id keeps one record key, so nothing is
+lost or duplicated.
 """
 from __future__ import annotations
 
@@ -103,10 +104,11 @@ def _search_changes(a: dict, b: dict) -> list[str]:
 
 def preflight(cfg: SweepConfig, data_check: bool = True) -> str:
     """Checks that need the storage, the data and the trackers (after the offline ones of load_sweep): the
-    resolved storage URI, probed with a marker write."""
-    from tune import tracking
+    resolved storage URI, probed with a marker write, and a named Optuna storage, opened."""
+    from tune import optuna_storage, tracking
     uri = sweep_storage.resolve(cfg.storage)
     sweep_storage.probe(uri, cfg.name)
+    optuna_storage.check(cfg, uri)                 # a named Optuna storage it cannot open: one line
     tracking.check(cfg.tracking)
     if data_check:
         check_datasets(cfg)
@@ -163,6 +165,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     from tune import tracking
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
     from tune.studies import split_study
+    from tune.optuna_storage import prepare
 
     exp_path = sweep_storage.join(uri, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
@@ -183,6 +186,9 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
 
     conc = max_concurrent(cfg.resources.per_trial(), cfg.resources.check_cluster, cfg.budget.max_concurrent)
     SweepLimiter.set_limit(cfg.name, conc)         # before a restore unpickles the sweep's limiter
+    store = prepare(cfg, uri, resume=exists)       # the Optuna storage of its studies (tune.optuna_storage)
+    StudySearcher.use_store(cfg.name, store)       # ... which a restored searcher re-reads
+    log.info("Optuna studies of sweep %s: %s", cfg.name, store.dashboard())
     plan = build_plan(cfg, uri)
     trainable = trainable_for(cfg, plan)
     mode = cfg.objective.mode
@@ -196,7 +202,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
         searcher = StudySearcher({k: spaces[split_study(k)[0]] for k in cfg.studies}, cfg.studies,
                                  cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
                                  {k: cfg.search.seed_for(k) for k in cfg.studies},
-                                 {k: cfg.final_seeds_of(k) for k in cfg.studies})
+                                 {k: cfg.final_seeds_of(k) for k in cfg.studies}, sweep=cfg.name)
         es = cfg.budget.early_stopping
         scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
         if scheduler is not None:

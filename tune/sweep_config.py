@@ -25,6 +25,8 @@
           autoscaling_config: ~/ray_bootstrap_config.yaml}   # node types a trial must fit (autoscaling)
     tracking: {mlflow: {tracking_uri: http://mlflow:5000, experiment: null},   # off unless named
                wandb: {project: fair, entity: null, mode: online}}             # (tune.tracking)
+    optuna: {storage: null}                     # the studies' Optuna storage: null = <storage>/<name>/optuna.db,
+                                                # or postgresql://user@host/db (tune.optuna_storage)
 
 This module is the one reader of sweep files (`fair sweep` and `fair cluster` both read them here).
 Reading applies `--set key=value` overrides (dotted, to the sweep file itself) and `--smoke-test`, and
@@ -161,6 +163,13 @@ class TrackingConfig:
 
 
 @dataclass
+class OptunaOptions:
+    """Where the Optuna studies live (tune.optuna_storage): null, a SQLite file the sweep keeps beside its
+    state; or a database URL (password from the environment: PGPASSWORD or ${VAR}); or a journal file (.log)."""
+    storage: Optional[str] = None
+
+
+@dataclass
 class SweepConfig:
     name: str
     datasets: list[str] = field(metadata={"note": "it lists distinct dataset names, e.g. [dtd, eurosat]"})
@@ -180,6 +189,7 @@ class SweepConfig:
     #                                                      (NFS, EFS) at the same path on every node
     ray: RayOptions = field(default_factory=RayOptions)
     faults: Faults = field(default_factory=Faults)
+    optuna: OptunaOptions = field(default_factory=OptunaOptions)
     simulate: Optional[dict] = None   # bench.scale only: timed stand-in for adapt() (tune/simulate.py)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: Optional[str] = field(default=None, init=False)   # the sweep file (set by from_mapping)
@@ -299,6 +309,8 @@ def check_values(cfg: SweepConfig) -> None:
             "request); use 0.01")
     require(r.runner != "direct" or r.num_workers == 1, "sweep key 'resources.runner' is direct (adapt() runs "
             "inside the trial process), so resources.num_workers must be 1; use runner trainer for DDP across workers")
+    from tune.optuna_storage import check_value
+    check_value(cfg.optuna.storage)
     require(r.backend != "nccl" or r.use_gpu, "sweep key 'resources.backend' is nccl but resources.per_worker "
             "has no GPU")
 

@@ -176,5 +176,5 @@ def worker_nodes() -> list[dict]:
 
 
 def hold_markers(sweep: str) -> list[Path]:
-    """The `hold.marker` files of a sweep's trials (faults.hold_in_epoch): each holds a Ray node id."""
-    return sorted((Path(tempfile.gettempdir()) / "fair-sweeps" / sweep).glob("*/hold.marker"))
+    """The `hold.marker` of a sweep (faults.hold_in_epoch: one trial holds, once): it names a Ray node id."""
+    return sorted((Path(tempfile.gettempdir()) / "fair-sweeps" / sweep).glob("hold.marker"))

@@ -13,7 +13,7 @@ import yaml
 
 from tests.multinode import LoopbackAutoscalingCluster, worker_nodes
 from tests.s3 import s3_server  # noqa: F401  (fixture)
-from tests.test_tune_multinode import records, s3_uri, study_states, sweep_dict, trial_rows
+from tests.test_tune_multinode import records, s3_uri, search_record, study_states, sweep_dict, trial_rows
 from tune.sweep_config import load_sweep
 
 pytestmark = [pytest.mark.multinode, pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
@@ -57,13 +57,13 @@ def test_sweep_scales_up_from_zero_and_the_idle_nodes_go_away(autoscaling, s3_se
     uri = preflight(cfg)
     t = time.monotonic()
     result = run(cfg, uri)
-    assert not result.errored and result.trials == 1 and result.complete
+    assert not result.errored and result.trials == 2 and result.complete     # the search trial, its final seed
     recs = records(uri, cfg.name)
-    assert [(r["status"], len(r["epochs"])) for r in recs["fashion_mnist"]] == [("completed", 2)]
-    rows = trial_rows(uri, cfg.name)
+    assert [(r["status"], len(r["epochs"])) for r in recs["fashion_mnist"]] == [("completed", 2)] * 2
+    rows = trial_rows(uri, cfg.name, search_record(recs)["run_id"])
     assert [r["epoch"] for r in rows] == [1, 2]
     studies = study_states(s3_server, uri, cfg.name)
-    assert studies == {"fashion_mnist": [("COMPLETE", rows[-1]["objective"])]}
+    assert studies == {"fair/fashion_mnist": [("COMPLETE", rows[-1]["objective"])]}
     during = worker_nodes()
     swept = time.monotonic() - t
     deadline = time.monotonic() + 90                              # idle_timeout_minutes 0.1 + a few updates

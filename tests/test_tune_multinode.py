@@ -38,7 +38,8 @@ RESOURCES = {"trainer": {"num_workers": 1, "per_worker": {"CPU": 1, "GPU": 0.5},
 def sweep_dict(name: str, storage: str, runner: str = "direct", **over) -> dict:
     d = {"name": f"{name}-{uuid.uuid4().hex[:6]}", "datasets": ["fashion_mnist"], "base": BASE,
          "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
-         "budget": {"trials_per_dataset": 1, "epochs": 2, "max_steps_per_epoch": 2, "max_concurrent": 1},
+         "budget": {"trials_per_dataset": 1, "final_seeds": 1, "epochs": 2, "max_steps_per_epoch": 2,
+                    "max_concurrent": 1},
          "resources": RESOURCES[runner], "storage": storage,
          "ray": {"worker_start_timeout_s": 30, "controller_failure_limit": 2, "summary_every_s": 3600}}
     d.update(over)
@@ -76,9 +77,17 @@ def records(uri: str, sweep: str) -> dict[str, list[dict]]:
             for d, ids in sweep_storage.list_records(uri, sweep).items()}
 
 
-def trial_rows(uri: str, sweep: str) -> list[dict]:
+def search_record(recs: dict[str, list[dict]], dataset: str = "fashion_mnist") -> dict:
+    """The one search trial's record of a dataset (the other is its final-seed re-run)."""
+    (rec,) = [r for r in recs[dataset] if r["stage"] == "search"]
+    return rec
+
+
+def trial_rows(uri: str, sweep: str, trial_id: str) -> list[dict]:
+    """Tune's result rows of one trial, as reported (epoch, the attempt's resumed_from_epoch, objective)."""
     from ray.tune import ExperimentAnalysis
-    (df,) = ExperimentAnalysis(sweep_storage.join(uri, sweep)).trial_dataframes.values()
+    (df,) = [df for df in ExperimentAnalysis(sweep_storage.join(uri, sweep)).trial_dataframes.values()
+             if list(df["trial_id"].unique()) == [trial_id]]
     return df[["epoch", "resumed_from_epoch", "objective"]].to_dict("records")
 
 
@@ -118,13 +127,13 @@ def test_node_loss_mid_epoch_resumes_on_another_node(gpu_cluster, s3_server, run
             gpu_cluster.add_worker()                 # the next test gets two workers again
     assert "error" not in seen, seen["error"]
     assert seen["removed"] in seen["workers_before"]           # a worker node held the trial, not the head
-    assert not result.errored and result.trials == 1 and result.complete
+    assert not result.errored and result.trials == 2 and result.complete     # the search trial, its final seed
 
     recs = records(uri, cfg.name)
-    assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 1}
-    (rec,) = recs["fashion_mnist"]
-    assert rec["status"] == "completed" and [r["epoch"] for r in rec["epochs"]] == [1, 2]
-    rows = trial_rows(uri, cfg.name)
+    assert {d: len(v) for d, v in recs.items()} == {"fashion_mnist": 2}
+    assert all(r["status"] == "completed" and [e["epoch"] for e in r["epochs"]] == [1, 2] for r in recs["fashion_mnist"])
+    rec = search_record(recs)                                  # the trial that held, and lost its node
+    rows = trial_rows(uri, cfg.name, rec["run_id"])
     assert [r["epoch"] for r in rows] == [1, 2]                 # epoch 2 reported once, after the loss
     assert [r["resumed_from_epoch"] for r in rows] == [0, 1]    # ... by the attempt resumed from epoch 1
     studies = study_states(s3_server, uri, cfg.name)

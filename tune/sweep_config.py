@@ -133,9 +133,9 @@ class RayOptions:
 @dataclass
 class Faults:
     """Fault injection for tests: kill rank 0 once per sweep (on a node), in the first trial to reach epoch
-    `crash_worker_in_epoch` (after the previous epoch's checkpoint was reported); or pause rank 0 once,
-    `hold_s` seconds in epoch `hold_in_epoch`, writing its node id to `hold.marker` in the trial's scratch
-    folder (a test removes that node: pre-emption)."""
+    `crash_worker_in_epoch` (after the previous epoch's checkpoint was reported); or pause rank 0 once per
+    sweep, `hold_s` seconds in epoch `hold_in_epoch`, writing its node id to `hold.marker` in the sweep's
+    scratch folder (a test removes that node: pre-emption)."""
     crash_worker_in_epoch: Optional[int] = None
     hold_in_epoch: Optional[int] = None
     hold_s: float = 60.0

@@ -208,10 +208,11 @@ def adapt_trial(payload: dict, session: Session) -> None:
     set_by_path(cfg_dict, "model.device", trial_device(plan, cfg_dict))
     cfg = from_dict(cfg_dict)
 
-    hold = (plan.hold_in_epoch, plan.hold_s, scratch / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
+    # faults, once per sweep (the markers live in the sweep's folder on this node): hold (pre-emption tests), crash
+    hold = (plan.hold_in_epoch, plan.hold_s, scratch.parent / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
     reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
-                             scratch.parent / "crash.marker", hold)   # crash: once per sweep (on this node)
+                             scratch.parent / "crash.marker", hold)
     # a shared GPU (per_worker.GPU < 1): this process keeps to its share, and runs out of memory alone
     cap = gpu_share.apply_memory_cap(float(plan.per_worker.get("GPU", 0)), cfg.model.device)
     record = gpu_share.out_of_memory_guarded(

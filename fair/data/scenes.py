@@ -64,7 +64,7 @@ def _draws(spec: SceneSpec, stream: int, index: int, n_clutter: int) -> dict:
 
 def _resize(images: np.ndarray, side: int) -> np.ndarray:
     """uint8 [N, 28, 28] -> float32 [N, side, side] in [0, 255] (bilinear, antialiased when shrinking)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).unsqueeze(1)
     if side != x.shape[-1]:
         x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
     return x.squeeze(1).clamp(0, 255).numpy()
@@ -112,7 +112,7 @@ def frame_filling(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def frame_filling_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 [N, 28, 28] -> uint8 [N, size, size] through `frame_filling`, rounded like pretraining's input."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(255).unsqueeze(1)
+    x = torch.from_numpy(np.array(images, dtype=np.float32) / 255).unsqueeze(1)
     return (frame_filling(x, size).squeeze(1) * 255).round().to(torch.uint8).numpy()
 
 

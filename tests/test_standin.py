@@ -205,3 +205,14 @@ def test_calibration_reads_the_pool_never_the_test_split(small_ckpt, monkeypatch
     assert clean.shape == target.shape == (20, 84, 84)
     pool = set(standin.target_pool_indices().tolist())
     assert set(range(standin.SOURCE_TRAIN_RANGE[0], standin.SOURCE_TRAIN_RANGE[1])).isdisjoint(pool)
+
+
+def test_zoomed_out_pretraining_views_keep_the_whole_item_smaller():
+    from dataclasses import replace
+    s = replace(standin.pretrain_settings("scenes-small"), zoom_prob=1.0, zoom_range=(0.5, 0.5))
+    x = torch.ones(8, 1, 84, 84)
+    y = standin._zoom_out(x, s, torch.Generator().manual_seed(0))
+    area = (y > 0.5).float().mean((1, 2, 3))
+    assert torch.allclose(area, torch.full((8,), 0.25), atol=0.02)    # side halved, nothing cut off
+    assert len({tuple(torch.nonzero(m[0] > 0.5)[0].tolist()) for m in y}) > 4   # at random places
+    assert standin.pretrain_settings("small").zoom_prob == 0.0           # the 28-px stand-ins never zoom

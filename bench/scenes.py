@@ -69,7 +69,7 @@ def base_config(quick: bool) -> dict:
         "data": {"dataset": "fashion_mnist_scenes", "train_per_class": per[0], "test_per_class": per[1],
                  "val_per_class": per[2], "num_workers": 0, "pipeline": "device"},
         "train": {"epochs": 2, "lr": 1.0e-3, "batch_size": 64, "max_steps_per_epoch": 12 if quick else 24},
-        "local": {"num_crops": 4, "top_k": 2, **ITEM_CROPS},
+        "local": {"num_crops": 4, "top_k": 2, "source": "crops", "crop_min": 0.3, "crop_max": 0.5},
         "eval": {"local_views": 6},
         "run": {"progress": False, "overwrite": True, "cache_root": ".cache/fair"},
     }

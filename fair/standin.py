@@ -528,7 +528,7 @@ def _load(checkpoint, size: str):
     import open_clip
     register_standin_configs()
     name = pretrain_settings(size).model
-    model = open_clip.create_model(name, pretrained=str(checkpoint))
+    model = open_clip.create_model(name, pretrained=str(checkpoint)).eval()   # text embeddings too: no dropout
     return model, open_clip.get_tokenizer(name), open_clip.get_model_preprocess_cfg(model)
 
 

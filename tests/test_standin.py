@@ -216,3 +216,17 @@ def test_zoomed_out_pretraining_views_keep_the_whole_item_smaller():
     assert torch.allclose(area, torch.full((8,), 0.25), atol=0.02)    # side halved, nothing cut off
     assert len({tuple(torch.nonzero(m[0] > 0.5)[0].tolist()) for m in y}) > 4   # at random places
     assert standin.pretrain_settings("small").zoom_prob == 0.0           # the 28-px stand-ins never zoom
+
+
+def test_pretrained_standin_follows_the_architecture(monkeypatch, tmp_path):
+    from fair.config import ModelConfig
+    from fair.errors import FairError
+    from fair.models import resolve_pretrained
+    built = []
+    monkeypatch.setattr(standin, "build_standin", lambda root, size: built.append(size) or tmp_path / f"{size}.st")
+    for name, tag in (("fair-standin-minilm-scenes-small", "standin"), ("fair-standin-minilm-small", "standin"),
+                      ("fair-standin-minilm", "standin-small")):
+        resolve_pretrained(ModelConfig(name=name, pretrained=tag), str(tmp_path))
+    assert built == ["scenes-small", "small", "full"]          # the name decides; a mismatched tag cannot
+    with pytest.raises(FairError, match="stand-in architecture"):
+        resolve_pretrained(ModelConfig(name="ViT-B-32", pretrained="standin"), str(tmp_path))

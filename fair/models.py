@@ -164,15 +164,18 @@ def _check_name_and_weights(cfg: ModelConfig) -> None:
 
 
 def resolve_pretrained(cfg: ModelConfig, cache_root: str) -> ModelConfig:
-    """`pretrained: standin` (or `standin-small`) -> the offline stand-in's checkpoint, built on first use."""
+    """`pretrained: standin` (or `standin-small`) -> the offline stand-in's checkpoint, built on first use.
+
+    The architecture (model.name) says which stand-in: fair-standin-minilm[-small] for the shifted target,
+    fair-standin-minilm-scenes[-small] for the scenes target."""
     if cfg.pretrained not in ("standin", "standin-small"):
         return cfg
-    if not cfg.name.startswith("fair-standin"):
-        raise FairError(f"model.pretrained={cfg.pretrained} needs a stand-in architecture (model.name=fair-standin-...), "
-                        f"not {cfg.name}")
     from dataclasses import replace
-    from fair.standin import build_standin
-    size = "small" if cfg.pretrained == "standin-small" else "full"
+    from fair.standin import build_standin, size_of_model
+    try:
+        size = size_of_model(cfg.name)
+    except ValueError as e:
+        raise FairError(f"model.pretrained={cfg.pretrained} needs a stand-in architecture (model.name): {e}") from None
     return replace(cfg, pretrained=str(build_standin(Path(cache_root).expanduser(), size=size)))
 
 

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from fair.data.fashion_mnist import CLASSES, missing_files, read_split  # noqa: E402
 from fair import standin  # noqa: E402
+from fair.data import catalog, scenes  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(missing_files()), reason="Fashion-MNIST is not installed")
 
@@ -95,8 +96,137 @@ def test_apply_shift_is_deterministic_and_keeps_shape():
 
 def test_small_standin_zero_shot_is_meaningful_and_hurt_by_the_shift(small_ckpt):
     _, path = small_ckpt
-    acc = standin.evaluate_standin(path, size="small", n_test=2000)
+    acc = standin.evaluate_standin(path, size="small", n=2000)
     assert acc["source_templates"] > 0.30          # chance is 0.10
     assert acc["source_descriptions"] > 0.30
     assert acc["target_templates"] < acc["source_templates"] - 0.03
     assert acc["target_templates"] > 0.15
+
+
+# ------------------------------------------------------------------------------------------ scenes target
+def _items(n=40):
+    x, _ = read_split("test")
+    return x[:n], np.arange(n), x[100:400]
+
+
+def test_scenes_put_the_item_at_a_third_of_the_canvas_anywhere():
+    objs, idx, clutter = _items()
+    bare = scenes.SceneSpec(fragments=0, texture=0.0)        # no clutter: the item alone shows where it is
+    img, boxes = scenes.compose_scenes(objs, idx, clutter, bare)
+    assert img.shape == (40, 84, 84) and img.dtype == np.uint8
+    x0, y0, side = boxes.T
+    assert side.min() >= 24 and side.max() <= 32 and 0.28 <= side.mean() / 84 <= 0.38
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + side <= 84).all() and (y0 + side <= 84).all()
+    assert len(set(zip(x0.tolist(), y0.tolist()))) > 30            # positions vary across the canvas
+    assert x0.min() < 15 and x0.max() > 84 - 32 - 15
+    for im, o, (x, y, s) in zip(img, objs, boxes):
+        inside = np.zeros_like(im, dtype=bool)
+        inside[y:y + s, x:x + s] = True
+        assert not im[~inside].any()                                # nothing outside the item's box
+        expected = np.rint(scenes._resize(o[None], int(s))[0])
+        assert np.abs(im[inside].reshape(s, s).astype(int) - expected).max() <= 1
+    cluttered, boxes2 = scenes.compose_scenes(objs, idx, clutter, scenes.SceneSpec())
+    assert np.array_equal(boxes, boxes2)                            # clutter does not move the item
+    outside = np.ones(cluttered.shape, bool)
+    for k, (x, y, s) in enumerate(boxes):
+        outside[k, y:y + s, x:x + s] = False
+    assert cluttered[outside].mean() > 5                            # ... and is really there
+
+
+def test_scenes_are_deterministic_per_image_index_and_split():
+    objs, idx, clutter = _items(12)
+    a, ba = scenes.compose_scenes(objs, idx, clutter)
+    b, bb = scenes.compose_scenes(objs.copy(), idx, clutter)
+    assert np.array_equal(a, b) and np.array_equal(ba, bb)
+    one, _ = scenes.compose_scenes(objs[7:8], idx[7:8], clutter)   # batching does not change a scene
+    assert np.array_equal(one[0], a[7])
+    other, _ = scenes.compose_scenes(objs, idx, clutter, stream=scenes.TEST_STREAM)
+    assert not np.array_equal(other, a)                             # pool and test draw differently
+    reseeded, _ = scenes.compose_scenes(objs, idx, clutter, scenes.SceneSpec(seed=1))
+    assert not np.array_equal(reseeded, a)
+
+
+def test_scenes_dataset_is_registered_like_the_shifted_one():
+    spec, shifted = catalog.get_spec("fashion_mnist_scenes"), catalog.get_spec("fashion_mnist_shifted")
+    assert spec.reader is catalog.read_fashion_mnist_scenes
+    assert spec.descriptions == shifted.descriptions == "fashion_mnist.json"
+    assert spec.templates == shifted.templates and spec.required == shifted.required
+
+
+def test_scenes_standin_is_its_own_cached_architecture():
+    standin.register_standin_configs()
+    for size in ("scenes-small", "scenes-full"):
+        s = standin.pretrain_settings(size)
+        assert open_clip.get_model_config(s.model)["vision_cfg"]["image_size"] == 84 == s.image_size
+        assert standin.size_of_model(s.model) == size
+        assert standin.standin_info(size)["target"] == "scenes"
+    keys = {standin.cache_key(z, 0) for z in ("small", "full", "scenes-small", "scenes-full")}
+    assert len(keys) == 4
+
+
+def test_cache_key_covers_the_new_settings(monkeypatch):
+    from dataclasses import replace
+    before = standin.cache_key("scenes-small", 0)
+    small = standin.cache_key("small", 0)
+    s = standin._SETTINGS["scenes-small"]
+    monkeypatch.setitem(standin._SETTINGS, "scenes-small", replace(s, image_size=56))
+    assert standin.cache_key("scenes-small", 0) != before            # the canvas size is an input
+    monkeypatch.setitem(standin._SETTINGS, "scenes-small", replace(s, target="shifted"))
+    assert standin.cache_key("scenes-small", 0) != before            # so is the target family
+    assert standin.cache_key("small", 0) == small                    # other sizes keep their keys
+
+
+def test_frame_filling_is_what_the_scenes_standin_sees():
+    x = read_split("test")[0][:3]
+    up = scenes.frame_filling_uint8(x, 84)
+    assert up.shape == (3, 84, 84) and up.dtype == np.uint8
+    assert abs(up.astype(float).mean() - x.astype(float).mean()) < 3   # whole item, same content, 3x larger
+    assert np.array_equal(scenes.frame_filling_uint8(x, 28), x)        # at 28 px an identity
+
+
+def _no_test_split(monkeypatch):
+    real = standin.read_split
+
+    def train_only(split, *a, **k):
+        if split != "train":
+            raise AssertionError(f"calibration read the {split!r} split")
+        return real(split, *a, **k)
+    monkeypatch.setattr(standin, "read_split", train_only)
+
+
+def test_calibration_reads_the_pool_never_the_test_split(small_ckpt, monkeypatch):
+    _no_test_split(monkeypatch)
+    _, path = small_ckpt
+    acc = standin.evaluate_standin(path, size="small", n=500)
+    assert acc["n"] == 500 and 0.1 < acc["target_templates"] < acc["source_templates"]
+    strengths = standin.calibrate(path, "small", [0.3, 0.9], n=500)
+    assert strengths[0.3] > strengths[0.9]                           # the knob really is the fog
+    clean, target, labels = standin.calibration_images("scenes-small", n=20, knob=0.5)
+    assert clean.shape == target.shape == (20, 84, 84)
+    pool = set(standin.target_pool_indices().tolist())
+    assert set(range(standin.SOURCE_TRAIN_RANGE[0], standin.SOURCE_TRAIN_RANGE[1])).isdisjoint(pool)
+
+
+def test_zoomed_out_pretraining_views_keep_the_whole_item_smaller():
+    from dataclasses import replace
+    s = replace(standin.pretrain_settings("scenes-small"), zoom_prob=1.0, zoom_range=(0.5, 0.5))
+    x = torch.ones(8, 1, 84, 84)
+    y = standin._zoom_out(x, s, torch.Generator().manual_seed(0))
+    area = (y > 0.5).float().mean((1, 2, 3))
+    assert torch.allclose(area, torch.full((8,), 0.25), atol=0.02)    # side halved, nothing cut off
+    assert len({tuple(torch.nonzero(m[0] > 0.5)[0].tolist()) for m in y}) > 4   # at random places
+    assert standin.pretrain_settings("small").zoom_prob == 0.0           # the 28-px stand-ins never zoom
+
+
+def test_pretrained_standin_follows_the_architecture(monkeypatch, tmp_path):
+    from fair.config import ModelConfig
+    from fair.errors import FairError
+    from fair.models import resolve_pretrained
+    built = []
+    monkeypatch.setattr(standin, "build_standin", lambda root, size: built.append(size) or tmp_path / f"{size}.st")
+    for name, tag in (("fair-standin-minilm-scenes-small", "standin"), ("fair-standin-minilm-small", "standin"),
+                      ("fair-standin-minilm", "standin-small")):
+        resolve_pretrained(ModelConfig(name=name, pretrained=tag), str(tmp_path))
+    assert built == ["scenes-small", "small", "full"]          # the name decides; a mismatched tag cannot
+    with pytest.raises(FairError, match="stand-in architecture"):
+        resolve_pretrained(ModelConfig(name="ViT-B-32", pretrained="standin"), str(tmp_path))

@@ -204,12 +204,21 @@ def read_fashion_mnist_shifted(spec: DatasetSpec, base: Path) -> RawSplits:
     from fair.data import fashion_mnist, shift
     xtr, ytr = fashion_mnist.read_split("train", str(base))
     xte, yte = fashion_mnist.read_split("test", str(base))
-    lo, hi = shift.SOURCE_TRAIN_RANGE
-    pool = np.setdiff1d(np.arange(len(ytr)), np.arange(lo, hi))
+    pool = shift.target_pool_indices(len(ytr))
     xtr = shift.apply_shift(xtr[pool])
     xte = shift.apply_shift(xte)
     return RawSplits(list(fashion_mnist.CLASSES), ImageSet(list(range(len(pool))), ytr[pool], xtr),
                      ImageSet(list(range(len(yte))), yte, xte), [base / f for f in fashion_mnist._FILES["test"]])
+
+
+def read_fashion_mnist_scenes(spec: DatasetSpec, base: Path) -> RawSplits:
+    """The scenes target (fair.data.scenes): each item at about a third of an 84-px canvas, at a random place,
+    among faint fragments of source-range items. Pool and test images as for fashion_mnist_shifted."""
+    from fair.data import fashion_mnist, scenes
+    pool_x, pool_y, test_x, test_y = scenes.scene_splits(scenes.SCENES, str(base))
+    return RawSplits(list(fashion_mnist.CLASSES), ImageSet(list(range(len(pool_y))), pool_y, pool_x),
+                     ImageSet(list(range(len(test_y))), test_y, test_x),
+                     [base / f for f in fashion_mnist._FILES["test"]])
 
 
 # ------------------------------------------------------------------------------------------ catalog
@@ -220,6 +229,14 @@ _FASHION_TEMPLATES = None  # filled lazily from fair.data.fashion_mnist (shared 
 def _zhou(name, title, folder, images, split, templates):
     return DatasetSpec(name, title, folder, [images, split], templates, read_zhou_split,
                        f"<root>/{folder}/{images}/ and <root>/{folder}/{split}")
+
+
+def _fashion(name, title, reader):
+    """A Fashion-MNIST variant: Debian's four idx files, the dataset's templates (filled in by get_spec)."""
+    return DatasetSpec(name, title, ".", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"], [], reader,
+                       "<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Debian: dataset-fashion-mnist)",
+                       descriptions="fashion_mnist.json")
 
 
 CATALOG: dict[str, DatasetSpec] = {s.name: s for s in [
@@ -261,16 +278,10 @@ CATALOG: dict[str, DatasetSpec] = {s.name: s for s in [
                 "<root>/imagenet/{images/train/<wnid>/, images/val/<wnid>/, classnames.txt}", pool_per_class=50),
     DatasetSpec("imagefolder", "Image folder", ".", ["."], ["a photo of a {}."], read_class_folders,
                 "<root>/<class>/* or <root>/{train,test}/<class>/*"),
-    DatasetSpec("fashion_mnist", "Fashion-MNIST", ".",
-                ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz"], [], read_fashion_mnist,
-                "<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Debian: dataset-fashion-mnist)",
-                descriptions="fashion_mnist.json"),
-    DatasetSpec("fashion_mnist_shifted", "Fashion-MNIST (shifted target of the stand-in)", ".",
-                ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz"], [], read_fashion_mnist_shifted,
-                "<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Debian: dataset-fashion-mnist)",
-                descriptions="fashion_mnist.json"),
+    _fashion("fashion_mnist", "Fashion-MNIST", read_fashion_mnist),
+    _fashion("fashion_mnist_shifted", "Fashion-MNIST (shifted target of the stand-in)", read_fashion_mnist_shifted),
+    _fashion("fashion_mnist_scenes", "Fashion-MNIST scenes (small items on cluttered 84-px canvases)",
+             read_fashion_mnist_scenes),
 ]}
 
 PAPER_DATASETS = ["caltech101", "dtd", "eurosat", "fgvc_aircraft", "flowers102", "food101", "oxford_pets",

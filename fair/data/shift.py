@@ -13,6 +13,13 @@ import numpy as np
 SOURCE_TRAIN_RANGE = (0, 30000)   # Fashion-MNIST train indices of the source domain
 
 
+def target_pool_indices(n_train: int = 60000) -> np.ndarray:
+    """The train indices outside the source range: the targets' unlabelled pool (hidden labels used only to
+    calibrate a target and for diagnostics; validation is held out of it)."""
+    lo, hi = SOURCE_TRAIN_RANGE
+    return np.setdiff1d(np.arange(n_train), np.arange(lo, hi))
+
+
 @dataclass(frozen=True)
 class ShiftSpec:
     """The target-domain shift: Gaussian blur, then a blend towards a grey fog, then rounding to uint8.

@@ -426,7 +426,9 @@ def _main_note(metric: str, datasets: list[str], rows: list[list[Any]], marks: d
         text += (f" Bold: the column's best, whose paired-bootstrap difference to the next best excludes 0; "
                  f"{TIE}: tied for best (the interval of its difference to the best includes 0).")
     elif metric == "test_top1":
-        text += " No cell is bold: without 95% intervals (records without `test_outcomes`) no win can be told."
+        text += (" No cell is bold: a win needs two compared method rows with per-image test outcomes (the "
+                 "\"same runs\" rows are by-products, not candidates)" if has_iv else
+                 " No cell is bold: without 95% intervals (records without `test_outcomes`) no win can be told.")
     text += (f" `{FAILED}`: every trial of the row on that dataset failed." if _has_marker(rows) else "")
     text += (f" `{STOPPED}`: every trial of the row on that dataset was stopped early."
              if _has_marker(rows, STOPPED) else "")

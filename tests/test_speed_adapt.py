@@ -31,7 +31,7 @@ def test_device_pipeline_runs_end_to_end(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("source", ["crops", "tokens"])
 def test_device_pipeline_resume_gives_the_same_weights(tiny_cfg, tmp_path, source):
-    _resume_check(_device(tiny_cfg, source=source), tmp_path)
+    _resume_check(_device(tiny_cfg, source=source), tmp_path, "fair")
 
 
 def test_device_pipeline_counts_unreadable_images(tiny_cfg, imagefolder, tmp_path):
@@ -45,8 +45,8 @@ def test_device_pipeline_counts_unreadable_images(tiny_cfg, imagefolder, tmp_pat
 
 
 def test_new_keys_at_their_defaults_keep_old_config_digests(tiny_cfg):
-    """Checkpoints written before data.pipeline / data.cache_size / train.compile / model.config and the
-    preprocessing keys existed still resume."""
+    """Checkpoints written before data.pipeline / data.cache_size / train.compile / model.config, the
+    preprocessing keys, pseudo.teacher and the dpa / tent sections existed still resume."""
     from fair.config import PREPROCESS_KEYS, to_dict
     from fair.io import sha256_json
     cfg = from_dict(tiny_cfg)
@@ -57,6 +57,9 @@ def test_new_keys_at_their_defaults_keep_old_config_digests(tiny_cfg):
     for sec, key in (("data", "pipeline"), ("data", "cache_size"), ("train", "compile"), ("model", "config"),
                      *(("model", k) for k in PREPROCESS_KEYS)):
         old[sec].pop(key)
+    old["pseudo"].pop("teacher")                                  # pseudo.teacher at its default (student)
+    for method_section in ("dpa", "tent"):                        # other methods' options
+        old.pop(method_section)
     assert config_digest(cfg) == sha256_json(old)
     bilinear = from_dict({**tiny_cfg, "model": {**tiny_cfg["model"], "interpolation": "bilinear"}})
     assert config_digest(bilinear) != config_digest(cfg)          # set, they change the result

@@ -73,7 +73,7 @@ def test_an_out_of_memory_trial_frees_its_model_and_leaves_a_failed_record_that_
     monkeypatch.setattr(fair.engine, "train_step", out_of_memory)
     plan = _plan(tmp_path, {"CPU": 1})
     reports = []
-    payload = {"plan": plan, "trial_id": "t_oom", "study": "imagefolder", "config": tiny_cfg, "device": "cpu"}
+    payload = {"plan": plan, "trial_id": "t_oom", "study": "fair/imagefolder", "config": tiny_cfg}
     with pytest.raises(gpu_share.GpuOutOfMemoryError) as info:
         adapt_trial(payload, Session(0, None, lambda metrics, ckpt: reports.append(metrics)))
     err = info.value
@@ -89,8 +89,8 @@ def test_an_out_of_memory_trial_frees_its_model_and_leaves_a_failed_record_that_
     # the sweep driver's side: Ray saves the trial's traceback, the failed record gets its telling line
     text = "Failure # 1 (occurred at 2026-12-01_10-00-00)\nray::ImplicitFunc.train()\n" + \
         "".join(traceback.format_exception(err))
-    plan.study_configs["imagefolder"] = tiny_cfg
-    write_failed_record(plan, "t_oom", {"study": "imagefolder"}, text)
+    plan.study_configs["fair/imagefolder"] = tiny_cfg
+    write_failed_record(plan, "t_oom", {"study": "fair/imagefolder"}, text)
     rec = storage.read_json(plan.storage, storage.record_key("oom", "imagefolder", "t_oom"))
     assert rec["status"] == "failed"
     assert rec["error"] == f"tune.gpu_share.GpuOutOfMemoryError: {err}"

@@ -23,7 +23,7 @@ import logging
 import time
 from pathlib import Path
 
-from bench.accuracy import NO_AUG, fmt, run_one, summarise
+from bench.accuracy import NO_AUG, fmt, run_one, scenes_config, summarise
 
 STANDIN_NOTE = "stand-in model (fair-standin-minilm-scenes-small on Fashion-MNIST scenes) — not CLIP results"
 
@@ -61,20 +61,6 @@ def controls(pick: dict) -> dict[str, dict]:
     return out
 
 
-def base_config(quick: bool) -> dict:
-    """The shared setting: the scenes stand-in on its target, few epochs and capped steps (CPU is scarce)."""
-    per = (60, 30, 30) if quick else (150, 60, 50)
-    return {
-        "model": {"name": "fair-standin-minilm-scenes-small", "pretrained": "standin", "device": "auto"},
-        "data": {"dataset": "fashion_mnist_scenes", "train_per_class": per[0], "test_per_class": per[1],
-                 "val_per_class": per[2], "num_workers": 0, "pipeline": "device"},
-        "train": {"epochs": 2, "lr": 1.0e-3, "batch_size": 64, "max_steps_per_epoch": 12 if quick else 24},
-        "local": {"num_crops": 4, "top_k": 2, "source": "crops", "crop_min": 0.3, "crop_max": 0.5},
-        "eval": {"local_views": 6},
-        "run": {"progress": False, "overwrite": True, "cache_root": ".cache/fair"},
-    }
-
-
 def _seeds_of(records: list[dict]) -> str:
     """Per seed: test top-1 and the predictor validation chose (global feature, or las with locals)."""
     return " ".join(f"{r['metrics']['test_top1']:.1f} ({r['metrics'].get('predictor', '-')})" for r in records)
@@ -95,7 +81,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = base_config(a.quick)
+    base = scenes_config(a.quick)
     seeds = list(range(a.seeds))
     t0 = time.perf_counter()
     rows, picked, log_lines = [], {}, []

@@ -97,7 +97,9 @@ def _read_part(store: Store, table: str, key: str):
     except MissingKey:
         return _VANISHED
     try:
-        t = pq.read_table(pa.BufferReader(data))
+        # One thread: parts are small, and arrow's reader threads, still winding down at interpreter exit, made
+        # 1 in 3 runs of 4 concurrent `collect` processes abort ("terminate called without an active exception").
+        t = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as e:
         msg = f"skipping corrupt parquet file {store.describe(key)} ({type(e).__name__}); re-run collect"
         log.warning(msg)

@@ -4,9 +4,7 @@ restored searcher that reconciles with the storage (no trial told twice, none lo
 """
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import time
 import uuid
 
@@ -15,8 +13,7 @@ import yaml
 
 from fair.errors import FairError
 from tests.s3 import s3_server, weed_binary  # noqa: F401  (fixture)
-from tests.test_tune_sweeps import SPACE, _driver, _records, _studies, sweep_dict
-from tune import storage as sweep_storage
+from tests.test_tune_sweeps import SPACE, _driver, _records, _studies, kill_driver_after_first_record, sweep_dict
 from tune.sweep_config import load_sweep
 
 STATE = {"completed": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}   # record status -> Optuna
@@ -194,16 +191,7 @@ def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_address, tmp_
     d = sweep_dict("okill", storage, trials=2, epochs=3,
                    resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
     d["budget"]["max_concurrent"] = 1
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump(d))
-    log = tmp_path / "driver.log"
-    proc = _driver(sweep_file, ray_address, log)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not sum(map(len, sweep_storage.list_records(storage, d["name"]).values())):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sweep_file, log, _ = kill_driver_after_first_record(d, ray_address, tmp_path, timeout=180)
     time.sleep(2)                                                    # let Ray reap the dead job's actors
     before = _studies(storage, d["name"])
     assert sum(len(s.trials) for s in before.values()) < 4, "the sweep finished before it was killed"

@@ -171,6 +171,24 @@ def _driver(sweep_file: Path, address: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def kill_driver_after_first_record(d: dict, address: str, tmp_path: Path, timeout: float) -> tuple[Path, Path, dict]:
+    """Start `fair sweep` on the sweep mapping `d` as its own process, SIGKILL it once the first record is
+    stored (the kill lands mid-sweep); the sweep file and the driver's log, for the resume, and the records
+    stored before the kill."""
+    sweep_file, log = tmp_path / "sweep.yaml", tmp_path / "driver.log"
+    sweep_file.write_text(yaml.safe_dump(d))
+    proc = _driver(sweep_file, address, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not sum(map(len, sweep_storage.list_records(d["storage"], d["name"]).values())):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    first = sweep_storage.list_records(d["storage"], d["name"])
+    assert sum(map(len, first.values())) >= 1, log.read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return sweep_file, log, first
+
+
 @pytest.mark.parametrize("runner", ["trainer", "direct"])
 def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path, runner):
     storage = str(tmp_path / "sweeps")
@@ -180,18 +198,7 @@ def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_p
     d = sweep_dict("driver", storage, trials=1, epochs=1 if runner == "trainer" else 4,
                    resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner})
     d["budget"]["max_concurrent"] = 1
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump(d))
-    log = tmp_path / "driver.log"
-    proc = _driver(sweep_file, ray_session, log)
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline and not sum(map(len, sweep_storage.list_records(storage, d["name"]).values())):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
-    first = sweep_storage.list_records(storage, d["name"])
-    assert sum(map(len, first.values())) >= 1, log.read_text()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sweep_file, log, first = kill_driver_after_first_record(d, ray_session, tmp_path, timeout=150)
     time.sleep(2)                                                    # let Ray reap the dead job's actors
     n_before = sum(map(len, sweep_storage.list_records(storage, d["name"]).values()))
     assert n_before < 4, "the sweep finished before it could be killed; make it longer"

@@ -102,6 +102,34 @@ def test_a_restored_searcher_reconciles_with_the_storage_after_its_driver_died(t
     assert r.picked("fair/fashion_mnist") == "t9"
 
 
+def test_a_trial_asked_without_its_tune_id_is_handed_out_again_after_the_driver_died(tmp_path):
+    """The driver died between Optuna's ask and the Tune id it sets on the trial (two storage writes): the
+    restored searcher hands that RUNNING trial to the next Tune trial; none stays RUNNING forever."""
+    from tune.optuna_storage import load_studies, prepare
+    from tune.searcher import TUNE_ATTR, StudySearcher
+    from tune.space import parse_space
+    cfg = load_sweep(None, mapping=sweep_dict("noid", str(tmp_path), datasets=["fashion_mnist"], trials=2))
+    uri, key = str(tmp_path), "fair/fashion_mnist"
+    StudySearcher.use_store(cfg.name, prepare(cfg, uri, resume=False))
+    s = StudySearcher(parse_space(SPACE), cfg.studies, 2, "max", sweep=cfg.name)
+    tuner_pkl = pickle.dumps(s)
+    s.suggest("t0")
+    s.save(str(tmp_path / "searcher-state.pkl"))
+    s.studies[key]._ot_study.ask()                          # the next ask; the driver dies before its Tune id
+
+    StudySearcher.use_store(cfg.name, prepare(cfg, uri, resume=True))
+    r = pickle.loads(tuner_pkl)
+    r.restore(str(tmp_path / "searcher-state.pkl"))
+    r.suggest("t1")
+    assert r.remaining() == {key: 0}
+    final = {"objective": 60.0, "final_val_top1": 60.0, "epoch": 1, "training_iteration": 1}
+    r.on_trial_complete("t0", final)
+    r.on_trial_complete("t1", final)
+    (study,) = load_studies(uri, cfg.name).values()
+    assert [(t.number, t.user_attrs.get(TUNE_ATTR), t.state.name) for t in study.trials] == [
+        (0, "t0", "COMPLETE"), (1, "t1", "COMPLETE")]
+
+
 def test_a_fresh_sweep_refuses_a_named_storage_that_holds_its_studies(tmp_path):
     from tune.optuna_storage import prepare
     from tune.searcher import StudySearcher

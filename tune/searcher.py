@@ -11,7 +11,8 @@ database URL), which is their one source of truth: every study trial carries its
 the samplers but never the studies nor the storage (whose URL may name a password). A restored searcher
 re-reads the studies (`_attach`): a trial that the storage holds as finished is never told again (a driver
 killed between a tell and Tune's next snapshot), and a RUNNING trial of no known Tune trial (asked by that
-driver after the snapshot) is handed to the next suggestion of its study instead of asking a new one.
+driver after the snapshot, perhaps before it carried its Tune id) is handed to the next suggestion of its study
+instead of asking a new one.
 
 `PerStudyASHA` does the same for early stopping: accuracies of different studies are not comparable, so
 each study gets its own ASHA rungs (final-seed re-runs always run to the end).
@@ -142,7 +143,8 @@ class StudySearcher(Searcher):
     def _reconcile(self, k: str) -> None:
         """Study `k`'s trials as the storage holds them: each search trial of this searcher finds its study
         trial by its Tune trial id (finished ones are never told again); RUNNING trials of no known Tune
-        trial were asked by a driver that died before Tune's snapshot: the next suggestions take them."""
+        trial (or of none) were asked by a driver that died before Tune's snapshot: the next suggestions
+        take them."""
         import optuna
         s, mine = self.studies[k], {t for t, c in self.configs.items()
                                     if self.owner.get(t) == k and c.get("stage") == SEARCH}
@@ -153,7 +155,9 @@ class StudySearcher(Searcher):
                 s._ot_trials[tid] = optuna.Trial(s._ot_study, t._trial_id)
                 if t.state.is_finished():
                     s._completed_trials.add(tid)
-            elif tid is not None and t.state == optuna.trial.TrialState.RUNNING:
+            elif t.state == optuna.trial.TrialState.RUNNING:
+                # asked after the snapshot; with no Tune id when the driver died between the ask and the
+                # user attr (two storage writes): the study's trials are this sweep's alone either way
                 self.orphans[k].append(t._trial_id)
         lost = sorted(mine - set(s._ot_trials))
         if lost:

@@ -42,6 +42,52 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append((f"SeaweedFS ({name})", server.diagnosis()))
 
 
+RAY_WATCHDOG_S = float(os.environ.get("FAIR_TEST_RAY_WATCHDOG_S", "300"))
+
+
+def ray_state() -> str:
+    """What this process's Ray holds now (resources, live actors, placement groups not yet removed): why a
+    sweep test waits, written out when one runs long."""
+    import ray
+    if not ray.is_initialized():
+        return "ray: not initialized in this process"
+    from ray.util import state
+    lines = [f"ray available {ray.available_resources()} of {ray.cluster_resources()}"]
+    try:
+        for a in state.list_actors(filters=[("state", "!=", "DEAD")], limit=200, raise_on_missing_output=False):
+            lines.append(f"actor {a.class_name} {a.state} pid={a.pid} job={a.job_id} name={a.name!r}")
+        for pg in state.list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=200, detail=True,
+                                              raise_on_missing_output=False):
+            lines.append(f"placement group {pg.placement_group_id[:12]} {pg.state} {pg.name!r} "
+                         f"bundles={[b.get('unit_resources') for b in (pg.bundles or [])]}")
+    except Exception as e:  # noqa: BLE001 - a diagnosis must never fail the test run
+        lines.append(f"ray state API: {type(e).__name__}: {e}")
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A test still running after FAIR_TEST_RAY_WATCHDOG_S seconds writes Ray's state to the terminal,
+    uncaptured: a hang in CI then says what it waited for before pytest-timeout shows where it waited."""
+    import sys
+    import threading
+
+    def dump():
+        text = f"\n--- {item.nodeid} still running after {RAY_WATCHDOG_S:.0f} s ---\n{ray_state()}\n"
+        capture = item.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    timer = threading.Timer(RAY_WATCHDOG_S, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 CLASSES = ["red square", "green circle", "blue triangle", "yellow cross"]
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
 

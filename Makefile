@@ -55,9 +55,12 @@ demo: $(STAMP) fashion-mnist
 	@echo "tables: results_out/ (parquet), plots: results_out/plots/"
 
 # Layers first (pyproject.toml's [tool.importlinter] contracts; --no-cache: nothing written in the tree).
+# Two pytest-xdist workers, whole files each (a file's Ray and servers are module fixtures): the Ray tests
+# spend much of their time waiting on processes, so two overlap well even on 2 cores. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/lint-imports --no-cache --no-logo
-	$(PY) -m pytest --timeout=900 tests
+	$(PY) -m pytest --timeout=900 -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf runs sweeps results_out

@@ -17,6 +17,12 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.s3 import s3_server  # noqa: E402,F401  (fixture, for use_s3)
+
+RAY_WATCHDOG_S = float(os.environ.get("FAIR_TEST_RAY_WATCHDOG_S", "300"))
+WATCHDOG_KEY = pytest.StashKey[str]()
+
+
 def pytest_sessionstart(session):
     """Say so up front when the disk is nearly full. SeaweedFS refuses writes once under 1% of its disk is free
     (each S3 test then spends minutes on retries and fails) and Ray needs room for its session logs."""
@@ -32,17 +38,17 @@ def pytest_sessionstart(session):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test that used SeaweedFS gets the server's free disk and log tail in its report."""
+    """A failed test gets in its report Ray's state if it ran past the watchdog (pytest_runtest_call), and if
+    it used SeaweedFS the server's free disk and log tail."""
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when == "call":
+        if WATCHDOG_KEY in item.stash:
+            report.sections.append((f"Ray after {RAY_WATCHDOG_S:.0f} s", item.stash[WATCHDOG_KEY]))
         for name in ("private_s3_server", "s3_server", "use_s3"):
             server = getattr(item, "funcargs", {}).get(name)
             if server is not None and hasattr(server, "diagnosis"):
                 report.sections.append((f"SeaweedFS ({name})", server.diagnosis()))
-
-
-RAY_WATCHDOG_S = float(os.environ.get("FAIR_TEST_RAY_WATCHDOG_S", "300"))
 
 
 def ray_state() -> str:
@@ -73,10 +79,11 @@ def pytest_runtest_call(item):
     import threading
 
     def dump():
-        text = f"\n--- {item.nodeid} still running after {RAY_WATCHDOG_S:.0f} s ---\n{ray_state()}\n"
-        capture = item.config.pluginmanager.getplugin("capturemanager")
+        text = ray_state()
+        item.stash[WATCHDOG_KEY] = text      # a section of the report if the test fails (pytest-xdist workers
+        capture = item.config.pluginmanager.getplugin("capturemanager")   # print nothing to the terminal)
         with capture.global_and_fixture_disabled():
-            sys.stderr.write(text)
+            sys.stderr.write(f"\n--- {item.nodeid} still running after {RAY_WATCHDOG_S:.0f} s ---\n{text}\n")
             sys.stderr.flush()
 
     timer = threading.Timer(RAY_WATCHDOG_S, dump)
@@ -86,6 +93,28 @@ def pytest_runtest_call(item):
         yield
     finally:
         timer.cancel()
+
+
+@pytest.fixture(scope="session")
+def use_s3(request):
+    """SeaweedFS when installed (started BEFORE Ray, so Ray's workers inherit its AWS_* env), else None."""
+    from tests.s3 import weed_binary
+    if weed_binary() is None:
+        return None
+    return request.getfixturevalue("s3_server")
+
+
+@pytest.fixture(scope="module")
+def ray_session(use_s3):
+    """A local Ray of the module's own (4 logical CPUs), shut down after it: the multi-node modules must find
+    none in the process, and under pytest-xdist a worker runs several modules in turn. Yields its address."""
+    import ray
+    import tune.ray_session
+    from tune.sweep_config import RayOptions
+    started = tune.ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
 
 
 CLASSES = ["red square", "green circle", "blue triangle", "yellow cross"]

@@ -34,11 +34,28 @@ AUTOSCALING_TYPES = {
 }
 
 
-def _free_port() -> int:
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports from the OS's ephemeral range (outside Ray's worker range 10002-19999)."""
     import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def head_ports_args(gcs: int, dashboard: int) -> list[str]:
+    """`ray start --head` port flags for a head beside other Rays on this machine: every port its own free
+    one (a second head's dashboard agent on the default 52365 fails to bind, and the Jobs API then answers
+    "No available agent to submit job")."""
+    client, agent, agent_grpc, metrics, renv, nm, om = free_ports(7)
+    return [f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={renv}", f"--node-manager-port={nm}", f"--object-manager-port={om}"]
 
 
 class GpuCluster:
@@ -47,7 +64,7 @@ class GpuCluster:
     def __init__(self, workers: int = 2):
         from ray.cluster_utils import Cluster
         self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
-                               head_node_args={**HEAD_ARGS, "dashboard_port": _free_port()})
+                               head_node_args={**HEAD_ARGS, "dashboard_port": free_ports(1)[0]})
         for _ in range(workers):
             self.add_worker()
         self.cluster.wait_for_nodes()
@@ -79,7 +96,7 @@ class LoopbackAutoscalingCluster:
 
     def __init__(self, workdir: Path, worker_node_types: dict = AUTOSCALING_TYPES, idle_timeout_minutes=0.1):
         self.workdir = workdir
-        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.port, self.dashboard_port = free_ports(2)
         self.config = self._config(worker_node_types, idle_timeout_minutes)
         self.proc: subprocess.Popen | None = None
 
@@ -117,7 +134,7 @@ class LoopbackAutoscalingCluster:
         config.write_text(json.dumps(self.config))
         ray_bin = str(Path(sys.executable).parent / "ray")
         cmd = [ray_bin, "start", "--head", "--block", f"--autoscaling-config={config}", "--num-cpus=0",
-               f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               *head_ports_args(self.port, self.dashboard_port),
                f"--temp-dir={self.workdir / 'ray'}", "--object-store-memory=104857600",
                "--disable-usage-stats"]
         env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,23 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.multinode import free_ports, head_ports_args
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AIR_NEW_OUTPUT": "0"}
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports from the OS's ephemeral range (outside Ray's worker range 10002-19999)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -94,14 +83,11 @@ def head(tmp_path_factory):
     """A local Ray head with the dashboard (Jobs API) on 127.0.0.1; yields its http address."""
     tmp = tmp_path_factory.mktemp("rayhead")
     temp_dir = Path("/tmp") / f"fc-ray-{os.getpid()}"      # short: Ray's socket paths must stay < 108 chars
-    gcs, dash, client, agent, agent_grpc, metrics, renv, nm, om = _free_ports(9)
+    gcs, dash = free_ports(2)
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, **HEAD_ENV, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
     cmd = [str(Path(venv_bin) / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={renv}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
+           *head_ports_args(gcs, dash),
            "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

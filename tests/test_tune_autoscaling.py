@@ -1,7 +1,8 @@
 """Autoscaling from zero on loopback (tests/multinode.py): Ray's fake multi-node autoscaler with GPU node
 types shaped like cluster/aws-gpu.yaml (`min_workers: 0`, a head with no CPU for trials). A sweep scales
 the cluster up, finishes, and the idle nodes go away; a bundle that no node type can ever hold is one line
-at once, from `fair sweep` (`fair cluster submit` against this head: not yet, see the module's report).
+at once from `fair sweep`, and from `fair cluster submit` within a bounded time (the job's own `fair sweep`
+refuses it on the head, where the launcher config is).
 """
 from __future__ import annotations
 
@@ -87,3 +88,20 @@ def test_bundle_no_node_type_holds_is_one_line_at_once(autoscaling, s3_server, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "GPU 4 (largest node: 2)" in err and "no node type of" in err, err
     assert time.monotonic() - t < 30 and worker_nodes() == []     # refused before asking for a node
+
+
+def test_cluster_submit_of_a_bundle_no_node_type_holds_fails_in_bounded_time(autoscaling, s3_server, capsys):  # noqa: F811
+    """`fair cluster submit --follow` to the autoscaling head: the client sees no GPU node yet and only warns
+    (the autoscaler may add one); the job's `fair sweep` checks the launcher config on the head and fails
+    with its one line, which the follow shows, without a node ever started."""
+    from fair.cli import main as fair_main
+    t = time.monotonic()
+    rc = fair_main(["cluster", "submit", "--address", autoscaling.dashboard, "--config", "configs/sweeps/demo.yaml",
+                    "--storage", s3_uri(s3_server), "--follow",
+                    "--set", "resources.per_worker={CPU: 1, GPU: 4}", "--set", "resources.check_cluster=false",
+                    "--set", "budget.max_concurrent=1", "--set", f"ray.autoscaling_config={autoscaling.config_file}"])
+    out = capsys.readouterr()
+    assert rc == 1, out.err[-3000:]
+    refusal = [line for line in out.out.splitlines() if "no node type of" in line]
+    assert len(refusal) == 1 and "GPU 4 (largest node: 2)" in refusal[0], out.out[-3000:]
+    assert " FAILED" in out.err and time.monotonic() - t < 120 and worker_nodes() == []

@@ -13,7 +13,8 @@ import yaml
 
 from fair.errors import FairError
 from tests.s3 import s3_server, weed_binary  # noqa: F401  (fixture)
-from tests.test_tune_sweeps import SPACE, _driver, _records, _studies, kill_driver_after_first_record, sweep_dict
+from tests.sweeps import (SPACE, kill_driver_after_first_record, start_driver, sweep_dict, sweep_records,
+                          sweep_studies)
 from tune.sweep_config import load_sweep
 
 STATE = {"completed": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}   # record status -> Optuna
@@ -147,26 +148,11 @@ def test_a_fresh_sweep_refuses_a_named_storage_that_holds_its_studies(tmp_path):
 
 # ------------------------------------------------------------------------------------- real Ray
 
-@pytest.fixture(scope="module")
-def ray_address(request):
-    """A local Ray for this module (or the one this process already holds); SeaweedFS, when installed, is
-    started first so that Ray's workers inherit its AWS_* environment."""
-    if weed_binary() is not None:
-        request.getfixturevalue("s3_server")
-    import ray
-    import tune.ray_session
-    from tune.sweep_config import RayOptions
-    started = tune.ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
 def _check_studies_match_records(uri: str, name: str) -> dict:
     """Each study holds exactly one trial per search record of its study, in the record's state (a
     completed one with its objective); final re-runs are no study trials. Returns {study: [states]}."""
-    studies = _studies(uri, name)
-    recs = [r for r in _records(uri, name) if r["stage"] == "search"]
+    studies = sweep_studies(uri, name)
+    recs = [r for r in sweep_records(uri, name) if r["stage"] == "search"]
     by_study = {}
     for r in recs:
         by_study.setdefault(r["sweep"]["study"], {})[r["run_id"]] = r
@@ -186,7 +172,7 @@ def _check_studies_match_records(uri: str, name: str) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_sweeps_studies_load_back_with_the_records_trial_states(ray_address, tmp_path):
+def test_a_sweeps_studies_load_back_with_the_records_trial_states(ray_session, tmp_path):
     """Two studies, ASHA (some trial PRUNED) and a crash with no retries (one trial FAILs):
     `optuna.load_study` reads each study back from the default file beside the sweep."""
     import optuna
@@ -212,19 +198,19 @@ def test_a_sweeps_studies_load_back_with_the_records_trial_states(ray_address, t
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_address, tmp_path):
+def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_session, tmp_path):
     """The driver is killed mid-sweep; the same command resumes: each study ends with exactly one Optuna
     trial per search trial (none told twice, none lost), all finished, matching the records."""
     storage = str(tmp_path / "sweeps")
     d = sweep_dict("okill", storage, trials=2, epochs=3,
                    resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
     d["budget"]["max_concurrent"] = 1
-    sweep_file, log, _ = kill_driver_after_first_record(d, ray_address, tmp_path, timeout=180)
+    sweep_file, log, _ = kill_driver_after_first_record(d, ray_session, tmp_path, timeout=180)
     time.sleep(2)                                                    # let Ray reap the dead job's actors
-    before = _studies(storage, d["name"])
+    before = sweep_studies(storage, d["name"])
     assert sum(len(s.trials) for s in before.values()) < 4, "the sweep finished before it was killed"
 
-    proc = _driver(sweep_file, ray_address, log)
+    proc = start_driver(sweep_file, ray_session, log)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert "resuming sweep" in log.read_text()
     states = _check_studies_match_records(storage, d["name"])
@@ -234,7 +220,7 @@ def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_address, tmp_
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.s3
-def test_an_s3_sweeps_studies_are_copied_into_its_storage_with_each_snapshot(ray_address, s3_server, tmp_path,
+def test_an_s3_sweeps_studies_are_copied_into_its_storage_with_each_snapshot(ray_session, s3_server, tmp_path,
                                                                             monkeypatch):
     """An s3 sweep's studies live in a file on the driver; the copy Tune's snapshots upload beside the
     experiment holds them all when the sweep ends, and `load_studies` reads them from S3."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fair.errors import FairError
-from tests.test_tune_sweeps import sweep_dict
+from tests.sweeps import sweep_dict
 from tune import storage as sweep_storage
 from tune.sweep_config import load_sweep
 
@@ -129,32 +129,13 @@ def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 # ----------------------------------------------------------------------------------- sweeps on Ray
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A Ray of this test's own: with no address, ray.init joins any Ray already running on the machine
-    (another test session's), whose workers would not see this worktree's code."""
-    import os
-    from tune import ray_session
-    from tune.sweep_config import RayOptions
-    old = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = "local"
-    try:
-        started = ray_session.init(None, RayOptions(num_cpus=4, worker_start_timeout_s=30))
-    finally:
-        os.environ.pop("RAY_ADDRESS") if old is None else os.environ.update(RAY_ADDRESS=old)
-    yield
-    if started:
-        import ray
-        ray.shutdown()
-
-
 def _direct(**over) -> dict:
     return {"resources": {"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"}, **over}
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path, monkeypatch):
+def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_session, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from fair.record import git_commit
     from tune.sweep import preflight, run
@@ -220,7 +201,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_local, tmp_path
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_tracker_that_breaks_mid_sweep_is_logged_once_and_fails_no_trial(ray_local, tmp_path, caplog):
+def test_a_tracker_that_breaks_mid_sweep_is_logged_once_and_fails_no_trial(ray_session, tmp_path, caplog):
     from tune.sweep import preflight, run
     path = tmp_path / "mlflow.db"
     d = sweep_dict("broken", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=2, epochs=2, **_direct(),

@@ -10,14 +10,12 @@ pretrained on whole items filling that canvas. Here localized features should ma
 Honest selection: the grids are fixed in this file before any run; per method the candidate with the best
 mean *validation* top-1 over the seeds is picked, and only then its test top-1 is reported (mean ± std, with
 the per-seed values). FAIR's candidates all use local features (local.beta < 1). Two controls change one
-setting of FAIR's pick: local features off (beta 1), and the frozen teacher (pseudo.teacher: frozen), run
-only when this tree's config has that key.
+setting of FAIR's pick: local features off (beta 1), and the frozen teacher (pseudo.teacher: frozen).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import logging
 import time
@@ -47,18 +45,10 @@ GRIDS = {   # fixed before the first run; do not edit after looking at results
 METHOD = {"zeroshot": "zeroshot", "wca crops": "wca", "wca tokens": "wca", "fair": "fair"}
 
 
-def has_frozen_teacher() -> bool:
-    """Whether this tree's config knows `pseudo.teacher` (added on another branch)."""
-    from fair.config import PseudoConfig
-    return "teacher" in {f.name for f in dataclasses.fields(PseudoConfig)}
-
-
 def controls(pick: dict) -> dict[str, dict]:
-    """One-setting changes of FAIR's pick: locals off; the frozen teacher when available."""
-    out = {"fair: local features off (beta 1)": {**pick, "local.beta": 1.0}}
-    if has_frozen_teacher():
-        out["fair: teacher frozen"] = {**pick, "pseudo.teacher": "frozen"}
-    return out
+    """One-setting changes of FAIR's pick: locals off; the frozen teacher."""
+    return {"fair: local features off (beta 1)": {**pick, "local.beta": 1.0},
+            "fair: teacher frozen": {**pick, "pseudo.teacher": "frozen"}}
 
 
 def _seeds_of(records: list[dict]) -> str:
@@ -106,8 +96,6 @@ def main(argv=None) -> int:
     for name, cand in controls(picked["fair"]).items():
         summ, recs = run(name, cand)
         rows.append((name, cand, summ, recs, 1))
-    if not has_frozen_teacher():
-        print("fair: teacher frozen -- awaits the pseudo.teacher merge (not in this tree)")
     zs = rows[0][2]["top1"][0]
     print(f"\nTarget: Fashion-MNIST scenes test split ({base['data']['test_per_class']} per class), seeds {seeds}, "
           f"{base['train']['epochs']} epochs x {base['train']['max_steps_per_epoch']} steps; {STANDIN_NOTE}.")

@@ -138,7 +138,7 @@ def check_resources(cluster, req, launcher: Optional[Path]) -> None:
         missing = missing_resources(req, workers)
         if missing:
             raise ClusterError(f"the sweep asks {describe(req)} per trial, but no node type of {launcher} "
-                               f"has {'; '.join(missing)}; change resources.per_worker or the node types")
+                               f"can hold {'; '.join(missing)}; change resources.per_worker or the node types")
         return
     nodes = cluster.nodes()
     if not nodes:

@@ -55,15 +55,11 @@ class NodeType:
 
 
 def missing_resources(req: Resources, nodes: list[NodeType]) -> list[str]:
-    """Human-readable reasons why no node type can hold a worker bundle of `req` (empty: it fits)."""
-    if any(n.workers_per_node(req) >= 1 for n in nodes):
-        return []
-    reasons = []
-    for k, v in req.per_worker.items():
-        best = max((float(n.resources.get(k, 0)) for n in nodes), default=0.0)
-        if best + 1e-9 < v:
-            reasons.append(f"{k} {v:g} per worker (largest node has {best:g})")
-    return reasons or [f"the bundle {req.per_worker} on one node"]
+    """Why no node of `nodes` can hold a bundle of one trial of `req` (empty: each fits one); the same check
+    `fair sweep` runs against the live cluster (tune.nodes.unplaceable)."""
+    from tune.nodes import trial_bundles, unplaceable
+    why = unplaceable(trial_bundles(req), [n.resources for n in nodes])
+    return [why] if why else []
 
 
 def totals(nodes: list[NodeType]) -> dict[str, float]:

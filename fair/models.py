@@ -37,9 +37,8 @@ def register_builtin_configs() -> None:
     open_clip.add_model_config(folder)
     _own_architectures.update(p.stem for p in folder.glob("*.json"))
     try:
-        from fair.standin import STANDIN_MODEL, STANDIN_MODEL_SMALL, register_standin_configs
-        register_standin_configs()
-        _own_architectures.update((STANDIN_MODEL, STANDIN_MODEL_SMALL))
+        from fair.standin import register_standin_configs
+        _own_architectures.update(register_standin_configs())   # every size, the scenes ones included
     except ImportError:  # the stand-in needs `transformers`; everything else works without it
         pass
     _registered = True

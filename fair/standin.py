@@ -165,8 +165,9 @@ def model_configs() -> dict[str, dict]:
     return {s.model: _model_config(s, text_dir) for s in _SETTINGS.values()}
 
 
-def register_standin_configs() -> None:
-    """Make the stand-in architectures known to open_clip (idempotent; cheap after the first call).
+def register_standin_configs() -> list[str]:
+    """Make the stand-in architectures known to open_clip (idempotent; cheap after the first call); returns
+    their names.
 
     The config holds the absolute MiniLM path of this environment, so it is built at run time and
     written to a per-user temp folder that open_clip scans (`open_clip.add_model_config`).
@@ -174,7 +175,7 @@ def register_standin_configs() -> None:
     import open_clip
     cfgs = model_configs()
     if all(open_clip.get_model_config(n) == c for n, c in cfgs.items()):
-        return
+        return list(cfgs)
     blob = json.dumps(cfgs, sort_keys=True)
     folder = Path(tempfile.gettempdir()) / (
         f"fair-standin-configs-{os.getuid() if hasattr(os, 'getuid') else 'u'}-"
@@ -185,6 +186,7 @@ def register_standin_configs() -> None:
         if not target.is_file() or json.loads(target.read_text()) != cfg:
             atomic_write_text(target, json.dumps(cfg, indent=2))  # concurrent workers never read half a file
     open_clip.add_model_config(folder)
+    return list(cfgs)
 
 
 # ------------------------------------------------------------------------------------- cache key/info

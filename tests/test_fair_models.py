@@ -134,7 +134,7 @@ def test_a_checkpoint_takes_the_preprocessing_its_architectures_tags_agree_on_an
     values, _ = resolve_preprocess(ModelConfig(name="ViT-L-14", pretrained="laion2b_s32b_b82k"))   # a tag
     assert values["mean"] == (0.5, 0.5, 0.5) and not _assumed(caplog)
     register_builtin_configs()                                       # fair's own: trained with the defaults
-    for name in ("fair-tiny-vit", "fair-standin-minilm-small"):
+    for name in ("fair-tiny-vit", "fair-standin-minilm-small", "fair-standin-minilm-scenes-small"):
         values, _ = resolve_preprocess(ModelConfig(name=name, pretrained=ckpt))
         assert values["mean"] == pytest.approx(CLIP_MEAN) and not _assumed(caplog)
 

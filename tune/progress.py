@@ -11,6 +11,8 @@ from typing import Optional
 
 from ray.tune import Callback
 
+from tune.studies import FINAL, stage_of
+
 log = logging.getLogger("tune.progress")
 # What a completed trial's line shows: validation only, so that what to try next is chosen on validation;
 # test accuracy is in the record and the tables (`fair sweep --show-test` adds it here).
@@ -73,7 +75,7 @@ class ProgressLog(Callback):
     @staticmethod
     def _name(trial) -> str:
         c = trial.config
-        final = f" final seed {c.get('seed')} of {c.get('picked_from')}" if c.get("stage") == "final" else ""
+        final = f" final seed {c.get('seed')} of {c.get('picked_from')}" if stage_of(c) == FINAL else ""
         return f"{trial.trial_id} [{c.get('study', '?')}{final}]"
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -93,7 +95,7 @@ class ProgressLog(Callback):
         r = trial.last_result or {}
         obj = r.get("objective")
         d = trial.config.get("study", "?")
-        search = trial.config.get("stage") != "final"   # a re-run of the pick is no new best
+        search = stage_of(trial.config) != FINAL   # a re-run of the pick is no new best
         if obj is not None and finished_result(r) and search:   # a stopped trial's epoch objective is no result
             better = d not in self.best or (obj > self.best[d][0] if self.mode == "max" else obj < self.best[d][0])
             if better:
@@ -139,7 +141,7 @@ class ProgressLog(Callback):
             row = rows.setdefault(d, {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0})
             status = "PAUSED" if t.trial_id in cut and t.status == "TERMINATED" else t.status   # resumes later
             row[status] = row.get(status, 0) + 1
-            final = status == "TERMINATED" and finished_result(t.last_result) and t.config.get("stage") != "final"
+            final = status == "TERMINATED" and finished_result(t.last_result) and stage_of(t.config) != FINAL
             obj = (t.last_result or {}).get("objective") if final else None
             if obj is not None:
                 cur: Optional[tuple] = row.get("best")

@@ -36,6 +36,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.studies import FINAL, SEARCH, stage_of
+
 log = logging.getLogger("tune.searcher")
 METRIC = "objective"   # what every report carries: the sweep's objective (val_top1 or head_agreement)
 LATE_ATTR = "resumed_trial_id"   # user attr of a study trial added for a trial that errored, then resumed
@@ -65,7 +67,6 @@ def make_sampler(kind: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-SEARCH, FINAL = "search", "final"   # a trial's `stage` (its Tune config and its record)
 
 
 class StudySearcher(Searcher):
@@ -221,7 +222,7 @@ class StudySearcher(Searcher):
         return max(values, key=lambda t: sign * values[t])
 
     def stage(self, trial_id: str) -> str:
-        return (self.configs.get(trial_id) or {}).get("stage", SEARCH)
+        return stage_of(self.configs.get(trial_id))
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
         k = self.owner.get(trial_id)
@@ -456,4 +457,5 @@ class PerStudyASHA(FIFOScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "SEARCH", "FINAL", "TrialScheduler", "outcome"]
+__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "SEARCH", "FINAL", "TrialScheduler", "outcome",
+           "stage_of"]

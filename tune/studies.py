@@ -54,6 +54,15 @@ def check_method(method: Any) -> str:
     return method
 
 
+SEARCH, FINAL = "search", "final"   # a trial's `stage` in a study (its Tune config and its record)
+
+
+def stage_of(config: dict | None) -> str:
+    """The stage of a trial from its Tune config: FINAL for a final-seed re-run of the study's pick, else
+    SEARCH."""
+    return (config or {}).get("stage") or SEARCH
+
+
 def study_key(method: str, dataset: str) -> str:
     return f"{method}/{dataset}"
 

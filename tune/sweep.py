@@ -231,20 +231,18 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
 
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
-    from tune.searcher import FINAL
+    from tune.searcher import FINAL, stage_of
     res = SweepResult(cfg.name, uri, len(grid))
     try:
         cut_ids = set(sweep_storage.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])
     except Exception:  # noqa: BLE001 - no state written (the run ended before Tune started)
         cut_ids = set()
     sign = 1 if cfg.objective.mode == "max" else -1
-    searched = {k: 0 for k in cfg.studies}       # search trials in the grid, per study
     picked = set()                              # studies with a completed search trial (finals to come)
     for r in grid:
         m, config = r.metrics or {}, r.config or {}
         k = config.get("study", "?")
-        final = config.get("stage") == FINAL
-        searched[k] = searched.get(k, 0) + (not final)
+        final = stage_of(config) == FINAL
         if r.error is not None:
             res.errored.append(m.get("trial_id") or str(r.path))
             res.errored_by[k] = res.errored_by.get(k, 0) + 1

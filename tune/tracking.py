@@ -39,7 +39,7 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
 from fair.errors import FairError
-from tune.studies import split_study
+from tune.studies import split_study, stage_of
 
 log = logging.getLogger("tune.tracking")
 EXTRA = "pip install 'fair-sweeps[track]'"
@@ -170,7 +170,7 @@ class SweepRuns:
 
     def tags(self, trial) -> dict:
         return {"sweep": self.sweep, "method": self.method(trial), "dataset": self.dataset(trial),
-                "stage": (trial.config or {}).get("stage") or "search", "trial_id": trial.trial_id,
+                "stage": stage_of(trial.config), "trial_id": trial.trial_id,
                 "git_commit": self.git_commit or "unknown"}
 
     @staticmethod

@@ -269,10 +269,10 @@ def stamp_record(record: dict, plan: TrialPlan, trial_id: str, config: dict) -> 
     sweep, trial and study, and its `stage` ("search", or "final" for a re-run of the study's picked
     configuration, which also names that search trial in `picked_from`). `method`, `dataset` and `seed`
     are the record's own (its config's)."""
-    from tune.searcher import FINAL, SEARCH
+    from tune.searcher import FINAL, stage_of
     record["run_id"] = trial_id
     record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": config["study"]}
-    record["stage"] = config.get("stage") or SEARCH
+    record["stage"] = stage_of(config)
     if record["stage"] == FINAL:
         record["picked_from"] = config["picked_from"]
     return record

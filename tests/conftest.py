@@ -68,7 +68,48 @@ def ray_state() -> str:
                          f"bundles={[b.get('unit_resources') for b in (pg.bundles or [])]}")
     except Exception as e:  # noqa: BLE001 - a diagnosis must never fail the test run
         lines.append(f"ray state API: {type(e).__name__}: {e}")
+    lines += tune_state() + actor_stacks()
     return "\n".join(lines)
+
+
+def tune_state() -> list[str]:
+    """Tune's own view in this process: each trial's status and actor, and what its event loop waits on."""
+    import gc
+    lines = []
+    try:
+        for ctrl in [o for o in gc.get_objects() if type(o).__name__ == "TuneController"]:
+            for t in ctrl.get_trials():
+                lines.append(f"tune trial {t.trial_id} {t.status} actor={t.temporary_state.ray_actor} "
+                             f"last_epoch={(t.last_result or {}).get('epoch')} staged={t in ctrl._staged_trials}")
+            am = ctrl._actor_manager
+            lines.append(f"tune actor manager: {am.num_live_actors} live, {am.num_pending_actors} pending; "
+                         f"awaits {len(am._resource_manager.get_resource_futures())} resource, "
+                         f"{len(am._actor_state_events.get_futures())} actor-state, "
+                         f"{len(am._actor_task_events.get_futures())} task futures")
+    except Exception as e:  # noqa: BLE001
+        lines.append(f"tune state: {type(e).__name__}: {e}")
+    return lines
+
+
+def actor_stacks() -> list[str]:
+    """py-spy stacks of this machine's live Tune and Train actors (the trial drivers and controllers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        return []
+    from ray.util import state
+    lines = []
+    try:
+        for a in state.list_actors(filters=[("state", "=", "ALIVE")], limit=200, raise_on_missing_output=False):
+            if a.pid and a.class_name in ("ImplicitFunc", "TrainController", "RayTrainWorker"):
+                out = subprocess.run([str(py_spy), "dump", "--pid", str(a.pid)], capture_output=True, text=True,
+                                     timeout=30)
+                lines.append(f"--- py-spy {a.class_name} pid={a.pid}\n{out.stdout}{out.stderr}")
+    except Exception as e:  # noqa: BLE001
+        lines.append(f"py-spy: {type(e).__name__}: {e}")
+    return lines
 
 
 @pytest.hookimpl(hookwrapper=True)

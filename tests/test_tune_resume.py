@@ -44,14 +44,16 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner
     assert df["final_test_top1"].iloc[-1] is not None
 
 
-@pytest.mark.parametrize("runner", ["trainer", "direct"])
-def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path, runner):
+def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_path):
+    """What a killed driver loses is the driver's (Tune's experiment state, the searcher's budget, the
+    studies), the same for both runners; the `trainer` runner's own resume (its Train run found again under
+    the trial's name) is what the killed-worker and errored-trial tests check for it."""
     storage = str(tmp_path / "sweeps")
     # one trial at a time, one per dataset: the kill lands between studies (the second trial in flight or
     # not yet suggested), so the resume must restore both the trial and the searcher's budget. A direct
-    # trial starts in a second or two, so it gets more epochs to still be running when the kill lands.
-    d = sweep_dict("driver", storage, trials=1, epochs=1 if runner == "trainer" else 4,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner})
+    # trial starts in a second or two, so it gets 4 epochs to still be running when the kill lands.
+    d = sweep_dict("driver", storage, trials=1, epochs=4,
+                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
     d["budget"]["max_concurrent"] = 1
     sweep_file, log, first = kill_driver_after_first_record(d, ray_session, tmp_path, timeout=150)
     time.sleep(2)                                                    # let Ray reap the dead job's actors

@@ -10,7 +10,8 @@ pretrained on whole items filling that canvas. Here localized features should ma
 Honest selection: the grids are fixed in this file before any run; per method the candidate with the best
 mean *validation* top-1 over the seeds is picked, and only then its test top-1 is reported (mean ± std, with
 the per-seed values). FAIR's candidates all use local features (local.beta < 1). Two controls change one
-setting of FAIR's pick: local features off (beta 1), and the frozen teacher (pseudo.teacher: frozen).
+setting of FAIR's pick: local features off (beta 1), and the frozen teacher (pseudo.teacher: frozen); two
+change how WCA's and FAIR's picks rank the locals (local.select: anchors, by their best match to W_fix).
 """
 from __future__ import annotations
 
@@ -45,10 +46,15 @@ GRIDS = {   # fixed before the first run; do not edit after looking at results
 METHOD = {"zeroshot": "zeroshot", "wca crops": "wca", "wca tokens": "wca", "fair": "fair"}
 
 
-def controls(pick: dict) -> dict[str, dict]:
-    """One-setting changes of FAIR's pick: locals off; the frozen teacher."""
-    return {"fair: local features off (beta 1)": {**pick, "local.beta": 1.0},
-            "fair: teacher frozen": {**pick, "pseudo.teacher": "frozen"}}
+def controls(picked: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+    """One-setting changes of the picks, {name: (method, candidate)}: FAIR with locals off, with the frozen
+    teacher, and WCA crops and FAIR with the locals ranked by the fixed head (local.select: anchors) instead
+    of by their likeness to the whole image."""
+    fair, wca = picked["fair"], picked["wca crops"]
+    return {"fair: local features off (beta 1)": ("fair", {**fair, "local.beta": 1.0}),
+            "fair: teacher frozen": ("fair", {**fair, "pseudo.teacher": "frozen"}),
+            "wca crops: locals ranked by W_fix": ("wca", {**wca, "local.select": "anchors"}),
+            "fair: locals ranked by W_fix": ("fair", {**fair, "local.select": "anchors"})}
 
 
 def _seeds_of(records: list[dict]) -> str:
@@ -76,8 +82,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, picked, log_lines = [], {}, []
 
-    def run(name: str, cand: dict) -> tuple[dict, list[dict]]:
-        recs = [run_one(base, METHOD.get(name, "fair"), cand, s, out) for s in seeds]
+    def run(name: str, cand: dict, method: str) -> tuple[dict, list[dict]]:
+        recs = [run_one(base, method, cand, s, out) for s in seeds]
         summ = summarise(recs)
         line = f"  {name:10s} {json.dumps(cand)} val {fmt(summ['val'])} ({time.perf_counter() - t0:.0f} s)"
         print(line, flush=True)
@@ -88,13 +94,13 @@ def main(argv=None) -> int:
     for name, grid in GRIDS.items():
         best = None
         for cand in grid:
-            summ, recs = run(name, cand)
+            summ, recs = run(name, cand, METHOD[name])
             if best is None or summ["val"][0] > best[1]["val"][0]:    # validation picks; test never looked at
                 best = (cand, summ, recs)
         picked[name] = best[0]
         rows.append((name, best[0], best[1], best[2], len(grid)))
-    for name, cand in controls(picked["fair"]).items():
-        summ, recs = run(name, cand)
+    for name, (method, cand) in controls(picked).items():
+        summ, recs = run(name, cand, method)
         rows.append((name, cand, summ, recs, 1))
     zs = rows[0][2]["top1"][0]
     print(f"\nTarget: Fashion-MNIST scenes test split ({base['data']['test_per_class']} per class), seeds {seeds}, "

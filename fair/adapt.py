@@ -196,7 +196,8 @@ def baseline_metrics(cfg: FairConfig, setup: Setup, data: PreparedData) -> dict:
     if heads.w_desc is not None:
         predictors["wca"] = lambda f, fl: s_fix(fl, heads.w_desc)
     preds, bad = engine.predict(setup.student.visual, data.test, predictors, cfg, setup.device, setup.views,
-                                need_locals="wca" in predictors, desc="baselines", progress=setup.progress)
+                                need_locals="wca" in predictors, desc="baselines", progress=setup.progress,
+                                w_fix=heads.w_fix)
     metrics = {}
     for k, (p, y) in preds.items():
         metrics[f"{k}_top1"], metrics[f"{k}_mean_per_class"] = engine.accuracy(p, y, len(data.classnames))
@@ -278,7 +279,7 @@ def final_metrics(cfg: FairConfig, setup: Setup, data: PreparedData, rows: list[
     need_locals = setup.heads.use_locals and any(k != "global" for k in predictors)
     evaluate = lambda images, desc: engine.predict(  # noqa: E731
         setup.student.visual, images, predictors, cfg, setup.device, setup.views, need_locals, desc=desc,
-        progress=setup.progress)[0]
+        progress=setup.progress, w_fix=setup.heads.w_fix)[0]
     val_preds = evaluate(data.val, "val") if len(data.val) else {}
     test_preds = evaluate(data.test, "test")
     C, metrics = len(data.classnames), dict(baselines)

@@ -77,6 +77,10 @@ class LocalConfig:
     crop_max: float = 0.8
     top_k: int = 4                         # keep the top_k locals most similar to the global feature
     tau_local: float = 10.0                # a_i = softmax(tau_local * cos(f_i, f))
+    select: Literal["global", "anchors"] = "global"   # relevance of a local: cos to f(x) (spec, WCA), or its
+    #                                        best cos to the fixed head W_fix (the locals that look like some
+    #                                        class: for small objects in clutter, where the locals most like
+    #                                        the whole image are background; docs/standin.md)
     beta: float = 0.0                      # f_mix = normalize(beta * f + (1 - beta) * f_loc)
 
 

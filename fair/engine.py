@@ -176,12 +176,13 @@ def teacher_features(visual, images, cfg: FairConfig, heads: Heads, generator, l
     if not heads.use_locals:
         f = local.encode(visual, images)
         return f, f
-    return pooled_local_features(visual, images, cfg, generator, local_k, crops)
+    return pooled_local_features(visual, images, cfg, generator, local_k, crops, heads.w_fix)
 
 
 def pooled_local_features(visual, images, cfg: FairConfig, generator, local_k: int,
-                          crops: torch.Tensor | None = None):
-    """(f [B, D], f_loc [B, D]): global and pooled local features, from given crops or fair.local's."""
+                          crops: torch.Tensor | None = None, w_fix: torch.Tensor | None = None):
+    """(f [B, D], f_loc [B, D]): global and pooled local features, from given crops or fair.local's.
+    `w_fix`: the fixed head, which ranks the locals under `local.select: anchors`."""
     if crops is not None and cfg.local.source == "crops":
         B, K = crops.shape[:2]
         feats = local.encode(visual, torch.cat([images, crops.flatten(0, 1)]))   # one batched forward pass
@@ -189,7 +190,17 @@ def pooled_local_features(visual, images, cfg: FairConfig, generator, local_k: i
     else:
         f, locs = local.local_features(visual, images, cfg.local.source, local_k, cfg.local.crop_min,
                                        cfg.local.crop_max, generator)
-    return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local)
+    w_select = select_head(cfg, w_fix)
+    return f, local.pool_locals(f, locs, cfg.local.top_k, cfg.local.tau_local, w_select)
+
+
+def select_head(cfg: FairConfig, w_fix: torch.Tensor | None) -> torch.Tensor | None:
+    """The head that ranks locals (`local.select: anchors`: W_fix), or None (`global`: cos to f(x))."""
+    if cfg.local.select == "global":
+        return None
+    if w_fix is None:
+        raise FairError("local.select: anchors needs the fixed head W_fix here; pass it (fair.engine.Heads.w_fix)")
+    return w_fix
 
 
 def pipeline_crops(cfg: FairConfig, need_locals: bool, k: int) -> int:
@@ -315,10 +326,12 @@ def train_one_epoch(tr: Training, loader, epoch: int, pipeline=None, progress: b
 
 @torch.no_grad()
 def predict(visual: nn.Module, images, predictors: dict[str, Predictor], cfg: FairConfig, device, views,
-            need_locals: bool, desc: str = "eval", progress: bool = True) -> tuple[dict, int]:
+            need_locals: bool, desc: str = "eval", progress: bool = True,
+            w_fix: torch.Tensor | None = None) -> tuple[dict, int]:
     """Run `visual` over an ImageSet once; returns {predictor: (pred, labels)} and the bad-image count.
 
-    Crops use a fixed generator so evaluation is repeatable. `views`: a pipeline
+    Crops use a fixed generator so evaluation is repeatable; `w_fix` ranks the locals under
+    `local.select: anchors`. `views`: a pipeline
     (fair.data.views.PilPipeline, fair.data.device_views.DevicePipeline) or a build_views() dict.
     """
     visual.eval()
@@ -337,7 +350,7 @@ def predict(visual: nn.Module, images, predictors: dict[str, Predictor], cfg: Fa
                                           cfg.local.crop_max)
         with autocast(cfg.model.precision, device):
             if need_locals:
-                f, f_loc = pooled_local_features(visual, x, cfg, gen, cfg.eval.local_views, crops)
+                f, f_loc = pooled_local_features(visual, x, cfg, gen, cfg.eval.local_views, crops, w_fix)
             else:
                 f = local.encode(visual, x)
                 f_loc = f

@@ -97,12 +97,20 @@ def local_features(visual: nn.Module, images: torch.Tensor, source: str, k: int,
 
 
 @full_precision
-def pool_locals(f_global: torch.Tensor, f_locals: torch.Tensor, top_k: int, tau_local: float) -> torch.Tensor:
-    """f_loc = normalize(sum_i a_i f_i) over the top_k locals most similar to f(x), a = softmax(tau * cos);
-    in fp32 (its softmax weights, like the scores, must not round)."""
-    cos = torch.einsum("bld,bd->bl", f_locals, f_global)
+def pool_locals(f_global: torch.Tensor, f_locals: torch.Tensor, top_k: int, tau_local: float,
+                w_select: torch.Tensor | None = None) -> torch.Tensor:
+    """f_loc = normalize(sum_i a_i f_i) over the top_k most relevant locals, a = softmax(tau * relevance);
+    in fp32 (its softmax weights, like the scores, must not round).
+
+    Relevance is cos(f_i, f(x)) (spec §3, as WCA: the locals most like the whole image), or with `w_select`
+    [C, D] (`local.select: anchors`) max_c cos(f_i, w_select[c]): the locals that best match some class's
+    prior. On a small object in clutter the locals most like the whole image are background (docs/standin.md)."""
+    if w_select is None:
+        rel = torch.einsum("bld,bd->bl", f_locals, f_global)
+    else:
+        rel = torch.einsum("bld,cd->blc", f_locals, w_select).amax(-1)
     k = min(top_k, f_locals.shape[1])
-    top, idx = cos.topk(k, dim=1)
+    top, idx = rel.topk(k, dim=1)
     a = torch.softmax(tau_local * top, dim=1)
     chosen = torch.gather(f_locals, 1, idx.unsqueeze(-1).expand(-1, -1, f_locals.shape[-1]))
     return F.normalize((a.unsqueeze(-1) * chosen).sum(1), dim=-1)

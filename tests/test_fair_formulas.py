@@ -111,6 +111,20 @@ def test_pool_locals_top_k_and_mix():
     assert torch.allclose(mix(f, one, 0.0), one) and torch.allclose(mix(f, locs[:, 1], 1.0), f)
 
 
+def test_pool_locals_by_anchors_keeps_the_locals_that_match_a_class_not_the_image():
+    """local.select: anchors ranks locals by their best cos to W_fix: here the background local (most like
+    f) loses to the object-like one, and the weights are softmax(tau * best cos), computed by hand."""
+    f = torch.tensor([[1.0, 0.0, 0.0]])                                  # the whole image: mostly background
+    locs = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.6, 0.8, 0.0]]])   # background, object, half
+    w_fix = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])            # two classes' fixed head rows
+    one = pool_locals(f, locs, top_k=1, tau_local=5.0, w_select=w_fix)
+    assert torch.allclose(one, locs[:, 1])                               # best cos 0.8 (class 0); bg: 0
+    assert torch.allclose(pool_locals(f, locs, top_k=1, tau_local=5.0), locs[:, 0])   # spec rule: bg
+    two = pool_locals(f, locs, top_k=2, tau_local=2.0, w_select=w_fix)   # locals 1 and 2 (0.8 each): tie
+    a = torch.softmax(torch.tensor([1.6, 1.6]), 0)
+    assert torch.allclose(two, F.normalize(a[0] * locs[0, 1] + a[1] * locs[0, 2], dim=-1).unsqueeze(0), atol=1e-6)
+
+
 def test_crops_stay_inside_the_image_and_have_the_input_size():
     g = torch.Generator().manual_seed(0)
     boxes = crop_boxes(3, 5, 32, 48, 0.4, 0.8, g)

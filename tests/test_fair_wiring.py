@@ -84,6 +84,24 @@ def test_the_teacher_scores_f_loc_with_the_fixed_head_and_f_mix_with_the_anchors
         assert not torch.allclose(learned, anchors(_f_mix(f_loc, f, beta)), atol=1e-3)
 
 
+def test_anchor_selection_pools_the_locals_the_fixed_head_ranks_first(tiny_cfg):
+    """local.select: anchors: the teacher's f_loc keeps the locals with the best cos to W_fix (top_k 1 of 8
+    crops), in training and in evaluation; the spec's rule (cos to f) would keep another crop here."""
+    cfg, setup, tr = _training(_config(tiny_cfg, local={"select": "anchors", "top_k": 1, "num_crops": 8}))
+    weak, _ = _views(0)
+    fixed, _ = engine.teacher_scores(tr, weak, _gen())
+    w_fix = setup.heads.w_fix
+    with torch.no_grad():
+        f, locs = local.crop_features(setup.student.visual, weak, 8, cfg.local.crop_min, cfg.local.crop_max, _gen())
+        best = torch.einsum("bld,cd->blc", locs, w_fix).amax(-1).argmax(1)
+        f_loc = locs[torch.arange(len(weak)), best]
+        assert torch.allclose(fixed, f_loc @ w_fix.t(), atol=1e-5)
+        by_image = torch.einsum("bld,bd->bl", locs, f).argmax(1)
+        assert (by_image != best).any()                    # the test can fail: the spec's rule differs here
+        _, f_eval = engine.pooled_local_features(setup.student.visual, weak, cfg, _gen(), 8, None, w_fix)
+        assert torch.allclose(f_eval, f_loc, atol=1e-5)
+
+
 class _Spy:
     """What a spied adapt() run saw: its set-up, each training step, each evaluation."""
 

@@ -291,14 +291,22 @@ def run_trial_direct(config: dict, plan: TrialPlan) -> None:
 
 
 def run_trial(config: dict, plan: TrialPlan) -> None:
-    """The Tune trial (runner `trainer`): fit a TorchTrainer whose workers run adapt()."""
+    """The Tune trial (runner `trainer`): fit a TorchTrainer whose workers run adapt(); their reports reach
+    Tune through tune.train_reports."""
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from tune.train_reports import ForwardReports, fit_and_forward
 
     payload = _payload(config, plan)
     trial_id = payload["trial_id"]
     backend = plan.backend if plan.backend != "auto" else ("nccl" if plan.use_gpu else "gloo")
+    # on this trial's node, like the Train controller: it shares their fate when a node is lost
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=payload,
@@ -313,7 +321,10 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
             failure_config=ray.train.FailureConfig(max_failures=plan.worker_max_failures,
                                                    controller_failure_limit=plan.controller_failure_limit),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
-            callbacks=[TuneReportCallback()],
+            callbacks=[ForwardReports(queue)],
         ),
     )
-    trainer.fit()
+    try:
+        fit_and_forward(trainer, queue)
+    finally:
+        ray.kill(queue.actor)

@@ -204,6 +204,7 @@ def test_bad_spaces_give_one_line_errors(space, words, tmp_path, capsys):
     ({"search": {"sampler": "cmaes"}}, ["tpe"]),
     ({"resources": {"runner": "ray"}}, ["trainer or direct"]),
     ({"resources": {"runner": "direct", "num_workers": 2}}, ["num_workers must be 1"]),
+    ({"ray": {"reuse_actors": True}}, ["ray.reuse_actors", "runner direct"]),
     # typed by fair.config.build, as FairConfig is: types, allowed values, did-you-mean
     ({"budget": {"trials_per_dataset": 2, "epochs": "two"}}, ["budget.epochs", "integer"]),
     ({"resources": {"backend": "ncl"}}, ["resources.backend", "did you mean 'nccl'"]),

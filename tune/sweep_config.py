@@ -309,6 +309,9 @@ def check_values(cfg: SweepConfig) -> None:
             "request); use 0.01")
     require(r.runner != "direct" or r.num_workers == 1, "sweep key 'resources.runner' is direct (adapt() runs "
             "inside the trial process), so resources.num_workers must be 1; use runner trainer for DDP across workers")
+    require(not cfg.ray.reuse_actors or r.runner == "direct", "sweep key 'ray.reuse_actors' is true but "
+            "resources.runner is trainer: a stopped trial's Train run could outlive it in the reused process; "
+            "use runner direct (single-worker trials) or reuse_actors false")
     from tune.optuna_storage import check_value
     check_value(cfg.optuna.storage)
     require(r.backend != "nccl" or r.use_gpu, "sweep key 'resources.backend' is nccl but resources.per_worker "

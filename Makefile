@@ -60,7 +60,7 @@ demo: $(STAMP) fashion-mnist
 TEST_WORKERS ?= 2
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/lint-imports --no-cache --no-logo
-	$(PY) -m pytest --timeout=900 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest --timeout=900 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 clean:
 	rm -rf runs sweeps results_out

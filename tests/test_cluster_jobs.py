@@ -120,8 +120,10 @@ def _fair(argv, capsys):
 
 def test_submit_smoke_sweep_and_find_records(head, tmp_path, capsys):
     storage = tmp_path / "store"
+    # runner direct: what is tested is the submission path; the trainer runner's sweeps are other tests'
     rc, out, err = _fair(["cluster", "submit", "--address", head, "--config", "configs/sweeps/demo.yaml",
-                          "--smoke-test", "--storage", str(storage), "--follow"], capsys)
+                          "--smoke-test", "--storage", str(storage), "--set", "resources.runner=direct",
+                          "--follow"], capsys)
     job_id = out.splitlines()[0]
     assert rc == 0, err[-3000:] + out[-3000:]
     assert job_id.startswith("raysubmit_") and f"job {job_id} SUCCEEDED" in err

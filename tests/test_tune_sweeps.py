@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, tmp_path):
     from tune.sweep import preflight, run
     storage = f"s3://{use_s3.bucket}/t-{uuid.uuid4().hex[:6]}" if use_s3 else str(tmp_path / "sweeps")
-    cfg = load_sweep(None, mapping=sweep_dict("two", storage))
+    # runner direct: the trainer runner's sweeps (S3, a lost node, resumes, autoscaling) are in
+    # test_tune_multinode, test_tune_resume and test_tune_autoscaling; here 6 trials x ~10 s of Train start-up
+    cfg = load_sweep(None, mapping=sweep_dict("two", storage, resources={
+        "num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"}))
     uri = preflight(cfg)
     t = time.monotonic()
     result = run(cfg, uri)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tune.ray_session import free_ports
+
 HEAD_ARGS = {"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
              "object_store_memory": 100 * 2**20}
 GPU_NODE = {"num_cpus": 2, "num_gpus": 1, "resources": {"gpu-small": 1}, "object_store_memory": 100 * 2**20}
@@ -32,19 +34,6 @@ AUTOSCALING_TYPES = {
     "gpu-large": {"resources": {"CPU": 4, "GPU": 2, "gpu-large": 1, "object_store_memory": 100 * 2**20},
                   "node_config": {}, "min_workers": 0, "max_workers": 1},
 }
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports from the OS's ephemeral range (outside Ray's worker range 10002-19999)."""
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def head_ports_args(gcs: int, dashboard: int) -> list[str]:

@@ -290,10 +290,8 @@ def test_submit_config_outside_working_dir(tmp_path, capsys):
 
 
 def test_unreachable_address_is_one_line(capsys):
-    import socket
-    with socket.socket() as s:          # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        addr = f"http://127.0.0.1:{s.getsockname()[1]}"
+    from tune.ray_session import free_port
+    addr = f"http://127.0.0.1:{free_port()}"          # a port nothing listens on
     for argv in (["status", "raysubmit_x"], ["list"],
                  ["submit", "--config", str(ROOT / "configs/sweeps/demo.yaml")]):
         rc, _, err = _fair(["cluster", *argv, "--address", addr], capsys)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.multinode import free_ports, head_ports_args
+from tests.multinode import head_ports_args
+from tune.ray_session import free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -297,11 +297,10 @@ def _ddp_worker(rank, port, cfg_dict, run_dir, out):
 @pytest.mark.parametrize("method", ["fair", "dpa"])
 def test_two_processes_run_one_adaptation_with_ddp(tiny_cfg, tmp_path, method):
     """The path Ray Train workers take: torch.distributed initialised, the library shards and wraps DDP."""
-    import socket
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
+    from tune.ray_session import free_port
+    port = free_port()
     out = mp.Manager().dict()
     cfg = {**tiny_cfg, "method": method, "train": {**tiny_cfg["train"], "epochs": 1}}
     mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path / "ddp"), out), nprocs=2, join=True)

@@ -319,10 +319,8 @@ def test_a_refused_key_a_missing_key_and_no_server_are_one_line_errors(llm, tmp_
                  "--base-url", llm.url, "--out", str(out), "--quiet"]) == 2  # no /v1
     assert "HTTP 404 (does --base-url end in /v1?): no route /chat/completions" in _error_line(capsys)
 
-    import socket
-    with socket.socket() as s:  # a loopback port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tune.ray_session import free_port
+    port = free_port()  # a loopback port with nothing listening
     assert _generate(root, out, f"http://127.0.0.1:{port}", "--backoff", "0.001") == 2
     assert "unreachable" in _error_line(capsys)
 

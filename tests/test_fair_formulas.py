@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from fair.local import crop_boxes, mix, pool_locals, random_crops, token_feature
 from fair.losses import fairness_term, student_loss
 from fair.pseudo_labels import gamma_at, pseudo_labels
 from fair.weighting import ambiguity_weights
+from tune.ray_session import free_port
 
 
 def test_agreement_weight_is_one_when_both_heads_agree():
@@ -213,11 +213,8 @@ def test_loss_is_the_same_for_one_batch_of_8_and_two_processes_of_4():
     y, w = torch.randint(0, 5, (8,)), torch.rand(8)
     single, grad = _loss_and_param_grad(x, theta, y, w)
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(port, x, theta, y, w, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), x, theta, y, w, out), nprocs=2, join=True)
     for r in range(2):
         assert out[r]["value"] == pytest.approx(single.value.item(), rel=1e-5)
         assert torch.allclose(out[r]["grad"], grad, atol=1e-6)
@@ -362,12 +359,6 @@ def test_tent_loss_by_hand():
     assert entropy(torch.tensor([1.0, 0.0])).item() == 0.0              # 0 log 0 = 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dpa_tent_objectives(x, theta, y, w, a):
     """dpa's loss, tent's loss and the aligned text probabilities of logits x @ theta, with the gradients of
     both losses w.r.t. the shared parameter theta (the alignment logits a @ theta: the same on every process)."""
@@ -423,7 +414,7 @@ def test_dpa_and_tent_terms_are_the_same_for_one_batch_of_8_and_two_processes_of
     bank.write(torch.tensor([0]), x[7:8] * 2, torch.tensor([1]))
     want_p = image_prototypes(bank.features, bank.labels, theta.t())
     out = mp.Manager().dict()
-    mp.spawn(_dpa_worker, args=(_free_port(), x, theta, y, w, a, out), nprocs=2, join=True)
+    mp.spawn(_dpa_worker, args=(free_port(), x, theta, y, w, a, out), nprocs=2, join=True)
     for r in range(2):
         for name in ("dpa", "tent"):
             assert out[r][name][0] == pytest.approx(single[name][0], rel=1e-5), name

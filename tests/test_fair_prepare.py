@@ -488,10 +488,8 @@ def test_unreachable_source_names_the_url_and_the_way_out(monkeypatch, tmp_path,
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()                                                      # nothing listens there
+    from tune.ray_session import free_port
+    port = free_port()                                                # nothing listens there
     monkeypatch.setattr(download, "ATTEMPTS", 1)
     assert run("prepare", "cub200", "--root", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}", "--quiet") == 2
     err = capsys.readouterr().err.strip()

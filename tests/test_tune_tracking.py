@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import socket
 import sqlite3
 import struct
 import threading
@@ -19,6 +18,7 @@ import pytest
 from fair.errors import FairError
 from tests.sweeps import sweep_dict
 from tune import storage as sweep_storage
+from tune.ray_session import free_port
 from tune.sweep_config import load_sweep
 
 
@@ -51,9 +51,7 @@ def test_a_tracker_whose_package_is_missing_names_the_extra(tmp_path, monkeypatc
 
 def test_an_unreachable_mlflow_server_is_refused_before_anything_starts(tmp_path):
     from tune.sweep import preflight
-    with socket.socket() as s:                               # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()                                       # a port nobody listens on
     uri = f"http://user:secret@127.0.0.1:{port}"
     cfg = load_sweep(None, mapping=sweep_dict("down", str(tmp_path), tracking={"mlflow": {"tracking_uri": uri}}))
     t = time.monotonic()

@@ -43,10 +43,21 @@ def set_env_defaults(ray_opts=None, local: bool = True) -> dict:
     return train_env
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports from the OS's ephemeral range (outside Ray's worker range 10002-19999)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """One free loopback port (free_ports)."""
+    return free_ports(1)[0]
 
 
 def init(address: str | None, ray_opts) -> bool:

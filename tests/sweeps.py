@@ -28,11 +28,11 @@ SPACE = {"anchors.mode": {"choice": ["prototype", "set"]},
 
 
 def sweep_dict(name: str, storage: str, datasets=("fashion_mnist", "fashion_mnist_shifted"), trials=2,
-               epochs=1, final_seeds=1, **over) -> dict:
+               epochs=1, final_seeds=1, runner: str = "trainer", **over) -> dict:
     d = {"name": f"{name}-{uuid.uuid4().hex[:6]}", "datasets": list(datasets), "base": BASE, "space": SPACE,
          "budget": {"trials_per_dataset": trials, "epochs": epochs, "max_steps_per_epoch": 2,
                     "max_concurrent": 2, "final_seeds": final_seeds},
-         "resources": {"num_workers": 1, "per_worker": {"CPU": 1}},
+         "resources": {"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner},
          "storage": storage,
          "ray": {"worker_start_timeout_s": 30, "controller_failure_limit": 0, "summary_every_s": 3600}}
     d.update(over)

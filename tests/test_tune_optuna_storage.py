@@ -178,7 +178,7 @@ def test_a_sweeps_studies_load_back_with_the_records_trial_states(ray_session, t
     import optuna
     from tune.sweep import preflight, run
     d = sweep_dict("ostore", str(tmp_path / "sweeps"), trials=3, epochs=2,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"},
+                   runner="direct",
                    space={**SPACE, "train.lr": {"loguniform": [1.0e-5, 1.0]}}, faults={"crash_worker_in_epoch": 2},
                    ray={"summary_every_s": 3600, "trial_max_failures": 0, "worker_max_failures": 0})
     d["budget"].update(max_concurrent=1, early_stopping={"grace_period": 1, "reduction_factor": 2})
@@ -203,7 +203,7 @@ def test_killed_driver_resumes_the_same_studies_one_trial_each(ray_session, tmp_
     trial per search trial (none told twice, none lost), all finished, matching the records."""
     storage = str(tmp_path / "sweeps")
     d = sweep_dict("okill", storage, trials=2, epochs=3,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+                   runner="direct")
     d["budget"]["max_concurrent"] = 1
     sweep_file, log, _ = kill_driver_after_first_record(d, ray_session, tmp_path, timeout=180)
     time.sleep(2)                                                    # let Ray reap the dead job's actors
@@ -228,7 +228,7 @@ def test_an_s3_sweeps_studies_are_copied_into_its_storage_with_each_snapshot(ray
     from tune.sweep import preflight, run
     monkeypatch.setattr(optuna_storage, "CACHE", tmp_path / "cache")
     d = sweep_dict("os3", f"s3://{s3_server.bucket}/o-{uuid.uuid4().hex[:6]}", datasets=["fashion_mnist"],
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+                   runner="direct")
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg, data_check=False)
     assert not run(cfg, uri).errored

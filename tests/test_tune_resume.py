@@ -28,7 +28,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, runner
     from tune.sweep import preflight, run
     d = sweep_dict("crash", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=1, epochs=3,
                    faults={"crash_worker_in_epoch": 2},
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner})
+                   runner=runner)
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg)
     result = run(cfg, uri)
@@ -53,7 +53,7 @@ def test_killed_driver_resumes_with_every_trial_recorded_once(ray_session, tmp_p
     # not yet suggested), so the resume must restore both the trial and the searcher's budget. A direct
     # trial starts in a second or two, so it gets 4 epochs to still be running when the kill lands.
     d = sweep_dict("driver", storage, trials=1, epochs=4,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+                   runner="direct")
     d["budget"]["max_concurrent"] = 1
     sweep_file, log, first = kill_driver_after_first_record(d, ray_session, tmp_path, timeout=150)
     time.sleep(2)                                                    # let Ray reap the dead job's actors
@@ -84,7 +84,7 @@ def test_interrupted_sweep_says_so_and_exits_130_then_the_same_command_finishes(
     as done or best, and must exit non-zero so `fair sweep ... && fair results collect` stops."""
     storage = str(tmp_path / "sweeps")
     d = sweep_dict("intr", storage, datasets=["fashion_mnist"], trials=1, epochs=8,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+                   runner="direct")
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(d))
     log = tmp_path / "driver.log"
@@ -115,7 +115,7 @@ def test_errored_trial_resumes_under_its_id_and_its_study_learns_the_late_result
     from tune.sweep import preflight, run
     d = sweep_dict("late", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=1, epochs=2,
                    faults={"crash_worker_in_epoch": 2},
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": runner},
+                   runner=runner,
                    ray={"worker_start_timeout_s": 30, "controller_failure_limit": 0, "summary_every_s": 3600,
                         "trial_max_failures": 0, "worker_max_failures": 0})
     cfg = load_sweep(None, mapping=d)

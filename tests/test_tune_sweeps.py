@@ -25,8 +25,7 @@ def test_two_datasets_two_trials_each_one_record_per_trial(ray_session, use_s3, 
     storage = f"s3://{use_s3.bucket}/t-{uuid.uuid4().hex[:6]}" if use_s3 else str(tmp_path / "sweeps")
     # runner direct: the trainer runner's sweeps (S3, a lost node, resumes, autoscaling) are in
     # test_tune_multinode, test_tune_resume and test_tune_autoscaling; here 6 trials x ~10 s of Train start-up
-    cfg = load_sweep(None, mapping=sweep_dict("two", storage, resources={
-        "num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"}))
+    cfg = load_sweep(None, mapping=sweep_dict("two", storage, runner="direct"))
     uri = preflight(cfg)
     t = time.monotonic()
     result = run(cfg, uri)
@@ -50,7 +49,7 @@ def test_a_trial_that_errors_leaves_a_failed_record_beside_the_completed_ones(ra
     from tune.sweep import preflight, run
     broken = {"fashion_mnist_shifted": {"data": {"descriptions": str(tmp_path / "missing.json")}}}
     d = sweep_dict("fail", str(tmp_path / "sweeps"), trials=1, per_dataset=broken,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"},
+                   runner="direct",
                    ray={"summary_every_s": 3600, "trial_max_failures": 0, "worker_max_failures": 0})
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg, data_check=False)          # the data check would have caught it before Ray
@@ -100,7 +99,7 @@ def test_two_methods_search_then_rerun_each_studys_pick_with_final_seeds(ray_ses
     seeds: records per method and stage, finals re-run their pick's configuration, studies hold search only."""
     from tune.sweep import preflight, run
     d = sweep_dict("methods", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=2, final_seeds=2,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"})
+                   runner="direct")
     del d["space"]
     d["methods"] = {"fair": SPACE, "selftrain": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
                                                  "pseudo.gamma_end": {"uniform": [0.0, 1.0]}}}
@@ -154,7 +153,7 @@ def test_early_stopped_trials_are_pruned_recorded_and_counted_apart(ray_session,
     from results.store import open_store
     from tune.sweep import preflight, run
     d = sweep_dict("asha", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=4, epochs=2,
-                   resources={"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"},
+                   runner="direct",
                    space={**SPACE, "train.lr": {"loguniform": [1.0e-5, 1.0]}})
     d["budget"].update(max_concurrent=1, early_stopping={"grace_period": 1, "reduction_factor": 2})
     cfg = load_sweep(None, mapping=d)

@@ -127,10 +127,6 @@ def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 # ----------------------------------------------------------------------------------- sweeps on Ray
 
-def _direct(**over) -> dict:
-    return {"resources": {"num_workers": 1, "per_worker": {"CPU": 1}, "runner": "direct"}, **over}
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_session, tmp_path, monkeypatch):
@@ -140,7 +136,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_session, tmp_pa
     monkeypatch.delenv("WANDB_DIR", raising=False)
     db = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()
-    d = sweep_dict("track", str(tmp_path / "sweeps"), trials=1, epochs=2, **_direct(),
+    d = sweep_dict("track", str(tmp_path / "sweeps"), trials=1, epochs=2, runner="direct",
                    tracking={"mlflow": {"tracking_uri": db}, "wandb": {"project": "fair-test", "mode": "offline"}})
     cfg = load_sweep(None, mapping=d)
     uri = preflight(cfg, data_check=False)
@@ -202,7 +198,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_session, tmp_pa
 def test_a_tracker_that_breaks_mid_sweep_is_logged_once_and_fails_no_trial(ray_session, tmp_path, caplog):
     from tune.sweep import preflight, run
     path = tmp_path / "mlflow.db"
-    d = sweep_dict("broken", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=2, epochs=2, **_direct(),
+    d = sweep_dict("broken", str(tmp_path / "sweeps"), datasets=["fashion_mnist"], trials=2, epochs=2, runner="direct",
                    tracking={"mlflow": {"tracking_uri": f"sqlite:///{path}"}})
     d["budget"]["max_concurrent"] = 1
     cfg = load_sweep(None, mapping=d)

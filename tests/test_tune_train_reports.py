@@ -31,10 +31,8 @@ class _Run:
 
 
 def _trial(config):
-    from ray.util.queue import Queue
-
-    from tune.train_reports import fit_and_forward
-    q = Queue(actor_options={"num_cpus": 0})
+    from tune.train_reports import fit_and_forward, reports_queue
+    q = reports_queue()
     fit_and_forward(_Run(q, 3, config["error"]), q, poll_s=0.2)
 
 

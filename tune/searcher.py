@@ -148,7 +148,7 @@ class StudySearcher(Searcher):
         take them."""
         import optuna
         s, mine = self.studies[k], {t for t, c in self.configs.items()
-                                    if self.owner.get(t) == k and c.get("stage") == SEARCH}
+                                    if self.owner.get(t) == k and stage_of(c) == SEARCH}
         s._ot_trials, s._completed_trials, self.orphans[k] = {}, set(), []
         for t in s._ot_study.get_trials(deepcopy=False):
             tid = t.user_attrs.get(TUNE_ATTR)
@@ -433,11 +433,11 @@ class PerStudyASHA(FIFOScheduler):
         return self.by_study[d]
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        if trial.config.get("stage") != FINAL:
+        if stage_of(trial.config) != FINAL:
             self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
-        if trial.config.get("stage") == FINAL:
+        if stage_of(trial.config) == FINAL:
             return TrialScheduler.CONTINUE
         if trial.trial_id not in self._asha(trial)._trial_info:   # e.g. after a restore
             self._asha(trial).on_trial_add(tune_controller, trial)
@@ -457,5 +457,4 @@ class PerStudyASHA(FIFOScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "SEARCH", "FINAL", "TrialScheduler", "outcome",
-           "stage_of"]
+__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]

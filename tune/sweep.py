@@ -231,7 +231,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
 
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
-    from tune.searcher import FINAL, stage_of
+    from tune.studies import FINAL, stage_of
     res = SweepResult(cfg.name, uri, len(grid))
     try:
         cut_ids = set(sweep_storage.read_json(uri, f"{cfg.name}/{STATE_FILE}").get("unfinished") or [])

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import threading
 
+import ray
 import ray.tune
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"       # the key Ray's TuneReportCallback gives the checkpoint's path
 
@@ -33,10 +35,17 @@ class ForwardReports(UserCallback):
         self.queue.put(m)
 
 
+def reports_queue() -> Queue:
+    """The queue a trial's ForwardReports fill, on this (the trial's) node, like the Train controller: it
+    shares their fate when the node is lost. fit_and_forward removes it."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 def fit_and_forward(trainer, queue: Queue, poll_s: float = 0.5) -> None:
     """Run `trainer.fit()` on a thread of its own while the calling thread (the trial's training thread)
     passes each forwarded report to Tune. Returns once fit() has returned and every report is passed on;
-    raises fit()'s error, if any, after them."""
+    raises fit()'s error, if any, after them. The queue is removed either way."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -47,12 +56,15 @@ def fit_and_forward(trainer, queue: Queue, poll_s: float = 0.5) -> None:
 
     t = threading.Thread(target=fit, name="train-fit", daemon=True)
     t.start()
-    while True:
-        done = not t.is_alive()          # read before the queue: every report is queued before fit() returns
-        try:
-            ray.tune.report(queue.get(block=True, timeout=poll_s))
-        except Empty:
-            if done:
-                break
+    try:
+        while True:
+            done = not t.is_alive()      # read before the queue: every report is queued before fit() returns
+            try:
+                ray.tune.report(queue.get(block=True, timeout=poll_s))
+            except Empty:
+                if done:
+                    break
+    finally:
+        ray.kill(queue.actor)
     if "error" in outcome:
         raise outcome["error"]

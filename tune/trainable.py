@@ -269,7 +269,7 @@ def stamp_record(record: dict, plan: TrialPlan, trial_id: str, config: dict) -> 
     sweep, trial and study, and its `stage` ("search", or "final" for a re-run of the study's picked
     configuration, which also names that search trial in `picked_from`). `method`, `dataset` and `seed`
     are the record's own (its config's)."""
-    from tune.searcher import FINAL, stage_of
+    from tune.studies import FINAL, stage_of
     record["run_id"] = trial_id
     record["sweep"] = {"name": plan.sweep, "trial_id": trial_id, "study": config["study"]}
     record["stage"] = stage_of(config)
@@ -293,20 +293,15 @@ def run_trial_direct(config: dict, plan: TrialPlan) -> None:
 def run_trial(config: dict, plan: TrialPlan) -> None:
     """The Tune trial (runner `trainer`): fit a TorchTrainer whose workers run adapt(); their reports reach
     Tune through tune.train_reports."""
-    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from tune.train_reports import ForwardReports, fit_and_forward
+    from tune.train_reports import ForwardReports, fit_and_forward, reports_queue
 
     payload = _payload(config, plan)
     trial_id = payload["trial_id"]
     backend = plan.backend if plan.backend != "auto" else ("nccl" if plan.use_gpu else "gloo")
-    # on this trial's node, like the Train controller: it shares their fate when a node is lost
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    queue = reports_queue()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=payload,
@@ -324,7 +319,4 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
             callbacks=[ForwardReports(queue)],
         ),
     )
-    try:
-        fit_and_forward(trainer, queue)
-    finally:
-        ray.kill(queue.actor)
+    fit_and_forward(trainer, queue)

@@ -350,3 +350,26 @@ def test_optuna_importance_when_optuna_is_installed():
     imp = param_importance(pd.DataFrame(rows), "val_top1", use_optuna=True)
     assert set(imp) == {"optim.lr", "anchors.mode"} and imp["optim.lr"] > imp["anchors.mode"]
     assert sum(imp.values()) == pytest.approx(1.0)
+
+
+_THREADS_AFTER_READ = """
+import os, sys
+from results.parquet import read_table
+from results.store import LocalStore
+before = len(os.listdir("/proc/self/task"))
+t = read_table(LocalStore(sys.argv[1]), "trials")
+print(t.num_rows, before, len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_reading_parts_starts_no_arrow_thread(storage, tmp_path):
+    """An arrow thread that holds the last reference to a reader at interpreter exit aborts the process (it
+    needs the GIL to drop the reader's Python bytes), so parts are read on the caller's thread only."""
+    root, records = storage
+    collect([str(root)], str(tmp_path / "out"))
+    p = subprocess.run([sys.executable, "-c", _THREADS_AFTER_READ, str(tmp_path / "out")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows, before, after = map(int, p.stdout.split())
+    assert rows == len(records) and after == before

@@ -388,7 +388,8 @@ def main(argv=None) -> int:
             ray.shutdown()
             cluster.shutdown()
     from tune.sweep_config import read_sweep
-    cfg = read_sweep(str(SWEEP), [f"datasets={json.dumps(['dtd'])}", "methods={fair: default}"] + a.extra)
+    cfg = read_sweep(str(SWEEP), [f"datasets={json.dumps(['dtd'])}", "methods={fair: default}",
+                                  f"resources.runner={a.runner}"] + a.extra)
     latency = suggest_latency(cfg, a.suggest_at)
     print(f"\nbench.scale: {a.nodes} nodes x {a.gpus_per_node} logical GPUs, {a.datasets} datasets x {a.trials} "
           f"trials, {a.epochs} epochs, runner {a.runner}, storage {'SeaweedFS S3' if a.s3 else 'local folder'}; "

@@ -94,3 +94,38 @@ def test_an_out_of_memory_trial_frees_its_model_and_leaves_a_failed_record_that_
     rec = storage.read_json(plan.storage, storage.record_key("oom", "imagefolder", "t_oom"))
     assert rec["status"] == "failed"
     assert rec["error"] == f"tune.gpu_share.GpuOutOfMemoryError: {err}"
+
+
+_SIMULATED_TRIAL = """
+import sys
+from fair.config import FairConfig, to_dict
+from tune.trainable import Session, TrialPlan, adapt_trial
+cfg = to_dict(FairConfig())
+cfg["train"]["epochs"] = 2
+sim = {"setup_s": {cfg["data"]["dataset"]: 0}, "epoch_s": {cfg["data"]["dataset"]: 0},
+       "eval_s": {cfg["data"]["dataset"]: 0}, "checkpoint_mb": 0.01, "space": {}}
+for share, device in ((1.0, "cuda"), (0.25, "cpu")):
+    plan = TrialPlan(sweep="sim", storage=sys.argv[1], study_configs={}, objective="val_top1", num_workers=1,
+                     per_worker={"CPU": 1, "GPU": share}, use_gpu=True, backend="gloo", worker_max_failures=0,
+                     controller_failure_limit=0, checkpoints_to_keep=1, runner="direct", simulate=sim)
+    cfg["model"]["device"] = device
+    reports = []
+    adapt_trial({"plan": plan, "trial_id": f"t{share}", "study": "fair/fashion_mnist", "config": cfg,
+                 "tune_config": {"study": "fair/fashion_mnist"}}, Session(0, None, lambda m, c: reports.append(m)))
+    assert len(reports) == 2, reports
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip")))
+"""
+
+
+def test_a_simulated_trial_imports_no_torch(tmp_path):
+    """bench.scale's trials replace adapt() only, and its imports with it (their time is in the simulated
+    setup): the trial code around it (memory cap, out-of-memory guard) must not import torch on its own,
+    or each of 64 simulated slots costs ~250 MB more and a 64-slot cluster no longer fits one machine."""
+    import subprocess
+    import sys
+
+    from tests.test_results_records import REPO
+    p = subprocess.run([sys.executable, "-c", _SIMULATED_TRIAL, str(tmp_path / "sweeps")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]"

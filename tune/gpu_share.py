@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -70,10 +71,10 @@ def memory_cap(share: float, total_bytes: int, headroom: int = CONTEXT_HEADROOM)
 def apply_memory_cap(share: float, device: str) -> Optional[MemoryCap]:
     """Cap this process's CUDA memory on `device` (cuda, cuda:N) to its `share`; None (nothing done) on
     the CPU or with a whole GPU. Call it before the model is built."""
+    if not str(device).startswith("cuda") or not share or share >= 1:
+        return None        # decided without importing torch: a simulated trial (bench.scale) never does
     import torch
     dev = torch.device(device)
-    if dev.type != "cuda" or not share or share >= 1:
-        return None
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     cap = memory_cap(share, torch.cuda.get_device_properties(index).total_memory)
     torch.cuda.set_per_process_memory_fraction(cap.fraction, index)
@@ -105,10 +106,12 @@ def out_of_memory_guarded(run: Callable[[], dict], cap: Optional[MemoryCap], cfg
     """`run()` (the adaptation of FairConfig `cfg`), with a torch.cuda.OutOfMemoryError from anywhere inside
     it turned into a GpuOutOfMemoryError (oom_message) once the memory it held is freed, so that the process
     exits cleanly and its failed record says why."""
-    import torch
     try:
         return run()
-    except torch.cuda.OutOfMemoryError as e:
+    except Exception as e:
+        torch = sys.modules.get("torch")     # a torch error exists only if run() imported torch
+        if torch is None or not isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
         # The traceback's frames hold the model, optimizer and activations: clear them, and raise the new
         # error outside this block so that it does not chain (and keep alive) the old one.
         traceback.clear_frames(e.__traceback__)

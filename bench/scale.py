@@ -37,6 +37,9 @@ from pathlib import Path
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: the sweep-file overrides that switch a fix on (off: the sweep as it is)
     "reuse_actors": ["ray.reuse_actors=true"],
+    # Tune forces an experiment-state snapshot when a trial has checkpointed num_to_keep times since the last
+    # one: with 1 that is every epoch of every trial, with 2 about once per epoch of the fastest trial
+    "keep_2": ["ray.checkpoints_to_keep=2"],
 }
 log = logging.getLogger("bench.scale")
 

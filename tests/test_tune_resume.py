@@ -143,3 +143,51 @@ def test_errored_trial_resumes_under_its_id_and_its_study_learns_the_late_result
     assert (failed.state.name, late.state.name) == ("FAIL", "COMPLETE")
     assert late.params == failed.params and late.user_attrs[LATE_ATTR] == tid
     assert late.value == rec["metrics"]["val_top1"] and study.best_trial.number == late.number
+
+
+def test_a_retried_trials_result_rows_survive_the_retry(ray_session, tmp_path):
+    """Tune's JSON logger downloads a retried trial's result.json (what ExperimentAnalysis reads first) from
+    storage over the local one; rows reported since the last snapshot upload were lost (CI saw a node-loss
+    trial's rows as [2]). tune.trial_logs uploads the logs when Tune decides on the retry. This replays
+    Tune's callback calls on a real Trial, with the storage holding the stale copy that a snapshot taken
+    before epoch 1 leaves there."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.fs
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from tune.trial_logs import KeepResultLogs
+
+    def replay(keep: bool) -> tuple[list[int], list[int]]:
+        trial = Trial("__fake", stub=True, trial_id=f"t{int(keep)}",
+                      storage=StorageContext(storage_path=str(tmp_path / f"store-{keep}"),
+                                             experiment_dir_name="sweep"))
+        storage = trial.storage
+        loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
+        callbacks = loggers + ([KeepResultLogs()] if keep else [])
+        trial.init_local_path()
+        for cb in loggers:
+            cb.on_trial_start(0, [trial], trial)
+        Path(storage.trial_fs_path).mkdir(parents=True)
+        pyarrow.fs.copy_files(trial.local_path, storage.trial_fs_path)        # a snapshot before epoch 1
+        for cb in loggers:
+            cb.on_trial_result(1, [trial], trial, {"epoch": 1, "objective": 0.5, "training_iteration": 1})
+        ckpt = tmp_path / f"ckpt-{keep}"
+        ckpt.mkdir()
+        trial.on_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(ckpt)), metrics={"epoch": 1}))
+        for cb in callbacks:                                                   # the node is lost: retry
+            cb.on_trial_recover(2, [trial], trial)
+        for cb in loggers:                                                     # the retry starts
+            cb.on_trial_start(3, [trial], trial)
+            cb.on_trial_result(4, [trial], trial, {"epoch": 2, "objective": 0.6, "training_iteration": 2})
+            cb.on_trial_complete(5, [trial], trial)
+        csv_rows = (Path(trial.local_path) / "progress.csv").read_text().splitlines()[1:]
+        json_rows = (Path(trial.local_path) / "result.json").read_text().splitlines()
+        return [int(r.split(",")[0]) for r in csv_rows], [json.loads(r)["epoch"] for r in json_rows]
+
+    assert replay(keep=False) == ([1, 2], [2])           # Tune alone: epoch 1's JSON row is gone
+    assert replay(keep=True) == ([1, 2], [1, 2])

@@ -161,6 +161,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     from ray import tune
     from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
+    from tune.trial_logs import KeepResultLogs
     from tune.progress import ProgressLog
     from tune import tracking
     from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
@@ -222,7 +223,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
                 callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s,
                                        uri, cfg.name, show_test),
-                           FailedTrialRecords(plan), *tracking.callbacks(cfg, uri)],
+                           FailedTrialRecords(plan), KeepResultLogs(), *tracking.callbacks(cfg, uri)],
             ),
         )
     grid = tuner.fit()

@@ -16,8 +16,10 @@ with t_train = forward_ms x (4 + local.num_crops) and t_eval = forward_ms x (1 +
 (see costs.py; both averaged over the search space: a `tokens` trial cuts no crops), or t_train measured
 (1 / timings.images_per_s of earlier records, times the GPU share they ran with). Every FAIR value comes
 from each dataset's FairConfig as the sweep builds it (SweepConfig.fair_config). A trial holding a fraction g of a GPU runs about 1/g times slower than alone, so the
-GPU-hours do not depend on the packing while the wall time does: wall ~ total / (trials at once x g).
-ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
+GPU-hours do not depend on the packing while the wall time does. The wall time is the sweep's schedule,
+simulated (cluster.schedule): its trials on `trials at once` slots in the order the searcher hands them out,
+each study's final re-runs after its last search trial; that is work / slots plus the tail those re-runs
+make. ASHA early stopping is estimated for the ideal case (1/reduction_factor of trials pass each rung).
 Everything printed is an estimate; the sweep's own records give the measured numbers afterwards.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from cluster import costs
+from cluster.schedule import Schedule, StudyLoad, rung_epochs, simulate
 from cluster.resources import NodeType, describe, missing_resources
 
 if TYPE_CHECKING:
@@ -213,6 +216,9 @@ class Estimate:
     views: tuple = (0.0, 0.0)             # (train crops, eval crop views) per image, mean over the space
     methods: list = field(default_factory=list)   # the sweep's methods (one study per method x dataset)
     final_seeds: int = 0                  # final re-runs per study
+    grace_period: Optional[int] = None    # budget.early_stopping's (None: no early stopping)
+    reduction_factor: float = 0.0
+    order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
 
     @property
     def trials_per_gpu(self) -> float:
@@ -223,14 +229,24 @@ class Estimate:
         """Busy GPU-hours (independent of packing)."""
         return sum(d.gpu_s(asha) for d in self.datasets) / 3600
 
-    def wall_hours(self, asha: bool = False) -> float:
-        """Estimated wall time with `concurrency` trials at once, plus one cold node start."""
+    def schedule(self, asha: bool = False) -> Schedule:
+        """The sweep's trials list-scheduled on `concurrency` slots in the searcher's order (`search.order`,
+        cluster.schedule), each study's final re-runs after its last search trial. A trial holding a
+        fraction g of a GPU lasts 1/g of its GPU-seconds."""
         g = self.request.gpus or 1.0          # CPU-only trials: per-trial cost counted as one "GPU"
-        # The best trials of a study run the full budget even under ASHA, and its final re-runs start after
-        # its search: the longest such chain bounds the wall.
-        longest = max((d.trial_gpu_s / g * (2 if d.final_trials else 1) for d in self.datasets), default=0)
-        spread = self.gpu_hours(asha) * 3600 / (max(1, self.concurrency) * g)
-        return (max(spread, longest) + (NODE_START_S if self.node_use else 0)) / 3600
+        grace = self.grace_period if asha else None
+        loads = []
+        for d in self.datasets:
+            fixed = d.trial_gpu_s - self.epochs * d.epoch_gpu_s
+            search = [(fixed + e * d.epoch_gpu_s) / g
+                      for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
+            loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
+        return simulate(loads, self.concurrency, self.order)
+
+    def wall_hours(self, asha: bool = False) -> float:
+        """Estimated wall time with `concurrency` trials at once (the simulated schedule: work / slots plus the
+        tail of final re-runs waiting for their study's search), plus one cold node start."""
+        return (self.schedule(asha).wall_s + (NODE_START_S if self.node_use else 0)) / 3600
 
     def dollars(self, asha: bool = False, spot: Optional[bool] = None) -> float:
         """Node-hours x price for the nodes holding `concurrency` trials, head included. spot=None: each
@@ -351,7 +367,9 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
     return Estimate(sweep.name, backbone, accelerator, req, works, budget.epochs, e_asha, trials, concurrency, uses,
                     unfit, (calibration or {}).get("source"), head, max_workers, capped, needs_max_concurrent,
                     local_views(sweep.search_space(sweep.method_names[0]), configs[first]),
-                    sweep.method_names, budget.final_seeds)
+                    sweep.method_names, budget.final_seeds,
+                    es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
+                    sweep.search.order)
 
 
 def default_node_types() -> list[NodeType]:
@@ -412,11 +430,19 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     lines.append("")
     scen = [("full budget", False)] + ([("with ASHA (ideal)", True)] if asha else [])
     for label, a in scen:
-        line = f"  {label:<18} {unit}-hours {e.gpu_hours(a):7.1f}   wall ~{_hours(e.wall_hours(a))}"
+        sched = e.schedule(a)
+        line = (f"  {label:<18} {unit}-hours {e.gpu_hours(a):7.1f}   wall ~{_hours(e.wall_hours(a))} "
+                f"(work / slots {_hours(sched.spread_s / 3600)}, final re-runs' tail {_hours(max(0.0, sched.wall_s - sched.spread_s) / 3600)})")
         if e.node_use:
             line += (f"   ~${e.dollars(a, spot=False):,.0f} on-demand / ~${e.dollars(a, spot=True):,.0f} spot"
                      f" (as configured: ~${e.dollars(a):,.0f})")
         lines.append(line)
+    sched = e.schedule(asha)
+    if sched.peak_running:
+        top = max(sched.peak_running, key=sched.peak_running.get)
+        lines.append(f"  search.order {e.order}: up to {sched.peak_running[top]} trials of one study at once ({top}); "
+                     f"a search trial starts with {sched.running_at_handout:.1f} of its study's running on average "
+                     f"(tune/study_order.py)")
     lines.append("  Estimates: dataset sizes, per-image costs and prices are approximate (cluster/costs.py); "
                  "measure with a few trials and re-plan with their records.")
     return "\n".join(lines)

@@ -22,3 +22,7 @@ def test_scale_quick_every_trial_has_one_record():
     assert check and check[0].split()[-1] == "ok", out[-3000:]
     collect = [line for line in p.stdout.splitlines() if line.startswith("results collect")]
     assert collect and collect[0].rstrip().endswith("(10)"), out[-3000:]
+    # the floor it measures besides work / slots: each study's longest search trial and then its final re-run,
+    # which no schedule beats; a sweep that reads no records or traces would print 0
+    value = {line[:44].strip(): line[44:].split()[0] for line in p.stdout.splitlines() if len(line) > 44}
+    assert 0 < float(value["chain bound s (a study's search, then final)"]) <= float(value["wall s"]), out[-3000:]

@@ -204,3 +204,33 @@ def test_records_carry_stage_and_picked_from():
         assert rec.get("picked_from") == config.get("picked_from")
         assert rec["config"]["train"]["lr"] == 1e-4
     assert record_key(plan, "selftrain/fashion_mnist", "t9") == "m/records/dataset=fashion_mnist/t9.json"
+
+
+@pytest.mark.parametrize("order", ["critical_path", "round_robin"])
+def test_the_search_order_gives_the_study_with_longer_trials_more_slots_once_measured(order, monkeypatch):
+    """tune.study_order in the searcher: durations are measured from the trials' time_total_s as they end;
+    with critical_path the study whose trials take 10x longer gets the next slots, round_robin alternates.
+    The order survives the searcher's save/restore, and a rerun may change it (set_order)."""
+    from tune.searcher import StudySearcher
+    monkeypatch.setattr(StudySearcher, "orders", {})
+    keys = ["fair/a", "fair/b"]
+    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys}, order=order)
+    first = [s.suggest(t)["study"] for t in ("t0", "t1")]
+    assert first == keys                                       # nothing measured: in turn
+    s.on_trial_complete("t0", {**_final(10.0), "time_total_s": 100.0})
+    s.on_trial_complete("t1", {**_final(10.0), "time_total_s": 10.0})
+    assert s.durations == {"fair/a": {"search": [100.0, 1], "full": [100.0, 1]},
+                           "fair/b": {"search": [10.0, 1], "full": [10.0, 1]}} and s.running == set()
+    nxt = [s.suggest(f"n{i}")["study"] for i in range(4)]
+    if order == "round_robin":
+        assert nxt == ["fair/a", "fair/b", "fair/a", "fair/b"]
+    else:
+        assert nxt.count("fair/a") >= 3
+    assert s.running == {f"n{i}" for i in range(4)}
+    restored = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", order="round_robin")
+    restored.set_state(s.get_state())
+    assert restored.durations == s.durations and restored.running == s.running
+    again = pickle.loads(pickle.dumps(s))
+    assert again.order == order
+    StudySearcher.set_order("", "round_robin" if order == "critical_path" else "critical_path")
+    assert again.order != order                               # the rerun's search.order wins

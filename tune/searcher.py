@@ -1,9 +1,10 @@
 """One Optuna study per method x dataset inside a single Tuner, so every study's trials share the cluster.
 
 `StudySearcher` holds one `OptunaSearch` (own study, own seed, its method's define-by-run space) per study
-(`<method>/<dataset>`, tune.studies) and hands out suggestions round-robin among the studies that still
-have budget, then each study's final-seed re-runs of its best configuration; results and completions are
-routed back to the owning study by trial id.
+(`<method>/<dataset>`, tune.studies) and hands out suggestions among the studies that still have budget, in
+the sweep's `search.order` (tune.study_order: by need from their measured trial durations, or round-robin),
+then each study's final-seed re-runs of its best configuration; results and completions are routed back to
+the owning study by trial id.
 
 The studies live in an Optuna storage (tune.optuna_storage: a SQLite file beside the sweep by default, or a
 database URL), which is their one source of truth: every study trial carries its Tune trial id (user attr
@@ -36,6 +37,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.study_order import StudyProgress, priority
 from tune.studies import FINAL, SEARCH, stage_of
 
 log = logging.getLogger("tune.searcher")
@@ -70,8 +72,8 @@ def make_sampler(kind: str, seed: int):
 
 
 class StudySearcher(Searcher):
-    """Round-robin over Optuna studies (one per method x dataset) with a search budget each, then each
-    study's final-seed re-runs.
+    """Optuna studies (one per method x dataset) with a search budget each, in `order` (tune.study_order),
+    then each study's final-seed re-runs.
 
     A trial's Tune config is `{"study", "stage": "search", "hparams"}` while its study has search budget
     left. Once every search trial of a study has ended (completed, stopped or failed), its best completed
@@ -83,14 +85,16 @@ class StudySearcher(Searcher):
     """
 
     stores: Dict[str, object] = {}   # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
+    orders: Dict[str, str] = {}      # sweep -> its search.order in this process (may change on resume)
 
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
                  seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
-                 sweep: str = ""):
+                 sweep: str = "", order: str = "critical_path"):
         """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
         seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none); `sweep`: the sweep whose
         Optuna storage (`use_store`) holds the studies, named `<sweep>/<study>` ("": an in-memory storage,
-        kept with the searcher's state, for tools and tests)."""
+        kept with the searcher's state, for tools and tests); `order`: search.order (tune.study_order), unless
+        `set_order` gave the sweep another in this process."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -114,8 +118,20 @@ class StudySearcher(Searcher):
         self.finals: Dict[str, list] = {k: [] for k in self.study_keys}   # final trial ids emitted
         self.failed: Dict[str, list] = {k: [] for k in self.study_keys}   # search trials that errored
         self.orphans: Dict[str, list] = {k: [] for k in self.study_keys}  # storage trial ids to hand out again
+        self.running: set = set()           # trial ids handed out and not ended (finals included)
+        self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
+        self._order = order
         self._next = 0
         self._attached = True
+
+    @classmethod
+    def set_order(cls, sweep: str, order: str) -> None:
+        """The search.order of `sweep` in this process; searchers of that sweep restored afterwards use it."""
+        cls.orders[sweep] = order
+
+    @property
+    def order(self) -> str:
+        return self.orders.get(self.sweep, getattr(self, "_order", "critical_path"))
 
     @classmethod
     def use_store(cls, sweep: str, store) -> None:
@@ -174,14 +190,39 @@ class StudySearcher(Searcher):
             return self.configs[trial_id]
         self._attach()
         n = len(self.study_keys)
-        for i in range(n):
-            k = self.study_keys[(self._next + i) % n]
+        rotated = [self.study_keys[(self._next + i) % n] for i in range(n)]
+        slots = SweepLimiter.limits.get(self.sweep) or len(self.running) + 1
+        for j in priority([self._progress(k) for k in rotated], self.order, slots, len(self.running)):
+            k = rotated[j]
             config = self._search(k, trial_id) if self.suggested[k] < self.budget[k] else self._final(k, trial_id)
             if config is not None:
-                self._next = (self._next + i + 1) % n
+                self._next = (self.study_keys.index(k) + 1) % n
                 self.owner[trial_id], self.configs[trial_id] = k, config
+                self.running.add(trial_id)
                 return config
         return None if any(self._pending(k) for k in self.study_keys) else Searcher.FINISHED
+
+    def _progress(self, k: str) -> StudyProgress:
+        """Study `k` as tune.study_order sees it: trials left and running, mean measured durations."""
+        running = sum(1 for t in self.running if self.owner.get(t) == k and self.stage(t) == SEARCH)
+        mean = {kind: (total / n if n else None) for kind, (total, n) in
+                self.durations.get(k, {"search": [0.0, 0], "full": [0.0, 0]}).items()}
+        return StudyProgress(self.budget[k] - self.suggested[k], running,
+                             len(self.final_seeds[k]) - len(self.finals[k]), mean.get("search"), mean.get("full"))
+
+    def _ended(self, trial_id: str, result: Optional[Dict]) -> None:
+        """A trial left the cluster: it runs no more, and its duration (Tune's time_total_s) is measured for
+        its study, as a search trial and, when it reached its final report, as a full-length trial."""
+        from tune.progress import finished_result
+        self.running.discard(trial_id)
+        k, seconds = self.owner.get(trial_id), (result or {}).get("time_total_s")
+        if k is None or not seconds:
+            return
+        d = self.durations.setdefault(k, {"search": [0.0, 0], "full": [0.0, 0]})
+        kinds = (["search"] if self.stage(trial_id) == SEARCH else []) + (["full"] if finished_result(result) else [])
+        for kind in kinds:
+            d[kind][0] += float(seconds)
+            d[kind][1] += 1
 
     def _search(self, k: str, trial_id: str) -> Dict:
         import optuna
@@ -237,6 +278,8 @@ class StudySearcher(Searcher):
                 s.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        if trial_id in self.running:
+            self._ended(trial_id, result)
         k = self.owner.get(trial_id)
         if k is None or self.stage(trial_id) == FINAL:
             return
@@ -308,11 +351,14 @@ class StudySearcher(Searcher):
 
     def get_state(self) -> Dict:
         return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next, "memory": self._memory,
+                "running": self.running, "durations": self.durations,
                 "studies": {k: _detached(s) for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
         for a in self._STATE:
             setattr(self, a, state[a])
+        # saved by a version without them: durations are measured again, and finished trials leave `running`
+        self.running, self.durations = set(state.get("running", ())), state.get("durations", {})
         self._next, self._memory = state["next"], state.get("memory")
         # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
         # is not over until they end again, and one may yet become its pick (its finals wait for it).
@@ -343,6 +389,8 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: Dict) -> None:
         studies = state.pop("studies")
+        state.setdefault("running", set())
+        state.setdefault("durations", {})
         self.__dict__.update(state)
         self.studies = {}
         for k, st in studies.items():

@@ -8,7 +8,7 @@
     space: default                              # the space of base.method (one method): a mapping, see tune.space
     methods: {fair: default, selftrain: {...}}  # or several methods, each with its own space (tune.studies):
                                                 # one Optuna study per method x dataset, equal budgets
-    search: {sampler: tpe, seed: 0}             # tpe | tpe-multivariate | random
+    search: {sampler: tpe, seed: 0}             # tpe | tpe-multivariate | random; order: critical_path | round_robin
     budget: {trials_per_dataset: 8, epochs: 10, early_stopping: {grace_period: 2, reduction_factor: 3},
              final_seeds: 3,                    # each study's best configuration re-run with 3 new seeds
              max_concurrent: null}              # null: as many trials as the resources allow (required
@@ -110,6 +110,9 @@ class Objective:
 class Search:
     sampler: Literal["tpe", "tpe-multivariate", "random"] = "tpe"
     seed: int = 0
+    # which study gets the next free slot (tune.study_order): critical_path ends the longest studies' search
+    # in time for their final re-runs; round_robin runs fewer trials of a study at once
+    order: Literal["critical_path", "round_robin"] = "critical_path"
 
     def seed_for(self, dataset: str) -> int:
         """Each study its own seed, stable when datasets are added or reordered."""

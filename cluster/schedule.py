@@ -1,0 +1,137 @@
+"""A sweep's schedule, simulated: when each trial starts and ends on `slots` trial slots, in the order
+tune.searcher hands trials out (`search.order`, tune.study_order), so a plan's wall time includes what
+work / slots leaves out.
+
+A study's final-seed re-runs start only after its last search trial ended (they repeat its best
+configuration). With a study whose trials are much longer than the others' (food101 next to dtd), its
+last search trials and its finals can form a tail on a few busy slots: with `search.order: round_robin`
+that tail made a simulated 64-slot sweep last 1.8x work / slots (bench.scale, docs/speed.md). This
+simulation is what `cluster plan` prices.
+
+Durations are per trial, in wall seconds on its slot; search trials under ASHA stop at the rungs in the
+ideal proportions (1/reduction_factor of trials pass each rung, as cluster.plan.asha_epochs assumes),
+spread evenly over each study's trials.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tune.study_order import StudyProgress, priority
+
+GOLDEN = (math.sqrt(5) - 1) / 2      # a low-discrepancy sequence spreads the stopped trials over a study
+
+
+@dataclass
+class StudyLoad:
+    """One study's trials as the schedule sees them: search trial durations in the order they are handed
+    out, then `finals` re-runs of `final_s` each."""
+    name: str
+    search_s: list[float]
+    final_s: float = 0.0
+    finals: int = 0
+
+
+@dataclass
+class Schedule:
+    """What the simulation found: the wall time, and when each study's search and finals ended."""
+    wall_s: float
+    busy_s: float                  # sum of trial durations
+    slots: int
+    search_end_s: dict[str, float] = field(default_factory=dict)
+    end_s: dict[str, float] = field(default_factory=dict)
+    peak_running: dict[str, int] = field(default_factory=dict)   # most search trials of a study at once
+    running_at_handout: float = 0.0    # mean, over search trials, of their study's trials already running
+
+    @property
+    def spread_s(self) -> float:
+        """work / slots: the wall time if no slot ever waited (what the tail is measured against)."""
+        return self.busy_s / max(1, self.slots)
+
+
+def rung_epochs(n: int, epochs: int, grace_period: Optional[int], reduction_factor: float) -> list[int]:
+    """Epochs each of `n` search trials runs under ideal ASHA (rungs at grace x rf^k below `epochs`; 1/rf of
+    the trials that reach a rung pass it); without early stopping (grace None) every trial runs `epochs`."""
+    if grace_period is None or reduction_factor <= 1 or grace_period >= epochs:
+        return [epochs] * n
+    rungs, r = [], max(1, grace_period)
+    while r < epochs:
+        rungs.append(r)
+        r = int(round(r * reduction_factor))
+    # trial i's rank among the study's trials (0: best), spread over the study by a low-discrepancy sequence
+    rank = {i: r for r, i in enumerate(sorted(range(n), key=lambda i: ((i + 0.5) * GOLDEN) % 1.0))}
+    out = []
+    for i in range(n):
+        u, reach = (rank[i] + 0.5) / n, 1.0              # its quantile: exact proportions for any n
+        stop = epochs
+        for rung in rungs:
+            reach_next = reach / reduction_factor
+            if u >= reach_next:                         # not in the top 1/rf of those that reached this rung
+                stop = rung
+                break
+            reach = reach_next
+        out.append(stop)
+    return out
+
+
+def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path") -> Schedule:
+    """List-schedule the studies' trials on `slots` slots as tune.searcher.StudySearcher hands them out:
+    each freed slot goes to the first study in `order` (tune.study_order) that has a search trial left,
+    or whose search has ended and that has a final re-run left. The order sees each study's mean durations
+    (the searcher sees them as they are measured)."""
+    slots = max(1, slots)
+    n = len(studies)
+    handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
+    mean_s = [statistics.fmean(s.search_s) if s.search_s else None for s in studies]
+    out = Schedule(0.0, 0.0, slots)
+    events: list[tuple[float, int, int, bool]] = []   # (end time, seq, study, is_final)
+    now, nxt, free, seq = 0.0, 0, slots, 0
+    seen: list[int] = []
+
+    def take() -> Optional[tuple[int, float, bool]]:
+        nonlocal nxt
+        rotated = [(nxt + i) % n for i in range(n)]
+        progress = [StudyProgress(len(studies[k].search_s) - handed[k], running[k], studies[k].finals - finals[k],
+                                  mean_s[k], studies[k].final_s or None) for k in rotated]
+        for j in priority(progress, order, slots, slots - free):
+            k = rotated[j]
+            s = studies[k]
+            if handed[k] < len(s.search_s):
+                handed[k] += 1
+                seen.append(running[k])
+                running[k] += 1
+                out.peak_running[s.name] = max(out.peak_running.get(s.name, 0), running[k])
+                nxt = (k + 1) % n
+                return k, s.search_s[handed[k] - 1], False
+            if ended[k] == len(s.search_s) and finals[k] < s.finals:
+                finals[k] += 1
+                nxt = (k + 1) % n
+                return k, s.final_s, True
+        return None
+
+    while True:
+        while free:
+            t = take()
+            if t is None:
+                break
+            k, dur, final = t
+            out.busy_s += dur
+            free, seq = free - 1, seq + 1
+            heapq.heappush(events, (now + dur, seq, k, final))
+        if not events:
+            break
+        now, _, k, final = heapq.heappop(events)
+        free += 1
+        name = studies[k].name
+        out.end_s[name] = now
+        if not final:
+            ended[k] += 1
+            running[k] -= 1
+            if ended[k] == len(studies[k].search_s):
+                out.search_end_s[name] = now
+    out.wall_s = now
+    out.running_at_handout = statistics.fmean(seen) if seen else 0.0
+    return out

@@ -38,7 +38,7 @@ def test_round_robin_hands_out_search_trials_in_turn(order):
 
 
 def test_critical_path_ends_paper13_near_work_over_slots_where_round_robin_leaves_a_tail():
-    """paper13 (65 studies, food101's trials ~30x dtd's) on its 64 slots, with the plan's cost model."""
+    """paper13 (65 studies, a food101 trial ~17x a dtd trial) on its 64 slots, with the plan's cost model."""
     walls = {}
     for order in ("round_robin", "critical_path"):
         e = planner.estimate(read_sweep(PAPER13, [f"search.order={order}"]))

@@ -1,8 +1,8 @@
 """Which study (method x dataset) gets the next free trial slot: `search.order` of a sweep.
 
 A study's final-seed re-runs repeat its best configuration, so they start only after its last search trial
-has ended; whatever ends last ends the sweep. With trials of very different lengths (a food101 trial takes
-tens of times a dtd trial) the order decides the wall time:
+has ended; whatever ends last ends the sweep. With trials of very different lengths (on paper13 a food101
+trial lasts ~17x a dtd trial) the order decides the wall time:
 - `round_robin` hands out search trials in turn over the studies that have budget left. All searches
   progress at the same count, so the longest studies end their search last, and the sweep ends with their
   last search trials and final re-runs on a few busy slots: on paper13 the simulated wall time is 1.5x

@@ -219,6 +219,7 @@ class Estimate:
     grace_period: Optional[int] = None    # budget.early_stopping's (None: no early stopping)
     reduction_factor: float = 0.0
     order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
+    _schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # asha -> Schedule
 
     @property
     def trials_per_gpu(self) -> float:
@@ -232,7 +233,10 @@ class Estimate:
     def schedule(self, asha: bool = False) -> Schedule:
         """The sweep's trials list-scheduled on `concurrency` slots in the searcher's order (`search.order`,
         cluster.schedule), each study's final re-runs after its last search trial. A trial holding a
-        fraction g of a GPU lasts 1/g of its GPU-seconds."""
+        fraction g of a GPU lasts 1/g of its GPU-seconds. Simulated once per `asha` (wall time, dollars and
+        the printed plan all read it)."""
+        if asha in self._schedules:
+            return self._schedules[asha]
         g = self.request.gpus or 1.0          # CPU-only trials: per-trial cost counted as one "GPU"
         grace = self.grace_period if asha else None
         loads = []
@@ -241,7 +245,8 @@ class Estimate:
             search = [(fixed + e * d.epoch_gpu_s) / g
                       for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
             loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
-        return simulate(loads, self.concurrency, self.order)
+        self._schedules[asha] = simulate(loads, self.concurrency, self.order)
+        return self._schedules[asha]
 
     def wall_hours(self, asha: bool = False) -> float:
         """Estimated wall time with `concurrency` trials at once (the simulated schedule: work / slots plus the

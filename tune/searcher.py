@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import warnings
+from collections import Counter
 from typing import Dict, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -192,7 +193,9 @@ class StudySearcher(Searcher):
         n = len(self.study_keys)
         rotated = [self.study_keys[(self._next + i) % n] for i in range(n)]
         slots = SweepLimiter.limits.get(self.sweep) or len(self.running) + 1
-        for j in priority([self._progress(k) for k in rotated], self.order, slots, len(self.running)):
+        searching = Counter(self.owner.get(t) for t in self.running if self.stage(t) == SEARCH)
+        progress = [self._progress(k, searching[k]) for k in rotated]
+        for j in priority(progress, self.order, slots, len(self.running)):
             k = rotated[j]
             config = self._search(k, trial_id) if self.suggested[k] < self.budget[k] else self._final(k, trial_id)
             if config is not None:
@@ -202,9 +205,9 @@ class StudySearcher(Searcher):
                 return config
         return None if any(self._pending(k) for k in self.study_keys) else Searcher.FINISHED
 
-    def _progress(self, k: str) -> StudyProgress:
-        """Study `k` as tune.study_order sees it: trials left and running, mean measured durations."""
-        running = sum(1 for t in self.running if self.owner.get(t) == k and self.stage(t) == SEARCH)
+    def _progress(self, k: str, running: int) -> StudyProgress:
+        """Study `k` as tune.study_order sees it: trials left, `running` (its search trials in flight), mean
+        measured durations."""
         mean = {kind: (total / n if n else None) for kind, (total, n) in
                 self.durations.get(k, {"search": [0.0, 0], "full": [0.0, 0]}).items()}
         return StudyProgress(self.budget[k] - self.suggested[k], running,

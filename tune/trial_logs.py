@@ -5,8 +5,9 @@ sweep's storage now and then (an experiment-state snapshot). When a trial fails 
 its checkpoint, Tune's JSON logger first *downloads* the trial's result.json from storage over the local
 one (`LoggerCallback._restore_from_remote`; the CSV logger does the same when it reopens its file). Rows
 reported since the last upload are lost: after a node loss in epoch 2, the trial's results as
-ExperimentAnalysis reads them (result.json first) held epoch 2 only (seen twice in CI). `KeepResultLogs` uploads the trial's log
-files when Tune decides to retry it, before the retry starts, so the download gets every row back.
+ExperimentAnalysis reads them (result.json first) held epoch 2 only (seen twice in CI). `KeepResultLogs`
+uploads the trial's log files when Tune decides to retry it, before the retry starts, so the download gets
+every row back.
 """
 from __future__ import annotations
 

@@ -269,7 +269,7 @@ def check_counts(uri: str, cfg) -> list[str]:
 
 def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     """One sweep at this scale; its measurements."""
-    from tune.cli import parser, run_sweep
+    from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
     cfg, scale, plan_sim, est = build_sweep(a, name, storage, str(trace_dir), extra)
@@ -280,8 +280,8 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     import ray
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, t0_wall = time.perf_counter(), time.time()
-    code = run_sweep(parser().parse_args(["--config", str(sweep_file), "--address", ray.get_runtime_context()
-                                          .gcs_address, "--no-data-check"]))
+    code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
+                       "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     from tune.sweep import preflight

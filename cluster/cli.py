@@ -345,8 +345,9 @@ def sweep_main(argv: list[str]) -> int:
         if _plan_inputs_given(a):
             raise ClusterError("--records, --gpu-fraction and --cluster-config are inputs of --plan; add --plan "
                                "or drop them")
+        from cluster.plan import trial_durations
         from tune.cli import run_sweep
-        return run_sweep(a)
+        return run_sweep(a, prior=trial_durations)
     for dest, flag in _RUN_ONLY.items():
         if getattr(a, dest):
             raise ClusterError(f"--plan estimates the sweep of --config and takes no {flag}; drop it (plan "

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from cluster import costs
+from cluster.errors import ClusterError
 from cluster.schedule import Schedule, StudyLoad, rung_epochs, simulate
 from cluster.resources import NodeType, describe, missing_resources
 
@@ -375,6 +376,20 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
                     sweep.method_names, budget.final_seeds,
                     es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
                     sweep.search.order)
+
+
+def trial_durations(sweep: SweepConfig) -> Optional[dict[str, tuple[float, float]]]:
+    """Each study's expected (search, full-length) trial GPU-seconds under the sweep's budget, on the
+    default node types: the prior `fair sweep` gives search.order (tune.study_order.durations), so that its
+    first trials already favour the long studies. None when no plan can be made (the order then waits for
+    measured durations)."""
+    try:
+        est = estimate(sweep)
+    except (ClusterError, ValueError, KeyError, OSError) as e:   # a sweep the cost model cannot price still runs
+        log.info("no expected trial durations for sweep %s (%s); search.order measures them", sweep.name, e)
+        return None
+    asha = sweep.budget.early_stopping is not None
+    return {d.name: (d.trial_gpu_s_asha if asha else d.trial_gpu_s, d.trial_gpu_s) for d in est.datasets}
 
 
 def default_node_types() -> list[NodeType]:

@@ -53,12 +53,18 @@ def test_critical_path_gives_the_study_that_must_hurry_the_slot_and_final_re_run
     fast = StudyProgress(search_left=9, running=0, finals_left=1, search_s=10.0, full_s=30.0)
     assert priority([fast, slow], "critical_path", slots=4, running=0) == [1, 0]
     assert priority([fast, slow], "round_robin", slots=4, running=0) == [0, 1]
-    # twice fast's trial length, so it needs the bigger rate (50 against 7.5 a second): 5 x 50 / 57.5 = 4.3
-    # slots of 5, and with 4 running it has them; fast has 0 of its 0.65
-    busy = StudyProgress(search_left=9, running=4, finals_left=1, search_s=20.0, full_s=60.0)
-    assert priority([fast, busy], "critical_path", slots=5, running=4) == [0, 1]
-    behind = StudyProgress(search_left=9, running=3, finals_left=1, search_s=20.0, full_s=60.0)
-    assert priority([fast, behind], "critical_path", slots=5, running=4) == [1, 0]   # 4.3 - 3 > 0.65
+    # 40 search trials each: all remaining work / slots is (430 + 860) / 5 = 258 s. busy's trials are twice
+    # fast's, so it needs the bigger rate (800 / (258 - 120) = 5.80 against 400 / (258 - 60) = 2.02): 5 x 5.80
+    # / 7.82 = 3.71 of 5 slots, and with 4 running it has them; fast has 0 of its 1.29
+    fast40 = StudyProgress(search_left=40, running=0, finals_left=1, search_s=10.0, full_s=30.0)
+    busy = StudyProgress(search_left=40, running=4, finals_left=1, search_s=20.0, full_s=60.0)
+    assert priority([fast40, busy], "critical_path", slots=5, running=4) == [0, 1]
+    behind = StudyProgress(search_left=40, running=2, finals_left=1, search_s=20.0, full_s=60.0)
+    assert priority([fast40, behind], "critical_path", slots=5, running=4) == [1, 0]   # 3.71 - 2 > 1.29
+    # with 9 left each, busy's chain (two 60 s trials) outlasts all work / slots ((120 + 240) / 5 = 72 s): it
+    # ends the sweep whatever else runs, so it takes the slot although it holds more than its share
+    critical = StudyProgress(search_left=9, running=4, finals_left=1, search_s=20.0, full_s=60.0)
+    assert priority([fast, critical], "critical_path", slots=5, running=4) == [1, 0]
     done = StudyProgress(search_left=0, running=0, finals_left=3, search_s=10.0, full_s=30.0)
     assert priority([fast, slow, done], "critical_path", slots=4, running=0)[0] == 2
     unknown = StudyProgress(search_left=9, running=0, finals_left=1)            # nothing measured: in turn
@@ -71,3 +77,35 @@ def test_the_plan_prints_the_tail_and_prices_the_scheduled_wall():
     text = planner.plan(read_sweep(PAPER13, ["search.order=round_robin"]))
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("with ASHA"))
     assert "work / slots" in line and "final re-runs' tail" in line
+
+
+def test_a_prior_stands_in_for_durations_until_measured_then_is_scaled_and_blended():
+    """tune.study_order.durations: a cost model's durations, in its own unit, before anything is measured;
+    scaled to seconds by what the measured trials took against what it expected; a study's own mean weighs
+    its count against PRIOR_TRIALS (2) trials of the scaled prior."""
+    from tune.study_order import durations
+    a = StudyProgress(search_left=9, running=0, finals_left=1, prior=(1.0, 3.0))
+    b = StudyProgress(search_left=9, running=0, finals_left=1, prior=(10.0, 30.0))
+    assert durations([a, b]) == ([1.0, 10.0], [3.0, 30.0])
+    # a's 2 search trials took 4 s each where the prior expected 1: every prior is scaled x4
+    a = StudyProgress(search_left=7, running=0, finals_left=1, search_s=4.0, measured=(2, 0), prior=(1.0, 3.0))
+    search, full = durations([a, b])
+    assert search == [pytest.approx((2 * 4.0 + 2 * 4.0) / 4), pytest.approx(40.0)] and full == [12.0, 120.0]
+    # 6 trials of 1 s against a prior of 2 s (scaled by 6 / 12 = 0.5: 1 s): blended 1 s; b 5 s
+    a = StudyProgress(search_left=3, running=0, finals_left=1, search_s=1.0, measured=(6, 0), prior=(2.0, 6.0))
+    assert durations([a, b])[0] == [pytest.approx(1.0), pytest.approx(5.0)]
+    # before anything is measured the long study takes the first slots; without a prior they take turns
+    assert priority([a := StudyProgress(9, 0, 1, prior=(1.0, 3.0)), b], "critical_path", 4, 0) == [1, 0]
+    assert priority([StudyProgress(9, 0, 1), StudyProgress(9, 0, 1)], "critical_path", 4, 0) == [0, 1]
+
+
+def test_fair_sweeps_prior_is_the_plans_cost_model_per_study():
+    """cluster.plan.trial_durations, which `fair sweep` gives the searcher: ASHA-expected search trials and
+    full-length ones, per study, food101's longer than dtd's as the plan prices them."""
+    cfg = read_sweep(PAPER13, [])
+    prior = planner.trial_durations(cfg)
+    est = planner.estimate(cfg)
+    assert set(prior) == set(cfg.studies)
+    food, dtd = prior["fair/food101"], prior["fair/dtd"]
+    assert food[0] < food[1] and food[0] > 10 * dtd[0]
+    assert {d.name: d.trial_gpu_s for d in est.datasets} == {k: v[1] for k, v in prior.items()}

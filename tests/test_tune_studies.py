@@ -234,3 +234,22 @@ def test_the_search_order_gives_the_study_with_longer_trials_more_slots_once_mea
     assert again.order == order
     StudySearcher.set_order("", "round_robin" if order == "critical_path" else "critical_path")
     assert again.order != order                               # the rerun's search.order wins
+
+
+def test_a_prior_gives_the_long_study_the_first_slots_and_a_rerun_gives_it_again(monkeypatch):
+    """`fair sweep` gives the searcher the plan's expected durations (cluster.plan.trial_durations): before
+    any trial ended, critical_path hands the study with 10x longer trials most of the first slots; a
+    restored searcher takes the prior of the process that restores it (set_prior)."""
+    from tune.searcher import StudySearcher
+    monkeypatch.setattr(StudySearcher, "orders", {})
+    monkeypatch.setattr(StudySearcher, "priors", {})
+    keys = ["fair/a", "fair/b"]
+    prior = {"fair/a": (10.0, 30.0), "fair/b": (100.0, 300.0)}
+    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys}, prior=prior)
+    first = [s.suggest(f"t{i}")["study"] for i in range(4)]
+    assert first.count("fair/b") >= 3
+    plain = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys})
+    assert [plain.suggest(f"t{i}")["study"] for i in range(4)] == keys * 2      # no prior: in turn
+    again = pickle.loads(pickle.dumps(plain))
+    StudySearcher.set_prior("", prior)
+    assert again.prior == prior

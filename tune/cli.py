@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Callable, Optional
 
 log = logging.getLogger("tune")
 
@@ -47,8 +48,10 @@ def sweep_overrides(a: argparse.Namespace) -> list[str]:
     return overrides + ([f"ray.num_cpus={a.num_cpus}"] if a.num_cpus else [])
 
 
-def run_sweep(a: argparse.Namespace) -> int:
-    """Run, resume or dry-run the sweep of parsed `fair sweep` arguments; returns the exit code."""
+def run_sweep(a: argparse.Namespace, prior: Optional[Callable[[object], Optional[dict]]] = None) -> int:
+    """Run, resume or dry-run the sweep of parsed `fair sweep` arguments; returns the exit code. `prior`: the
+    sweep config's expected trial durations per study (tune.sweep.run), from a cost model this package
+    cannot import (`fair sweep` passes cluster.plan's)."""
     from tune.ray_session import set_env_defaults
     set_env_defaults(local=a.address is None)   # before Ray is imported anywhere
 
@@ -77,7 +80,8 @@ def run_sweep(a: argparse.Namespace) -> int:
             print(f"sweep {cfg.name}: checks passed; {cfg.total_trials} trials, up to {n} at once, "
                   f"storage {sweep_storage.join(uri, cfg.name)}")
             return 0
-        result = run(cfg, uri, resume=True if a.resume else None, show_test=a.show_test)
+        result = run(cfg, uri, resume=True if a.resume else None, show_test=a.show_test,
+                     prior=prior(cfg) if prior else None)
     finally:
         if started:
             import ray

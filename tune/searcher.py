@@ -87,15 +87,17 @@ class StudySearcher(Searcher):
 
     stores: Dict[str, object] = {}   # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
     orders: Dict[str, str] = {}      # sweep -> its search.order in this process (may change on resume)
+    priors: Dict[str, Dict[str, tuple]] = {}   # sweep -> {study: (search, full) trial durations expected}
 
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
                  seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
-                 sweep: str = "", order: str = "critical_path"):
+                 sweep: str = "", order: str = "critical_path", prior: Optional[Dict[str, tuple]] = None):
         """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
         seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none); `sweep`: the sweep whose
         Optuna storage (`use_store`) holds the studies, named `<sweep>/<study>` ("": an in-memory storage,
         kept with the searcher's state, for tools and tests); `order`: search.order (tune.study_order), unless
-        `set_order` gave the sweep another in this process."""
+        `set_order` gave the sweep another in this process; `prior`: {study: (search, full)} trial durations a
+        cost model expects, in any unit (tune.study_order.durations), unless `set_prior` gave the sweep one."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,6 +124,7 @@ class StudySearcher(Searcher):
         self.running: set = set()           # trial ids handed out and not ended (finals included)
         self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
         self._order = order
+        self._prior = dict(prior or {})
         self._next = 0
         self._attached = True
 
@@ -133,6 +136,16 @@ class StudySearcher(Searcher):
     @property
     def order(self) -> str:
         return self.orders.get(self.sweep, getattr(self, "_order", "critical_path"))
+
+    @classmethod
+    def set_prior(cls, sweep: str, prior: Optional[Dict[str, tuple]]) -> None:
+        """The expected trial durations of `sweep`'s studies in this process (None: none, durations are only
+        measured); searchers of that sweep restored afterwards use them too."""
+        cls.priors[sweep] = dict(prior or {})
+
+    @property
+    def prior(self) -> Dict[str, tuple]:
+        return self.priors.get(self.sweep, getattr(self, "_prior", {}))
 
     @classmethod
     def use_store(cls, sweep: str, store) -> None:
@@ -207,11 +220,12 @@ class StudySearcher(Searcher):
 
     def _progress(self, k: str, running: int) -> StudyProgress:
         """Study `k` as tune.study_order sees it: trials left, `running` (its search trials in flight), mean
-        measured durations."""
-        mean = {kind: (total / n if n else None) for kind, (total, n) in
-                self.durations.get(k, {"search": [0.0, 0], "full": [0.0, 0]}).items()}
+        measured durations, the prior's."""
+        d = self.durations.get(k, {"search": [0.0, 0], "full": [0.0, 0]})
+        mean = {kind: (total / n if n else None) for kind, (total, n) in d.items()}
         return StudyProgress(self.budget[k] - self.suggested[k], running,
-                             len(self.final_seeds[k]) - len(self.finals[k]), mean.get("search"), mean.get("full"))
+                             len(self.final_seeds[k]) - len(self.finals[k]), mean.get("search"), mean.get("full"),
+                             (d["search"][1], d["full"][1]), self.prior.get(k))
 
     def _ended(self, trial_id: str, result: Optional[Dict]) -> None:
         """A trial left the cluster: it runs no more, and its duration (Tune's time_total_s) is measured for

@@ -10,13 +10,18 @@ trial lasts ~17x a dtd trial) the order decides the wall time:
 - `critical_path` (the default) gives each study a share of the slots in proportion to the rate at which
   it must run its remaining search to end it in time: its remaining search work over the time left before
   its chain (a last search trial and a final re-run, each up to a full-length trial) must start, the time
-  left being all remaining work / slots. Final re-runs go first, as they are what the sweep waits for. On
-  paper13 the simulated wall time is 1.004x work / slots with ASHA (8.8 h against 13.2 h). The cost: a
-  long study runs more of its trials at once (up to 27 of fair/food101's 40, against 10), so its Optuna
-  sampler sees fewer results before each suggestion; over all studies, a search trial is handed out with
-  1.03 trials of its study still running on average, against 0.56.
-Trial durations are the studies' own, measured as their trials end (tune.searcher); `cluster plan`
-simulates the same order with its cost model (cluster.schedule).
+  left being all remaining work / slots. Final re-runs go first, as they are what the sweep waits for; then
+  a study whose chain alone outlasts the time left (it ends the sweep whatever else runs) takes every slot
+  it can use. On paper13 the simulated wall time is 1.004x work / slots with ASHA (8.8 h against 13.2 h);
+  on bench.scale's 64-slot shape, where food101's chain is longer than work / slots, 1.21x (1.65x without
+  the critical rule, 1.91x round-robin). The cost: a long study runs more of its trials at once (up to 32
+  of fair/food101's 40 on paper13, against 10), so its Optuna sampler sees fewer results before each
+  suggestion; over all studies, a search trial is handed out with 1.23 trials of its study still running
+  on average, against 0.56.
+Trial durations are the studies' own, measured as their trials end (tune.searcher), blended with a prior
+until enough are: `fair sweep` gives the searcher the plan's cost model (cluster.plan.trial_durations), so
+the first wave already favours the long studies. `cluster plan` simulates the same order with that cost
+model (cluster.schedule).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Optional
 ORDERS = ("critical_path", "round_robin")
 CHAIN_TRIALS = 2.0       # a study's last search trial and its final re-run: up to two full-length trials
 MIN_WINDOW = 0.05        # of the time left: the floor of a study's window (a late study gets a big share)
+PRIOR_TRIALS = 2.0       # a prior duration weighs as much as this many measured trials
 
 
 @dataclass
@@ -37,6 +43,8 @@ class StudyProgress:
     finals_left: int                 # final re-runs not handed out yet
     search_s: Optional[float] = None  # mean duration of its ended search trials (None: none ended yet)
     full_s: Optional[float] = None   # mean duration of its full-length trials (final report reached)
+    measured: tuple[int, int] = (0, 0)   # how many search / full-length trials those means are of
+    prior: Optional[tuple[float, float]] = None   # (search, full) durations a cost model expects, any unit
 
 
 def priority(studies: list[StudyProgress], order: str, slots: int, running: int) -> list[int]:
@@ -47,26 +55,59 @@ def priority(studies: list[StudyProgress], order: str, slots: int, running: int)
         return list(range(len(studies)))
     if order != "critical_path":
         raise ValueError(f"search.order must be one of {', '.join(ORDERS)}, got {order!r}")
-    search_s, full_s = _durations(studies)
+    search_s, full_s = durations(studies)
     left = sum(p.search_left * s + p.finals_left * f for p, s, f in zip(studies, search_s, full_s))
     time_left = left / max(1, slots)
-    rates = [p.search_left * s / max(MIN_WINDOW * time_left, time_left - CHAIN_TRIALS * f, 1e-9)
-             if p.search_left else 0.0 for p, s, f in zip(studies, search_s, full_s)]
+    window = [time_left - CHAIN_TRIALS * f for f in full_s]
+    rates = [p.search_left * s / max(MIN_WINDOW * time_left, w, 1e-9) if p.search_left else 0.0
+             for p, s, w in zip(studies, search_s, window)]
     total = sum(rates) or 1.0
     deficit = [r / total * (running + 1) - p.running for r, p in zip(rates, studies)]
     finals = sorted((i for i, p in enumerate(studies) if p.finals_left and not p.search_left),
                     key=lambda i: -full_s[i])
-    rest = sorted((i for i, p in enumerate(studies) if p.search_left), key=lambda i: -deficit[i])
-    return finals + rest + [i for i, p in enumerate(studies) if not p.search_left and not p.finals_left]
+    # a study whose chain alone outlasts all remaining work / slots ends the sweep whatever else runs:
+    # it takes every slot it can use, the longest chain first
+    critical = sorted((i for i, p in enumerate(studies) if p.search_left and window[i] <= 0),
+                      key=lambda i: -full_s[i])
+    rest = sorted((i for i, p in enumerate(studies) if p.search_left and window[i] > 0), key=lambda i: -deficit[i])
+    return finals + critical + rest + [i for i, p in enumerate(studies) if not p.search_left and not p.finals_left]
 
 
-def _durations(studies: list[StudyProgress]) -> tuple[list[float], list[float]]:
-    """Each study's search and full trial durations; a study with none measured yet gets the mean of the
-    others (its full-length trials scaled from its search trials when only those are known)."""
+def durations(studies: list[StudyProgress]) -> tuple[list[float], list[float]]:
+    """Each study's expected search and full-length trial durations.
+
+    With a prior (a cost model's durations, in its own unit): the prior, scaled to the measured seconds by
+    the ratio of all measured time to what the prior expected for those trials, and blended with the study's
+    own measured mean, the prior weighing PRIOR_TRIALS trials (the first trials to end are the ones early
+    stopping cut short: a mean of a few is biased low). Without one: the measured mean, else the mean of
+    the other studies (full-length trials scaled from search trials when only those are known)."""
+    scale = _prior_scale(studies)
     known_s = [p.search_s for p in studies if p.search_s]
     mean_s = statistics.fmean(known_s) if known_s else 1.0
     ratios = [p.full_s / p.search_s for p in studies if p.full_s and p.search_s]
     ratio = statistics.fmean(ratios) if ratios else 1.0
-    search = [p.search_s or (p.full_s / ratio if p.full_s else mean_s) for p in studies]
-    full = [p.full_s or s * ratio for p, s in zip(studies, search)]
+    search, full = [], []
+    for p in studies:
+        if p.prior:
+            search.append(_blend(p.search_s, p.measured[0], p.prior[0] * scale))
+            full.append(_blend(p.full_s, p.measured[1], p.prior[1] * scale))
+            continue
+        search.append(p.search_s or (p.full_s / ratio if p.full_s else mean_s))
+        full.append(p.full_s or search[-1] * ratio)
     return search, full
+
+
+def _prior_scale(studies: list[StudyProgress]) -> float:
+    """Measured seconds per prior unit, over every measured trial of a study with a prior (1: none yet)."""
+    measured = expected = 0.0
+    for p in studies:
+        if not p.prior:
+            continue
+        for mean, n, prior in ((p.search_s, p.measured[0], p.prior[0]), (p.full_s, p.measured[1], p.prior[1])):
+            if mean and n:
+                measured, expected = measured + mean * n, expected + prior * n
+    return measured / expected if measured and expected else 1.0
+
+
+def _blend(mean: Optional[float], n: int, prior: float) -> float:
+    return (mean * n + prior * PRIOR_TRIALS) / (n + PRIOR_TRIALS) if mean and n else prior

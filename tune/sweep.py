@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 from fair.errors import FairError
 from tune import storage as sweep_storage
@@ -154,10 +155,13 @@ def trial_max_failures(cfg: SweepConfig) -> int:
     return -1 if -1 in (t, w) else t + w
 
 
-def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool = False) -> SweepResult:
+def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool = False,
+        prior: Optional[dict] = None) -> SweepResult:
     """Run the sweep on the Ray this process is connected to. `resume=None`: restore when the storage
     already holds this sweep; True: must restore; False: refuse an existing sweep. `show_test`: progress
-    lines show test accuracy too (else validation only)."""
+    lines show test accuracy too (else validation only). `prior`: {study: (search, full)} trial durations a
+    cost model expects (cluster.plan.trial_durations), so that search.order favours long studies before it
+    has measured them."""
     from ray import tune
     from tune.ray_session import max_concurrent
     from tune.failures import FailedTrialRecords
@@ -190,6 +194,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     store = prepare(cfg, uri, resume=exists)       # the Optuna storage of its studies (tune.optuna_storage)
     StudySearcher.use_store(cfg.name, store)       # ... which a restored searcher re-reads
     StudySearcher.set_order(cfg.name, cfg.search.order)
+    StudySearcher.set_prior(cfg.name, prior)
     log.info("Optuna studies of sweep %s: %s", cfg.name, store.dashboard())
     plan = build_plan(cfg, uri)
     trainable = trainable_for(cfg, plan)

@@ -111,6 +111,16 @@ def wandb_records(path: Path):
             buf = b""
 
 
+def wandb_diagnosis(folder: Path, tid: str, kinds: dict) -> str:
+    """What a W&B offline run folder holds, for a failed assertion: the record kinds read, the run file's
+    size, the last lines of W&B's own logs (a run killed before wandb.finish() loses its buffered history)."""
+    run = folder / f"run-{tid}.wandb"
+    logs = "".join(f"\n--- {p.name}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                   for p in sorted((folder / "logs").glob("debug*.log")))
+    return (f"{folder.name}: records {sorted((k, len(v)) for k, v in kinds.items())}, "
+            f"{run.stat().st_size if run.exists() else 'no'} bytes{logs}")
+
+
 def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value)]} of one TensorBoard event file (TFRecord: length, crc, event, crc)."""
     from tensorboardX.proto.event_pb2 import Event
@@ -173,6 +183,7 @@ def test_mlflow_wandb_and_tensorboard_hold_one_run_per_trial(ray_session, tmp_pa
         kinds: dict[str, list] = {}
         for rec in wandb_records(Path(folder) / f"run-{tid}.wandb"):
             kinds.setdefault(rec.WhichOneof("record_type"), []).append(rec)
+        assert {"run", "history", "artifact"} <= set(kinds), wandb_diagnosis(Path(folder), tid, kinds)
         (head,) = kinds["run"]
         assert head.run.display_name == f"{cfg.name}/fair/{ds}/{tid}" and head.run.project == "fair-test"
         assert f"sweep:{cfg.name}" in head.run.tags

@@ -259,6 +259,14 @@ class _RecordLoggingActor(_WandbLoggingActor):
     """Ray's W&B logging actor (one per trial, on the driver's node). Checkpoints are not uploaded, so the
     queue's checkpoint item carries the trial's record file instead: logged as an artifact."""
 
+    def run(self):
+        try:
+            super().run()                  # logs until the END item, then wandb.finish()
+        finally:
+            # Ray kills this actor as soon as run() returns, so W&B's atexit teardown never runs; without it
+            # the W&B service process can die before it has written the run's last records to disk
+            self._wandb.teardown()
+
     def _handle_checkpoint(self, path: str):
         artifact = self._wandb.Artifact(name=f"record-{self.kwargs.get('id')}", type="record")
         artifact.add_file(path, name=RECORD_ARTIFACT)    # copied into W&B's staging area here

@@ -39,6 +39,7 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     "reuse_actors": ["ray.reuse_actors=true"],
     # the order before critical_path (tune/study_order.py): studies in turn, the long ones' finals last
     "round_robin": ["search.order=round_robin"],
+    "uncapped": ["search.max_running_share=1.0"],
     # Tune forces an experiment-state snapshot when a trial has checkpointed num_to_keep times since the last
     # one: with 1 that is every epoch of every trial, with 2 about once per epoch of the fastest trial
     "keep_2": ["ray.checkpoints_to_keep=2"],

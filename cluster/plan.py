@@ -220,6 +220,7 @@ class Estimate:
     grace_period: Optional[int] = None    # budget.early_stopping's (None: no early stopping)
     reduction_factor: float = 0.0
     order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
+    max_running: Optional[int] = None     # search.max_running_share's cap on one study's trials in flight
     _schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # asha -> Schedule
 
     @property
@@ -246,7 +247,7 @@ class Estimate:
             search = [(fixed + e * d.epoch_gpu_s) / g
                       for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
             loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
-        self._schedules[asha] = simulate(loads, self.concurrency, self.order)
+        self._schedules[asha] = simulate(loads, self.concurrency, self.order, self.max_running)
         return self._schedules[asha]
 
     def wall_hours(self, asha: bool = False) -> float:
@@ -375,7 +376,7 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
                     local_views(sweep.search_space(sweep.method_names[0]), configs[first]),
                     sweep.method_names, budget.final_seeds,
                     es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
-                    sweep.search.order)
+                    sweep.search.order, sweep.search.max_running(budget.trials_per_dataset))
 
 
 def trial_durations(sweep: SweepConfig) -> Optional[dict[str, tuple[float, float]]]:
@@ -460,7 +461,8 @@ def format_estimate(e: Estimate, launcher: str = "") -> str:
     sched = e.schedule(asha)
     if sched.peak_running:
         top = max(sched.peak_running, key=sched.peak_running.get)
-        lines.append(f"  search.order {e.order}: up to {sched.peak_running[top]} trials of one study at once ({top}); "
+        cap = f"; cap {e.max_running} from search.max_running_share" if e.max_running else ""
+        lines.append(f"  search.order {e.order}: up to {sched.peak_running[top]} trials of one study at once ({top}{cap}); "
                      f"a search trial starts with {sched.running_at_handout:.1f} of its study's running on average "
                      f"(tune/study_order.py)")
     lines.append("  Estimates: dataset sizes, per-image costs and prices are approximate (cluster/costs.py); "

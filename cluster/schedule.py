@@ -77,11 +77,13 @@ def rung_epochs(n: int, epochs: int, grace_period: Optional[int], reduction_fact
     return out
 
 
-def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path") -> Schedule:
+def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
+             cap: Optional[int] = None) -> Schedule:
     """List-schedule the studies' trials on `slots` slots as tune.searcher.StudySearcher hands them out:
     each freed slot goes to the first study in `order` (tune.study_order) that has a search trial left,
-    or whose search has ended and that has a final re-run left. The order sees each study's mean durations
-    (the searcher sees them as they are measured)."""
+    or whose search has ended and that has a final re-run left, no study with more than `cap` search trials
+    in flight (search.max_running_share). The order sees each study's mean durations (the searcher sees
+    the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
@@ -96,7 +98,7 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path")
         rotated = [(nxt + i) % n for i in range(n)]
         progress = [StudyProgress(len(studies[k].search_s) - handed[k], running[k], studies[k].finals - finals[k],
                                   mean_s[k], studies[k].final_s or None) for k in rotated]
-        for j in priority(progress, order, slots, slots - free):
+        for j in priority(progress, order, slots, slots - free, cap):
             k = rotated[j]
             s = studies[k]
             if handed[k] < len(s.search_s):

@@ -21,6 +21,13 @@ def test_rung_epochs_stop_trials_in_the_ideal_asha_proportions(epochs, grace, rf
     assert rung_epochs(9, 15, 3, 3).count(15) == 1 and rung_epochs(4, 15, None, 3) == [15] * 4
 
 
+def test_a_cap_holds_each_studys_search_trials_in_flight():
+    loads = [StudyLoad("long", [10.0] * 8, 10.0, 1), StudyLoad("short", [1.0] * 8, 1.0, 1)]
+    free, capped = simulate(loads, slots=8), simulate(loads, slots=8, cap=2)
+    assert free.peak_running["long"] > 2 and capped.peak_running == {"long": 2, "short": 2}
+    assert capped.wall_s == 10.0 * 4 + 10.0          # long's 8 trials two at a time, then its final
+
+
 def test_a_studys_final_re_runs_wait_for_its_last_search_trial():
     # one study on 3 slots: search 3 and 5 run together, the final (4) starts at 5 although a slot is free at 3
     s = simulate([StudyLoad("a", [3.0, 5.0], 4.0, 1)], slots=3)
@@ -38,14 +45,17 @@ def test_round_robin_hands_out_search_trials_in_turn(order):
 
 
 def test_critical_path_ends_paper13_near_work_over_slots_where_round_robin_leaves_a_tail():
-    """paper13 (65 studies, a food101 trial ~17x a dtd trial) on its 64 slots, with the plan's cost model."""
-    walls = {}
-    for order in ("round_robin", "critical_path"):
-        e = planner.estimate(read_sweep(PAPER13, [f"search.order={order}"]))
+    """paper13 (65 studies, a food101 trial ~17x a dtd trial) on its 64 slots, with the plan's cost model;
+    search.max_running_share's default cap (16 of a study's 40 search trials) costs a 5% longer wall."""
+    walls, peaks = {}, {}
+    for name, over in (("round_robin", ["search.order=round_robin"]), ("critical_path", []),
+                       ("uncapped", ["search.max_running_share=1.0"])):
+        e = planner.estimate(read_sweep(PAPER13, over))
         sched = e.schedule(asha=True)
-        walls[order] = sched.wall_s / sched.spread_s
+        walls[name], peaks[name] = sched.wall_s / sched.spread_s, max(sched.peak_running.values())
         assert e.wall_hours(asha=True) * 3600 >= sched.wall_s >= sched.spread_s
-    assert walls["round_robin"] > 1.3 and walls["critical_path"] < 1.05
+    assert walls["round_robin"] > 1.3 and walls["critical_path"] < 1.06 and walls["uncapped"] < 1.01
+    assert peaks["critical_path"] == 16 < peaks["uncapped"]
 
 
 def test_critical_path_gives_the_study_that_must_hurry_the_slot_and_final_re_runs_first():
@@ -69,6 +79,11 @@ def test_critical_path_gives_the_study_that_must_hurry_the_slot_and_final_re_run
     assert priority([fast, slow, done], "critical_path", slots=4, running=0)[0] == 2
     unknown = StudyProgress(search_left=9, running=0, finals_left=1)            # nothing measured: in turn
     assert priority([unknown, unknown], "critical_path", slots=4, running=0) == [0, 1]
+    # a study with `cap` search trials in flight is left out until one ends; its finals are not search trials
+    assert priority([fast, slow, done], "critical_path", slots=4, running=0, cap=1) == [2, 1, 0]
+    capped = StudyProgress(search_left=9, running=2, finals_left=1, search_s=100.0, full_s=300.0)
+    assert priority([fast, capped, done], "critical_path", slots=4, running=2, cap=2) == [2, 0]
+    assert priority([capped, fast], "round_robin", slots=4, running=2, cap=2) == [1]
     with pytest.raises(ValueError, match="search.order must be one of critical_path, round_robin"):
         priority([fast], "fastest", slots=1, running=0)
 

@@ -87,17 +87,21 @@ class StudySearcher(Searcher):
 
     stores: Dict[str, object] = {}   # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
     orders: Dict[str, str] = {}      # sweep -> its search.order in this process (may change on resume)
+    caps: Dict[str, Optional[int]] = {}   # sweep -> its cap on one study's search trials in flight (likewise)
     priors: Dict[str, Dict[str, tuple]] = {}   # sweep -> {study: (search, full) trial durations expected}
 
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
                  seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
-                 sweep: str = "", order: str = "critical_path", prior: Optional[Dict[str, tuple]] = None):
+                 sweep: str = "", order: str = "critical_path", prior: Optional[Dict[str, tuple]] = None,
+                 max_running: Optional[int] = None):
         """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
         seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none); `sweep`: the sweep whose
         Optuna storage (`use_store`) holds the studies, named `<sweep>/<study>` ("": an in-memory storage,
         kept with the searcher's state, for tools and tests); `order`: search.order (tune.study_order), unless
         `set_order` gave the sweep another in this process; `prior`: {study: (search, full)} trial durations a
-        cost model expects, in any unit (tune.study_order.durations), unless `set_prior` gave the sweep one."""
+        cost model expects, in any unit (tune.study_order.durations), unless `set_prior` gave the sweep one;
+        `max_running`: the most search trials of one study in flight (None: no cap), unless `set_order` gave
+        the sweep another."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,19 +127,24 @@ class StudySearcher(Searcher):
         self.orphans: Dict[str, list] = {k: [] for k in self.study_keys}  # storage trial ids to hand out again
         self.running: set = set()           # trial ids handed out and not ended (finals included)
         self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
-        self._order = order
+        self._order, self._max_running = order, max_running
         self._prior = dict(prior or {})
         self._next = 0
         self._attached = True
 
     @classmethod
-    def set_order(cls, sweep: str, order: str) -> None:
-        """The search.order of `sweep` in this process; searchers of that sweep restored afterwards use it."""
-        cls.orders[sweep] = order
+    def set_order(cls, sweep: str, order: str, max_running: Optional[int] = None) -> None:
+        """The search.order of `sweep` in this process, and its cap on one study's search trials in flight
+        (None: none); searchers of that sweep restored afterwards use them."""
+        cls.orders[sweep], cls.caps[sweep] = order, max_running
 
     @property
     def order(self) -> str:
         return self.orders.get(self.sweep, getattr(self, "_order", "critical_path"))
+
+    @property
+    def max_running(self) -> Optional[int]:
+        return self.caps[self.sweep] if self.sweep in self.caps else getattr(self, "_max_running", None)
 
     @classmethod
     def set_prior(cls, sweep: str, prior: Optional[Dict[str, tuple]]) -> None:
@@ -208,7 +217,7 @@ class StudySearcher(Searcher):
         slots = SweepLimiter.limits.get(self.sweep) or len(self.running) + 1
         searching = Counter(self.owner.get(t) for t in self.running if self.stage(t) == SEARCH)
         progress = [self._progress(k, searching[k]) for k in rotated]
-        for j in priority(progress, self.order, slots, len(self.running)):
+        for j in priority(progress, self.order, slots, len(self.running), self.max_running):
             k = rotated[j]
             config = self._search(k, trial_id) if self.suggested[k] < self.budget[k] else self._final(k, trial_id)
             if config is not None:

@@ -89,7 +89,7 @@ def load_saved(storage: str, name: str, overrides: list[str] = ()) -> SweepConfi
 
 
 # sweep keys a resume may change: Ray and progress options, and how many trials run at once
-RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent", "search.order")
+RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent", "search.order", "search.max_running_share")
 
 
 def _search_changes(a: dict, b: dict) -> list[str]:
@@ -193,7 +193,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     SweepLimiter.set_limit(cfg.name, conc)         # before a restore unpickles the sweep's limiter
     store = prepare(cfg, uri, resume=exists)       # the Optuna storage of its studies (tune.optuna_storage)
     StudySearcher.use_store(cfg.name, store)       # ... which a restored searcher re-reads
-    StudySearcher.set_order(cfg.name, cfg.search.order)
+    cap = cfg.search.max_running(cfg.budget.trials_per_dataset)
+    StudySearcher.set_order(cfg.name, cfg.search.order, cap)
     StudySearcher.set_prior(cfg.name, prior)
     log.info("Optuna studies of sweep %s: %s", cfg.name, store.dashboard())
     plan = build_plan(cfg, uri)
@@ -210,7 +211,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
                                  cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
                                  {k: cfg.search.seed_for(k) for k in cfg.studies},
                                  {k: cfg.final_seeds_of(k) for k in cfg.studies}, sweep=cfg.name,
-                                 order=cfg.search.order)
+                                 order=cfg.search.order, max_running=cap)
         es = cfg.budget.early_stopping
         scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
         if scheduler is not None:

@@ -256,22 +256,24 @@ def test_a_prior_gives_the_long_study_the_first_slots_and_a_rerun_gives_it_again
 
 
 def test_a_study_at_its_cap_of_trials_in_flight_waits_and_the_cap_may_change_on_resume(monkeypatch):
-    """search.max_running_share: no study has more than its cap of search trials in flight; once every
-    study with budget left is at its cap the searcher waits (None) until one ends; a rerun's cap wins."""
+    """search.max_running_share: a study at its cap of search trials in flight gets the next slot only if no
+    other study can use it; a rerun's cap wins."""
     from tune.searcher import StudySearcher
     monkeypatch.setattr(StudySearcher, "orders", {})
     monkeypatch.setattr(StudySearcher, "caps", {})
     keys = ["fair/a", "fair/b"]
     s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys},
                       prior={"fair/a": (1.0, 3.0), "fair/b": (100.0, 300.0)}, max_running=2)
-    got = [s.suggest(f"t{i}") for i in range(5)]
-    assert [c["study"] for c in got[:4]] == ["fair/b", "fair/b", "fair/a", "fair/a"] and got[4] is None
+    got = [s.suggest(f"t{i}")["study"] for i in range(5)]
+    assert got == ["fair/b", "fair/b", "fair/a", "fair/a", "fair/b"]    # both at 2: b, first in need
     s.on_trial_complete("t0", {**_final(10.0), "time_total_s": 100.0})
-    assert s.suggest("t5")["study"] == "fair/b"
+    s.on_trial_complete("t4", {**_final(10.0), "time_total_s": 100.0})
+    assert s.suggest("t5")["study"] == "fair/b"                             # b has 1 of its 2 again
+    assert s.suggest("t6")["study"] == "fair/b"                             # both at 2 again: b
     again = pickle.loads(pickle.dumps(s))
     assert again.max_running == 2
     StudySearcher.set_order("", "critical_path", 3)
-    assert again.max_running == 3 and again.suggest("t6")["study"] == "fair/b"
+    assert again.max_running == 3 and again.suggest("t7")["study"] == "fair/a"   # b holds 3 of its 3
 
 
 def test_the_cap_share_is_checked_and_counts_trials_of_the_study_budget():

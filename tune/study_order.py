@@ -19,7 +19,8 @@ trial lasts ~17x a dtd trial) the order decides the wall time:
   suggestion; over all studies, a search trial is handed out with 1.23 trials of its study still running
   on average, against 0.56. Hence a cap on one study's search trials in flight, for both orders
   (`search.max_running_share`, default 0.4 of its search budget: bench.search_concurrency measured no
-  loss of the picked configuration at 0.4, and random search's at 0.8); with it, paper13 simulates 1.05x.
+  loss of the picked configuration at 0.4, and random search's at 0.8); a study at its cap takes a slot
+  only when no other can use it. With it, paper13 simulates 1.05x.
 Trial durations are the studies' own, measured as their trials end (tune.searcher), blended with a prior
 until enough are: `fair sweep` gives the searcher the plan's cost model (cluster.plan.trial_durations), so
 the first wave already favours the long studies. `cluster plan` simulates the same order with that cost
@@ -54,12 +55,15 @@ def priority(studies: list[StudyProgress], order: str, slots: int, running: int,
     """Indices of `studies` in the order to offer them the next slot. The caller rotates `studies`
     round-robin; `round_robin` keeps that order, `critical_path` sorts by need and keeps it among ties.
     `slots`: trials the sweep runs at once; `running`: trials in flight now (finals included); `cap`: the
-    most search trials of one study in flight (search.max_running_share): a study at its cap is left out
-    until one of them ends."""
+    most search trials of one study in flight (search.max_running_share): a study at its cap comes after
+    every other, so it takes a slot only when no other study can use it (the cap never idles a slot)."""
     if order not in ORDERS:
         raise ValueError(f"search.order must be one of {', '.join(ORDERS)}, got {order!r}")
     ranked = list(range(len(studies))) if order == "round_robin" else _critical_path(studies, slots, running)
-    return [i for i in ranked if cap is None or not studies[i].search_left or studies[i].running < cap]
+    if cap is None:
+        return ranked
+    full = [i for i in ranked if studies[i].search_left and studies[i].running >= cap]
+    return [i for i in ranked if i not in full] + full
 
 
 def _critical_path(studies: list[StudyProgress], slots: int, running: int) -> list[int]:

@@ -115,7 +115,8 @@ class Search:
     order: Literal["critical_path", "round_robin"] = "critical_path"
     # the most search trials of one study in flight at once, as a share of its search budget (at least 1):
     # a study that runs most of its trials at once suggests them before any has ended, and its sampler is
-    # then random search (bench.search_concurrency: 0.4 costs nothing measurable, 0.8 all TPE's gain)
+    # then random search (bench.search_concurrency: 0.4 costs nothing measurable, 0.8 all TPE's gain). A study
+    # at its cap takes a slot only when no other study can use it: the cap never idles a slot
     max_running_share: float = 0.4
 
     def max_running(self, trials: int) -> int:

@@ -62,8 +62,7 @@ def priority(studies: list[StudyProgress], order: str, slots: int, running: int,
     ranked = list(range(len(studies))) if order == "round_robin" else _critical_path(studies, slots, running)
     if cap is None:
         return ranked
-    full = [i for i in ranked if studies[i].search_left and studies[i].running >= cap]
-    return [i for i in ranked if i not in full] + full
+    return sorted(ranked, key=lambda i: bool(studies[i].search_left and studies[i].running >= cap))   # stable
 
 
 def _critical_path(studies: list[StudyProgress], slots: int, running: int) -> list[int]:

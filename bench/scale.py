@@ -40,6 +40,8 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     # the order before critical_path (tune/study_order.py): studies in turn, the long ones' finals last
     "round_robin": ["search.order=round_robin"],
     "uncapped": ["search.max_running_share=1.0"],
+    # finals only after their study's last search trial (tune.searcher's early finals off)
+    "late_finals": ["search.early_finals=false"],
     # Tune forces an experiment-state snapshot when a trial has checkpointed num_to_keep times since the last
     # one: with 1 that is every epoch of every trial, with 2 about once per epoch of the fastest trial
     "keep_2": ["ray.checkpoints_to_keep=2"],
@@ -227,20 +229,39 @@ def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
             "gaps": gaps, "slots_seen": len(by_slot)}
 
 
-def chain_bound(trace: dict[str, list[dict]], uri: str, name: str) -> float:
-    """The wall time no order can beat besides work / slots: a study's final re-runs start after its last
-    search trial, so the sweep lasts at least, for every study, its longest search trial plus its shortest
-    final re-run (measured durations, from the trace; stage and study from the records)."""
+def read_records(uri: str, name: str) -> list[dict]:
+    """Every record the sweep wrote."""
     from tune import storage as sweep_storage
+    return [sweep_storage.read_json(uri, sweep_storage.record_key(name, dataset, t))
+            for dataset, ids in sweep_storage.list_records(uri, name).items() for t in ids]
+
+
+def study_picks(records: list[dict], objective: str, mode: str) -> dict[str, str]:
+    """{study: its pick}: the completed search trial with the best objective (the searcher's pick)."""
+    from tune.studies import FINAL
+    sign, out, best = 1 if mode == "max" else -1, {}, {}
+    for r in records:
+        value = (r.get("metrics") or {}).get(objective)
+        if r.get("stage") == FINAL or r.get("status") != "completed" or value is None:
+            continue
+        k = (r.get("sweep") or {}).get("study")
+        if k not in best or sign * value > sign * best[k]:
+            best[k], out[k] = value, r["run_id"]
+    return out
+
+
+def chain_bound(trace: dict[str, list[dict]], records: list[dict], picks: dict[str, str]) -> float:
+    """The wall time no order can beat besides work / slots: a study's finals re-run its pick, so they start
+    after the pick's search trial ended (early finals: tune.searcher; without them, after its last search
+    trial), and the sweep lasts at least, for every study, its pick's search trial plus its shortest final
+    (measured durations, from the trace)."""
     span = {t: max(p["t1"] for p in ph) - min(p["t0"] for p in ph) for t, ph in trace.items() if ph}
-    chains: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for dataset, ids in sweep_storage.list_records(uri, name).items():
-        for t in ids:
-            rec = sweep_storage.read_json(uri, sweep_storage.record_key(name, dataset, t))
-            if t in span:
-                chains[(rec.get("sweep") or {}).get("study") or dataset][rec.get("stage", "search")].append(span[t])
-    return max((max(c["search"]) + min(c["final"]) for c in chains.values() if c["search"] and c["final"]),
-               default=0.0)
+    chains = []
+    for pick in picks.values():
+        finals = [span[r["run_id"]] for r in records if r.get("picked_from") == pick and r["run_id"] in span]
+        if finals and pick in span:
+            chains.append(span[pick] + min(finals))
+    return max(chains, default=0.0)
 
 
 def storage_objects(uri: str, name: str) -> dict[str, int]:
@@ -254,18 +275,24 @@ def storage_objects(uri: str, name: str) -> dict[str, int]:
     return dict(counts)
 
 
-def check_counts(uri: str, cfg) -> list[str]:
-    """Every trial one record, every study its trials: the problems found (empty: all there)."""
-    from tune import storage as sweep_storage
-    recs = sweep_storage.list_records(uri, cfg.name)
-    per_study = cfg.budget.trials_per_dataset + cfg.budget.final_seeds      # search trials and final re-runs
-    expected = per_study * len(cfg.method_names)                             # records of a dataset, all methods
-    problems = [f"{d}: {len(recs.get(d, []))} records, expected {expected}"
-                for d in cfg.datasets if len(recs.get(d, [])) != expected]
-    ids = [t for v in recs.values() for t in v]
+def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Every trial one record, every study its search trials and its finals of its pick (beside them,
+    early finals of an earlier pick that a later one superseded: tune.searcher): the problems found
+    (empty: all there) and the superseded finals."""
+    from tune.studies import FINAL
+    problems, superseded = [], []
+    for k in cfg.studies:
+        mine = [r for r in records if (r.get("sweep") or {}).get("study") == k]
+        finals = [r for r in mine if r.get("stage") == FINAL]
+        of_pick = sum(r.get("picked_from") == picks.get(k) for r in finals)
+        superseded += [r["run_id"] for r in finals if r.get("picked_from") != picks.get(k)]
+        if len(mine) - len(finals) != cfg.budget.trials_per_dataset or of_pick != cfg.budget.final_seeds:
+            problems.append(f"{k}: {len(mine) - len(finals)} search records, {of_pick} finals of its pick "
+                            f"{picks.get(k)}; expected {cfg.budget.trials_per_dataset} and {cfg.budget.final_seeds}")
+    ids = [r["run_id"] for r in records]
     if len(set(ids)) != len(ids):
-        problems.append("a trial id has records in two datasets")
-    return problems
+        problems.append("a trial id has two records")
+    return problems, superseded
 
 
 def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
@@ -295,12 +322,19 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     t = time.perf_counter()
     summary = collect([f"{uri}/{name}"], f"{uri}/{name}-tables")
     collect_s = time.perf_counter() - t
+    records = read_records(uri, name)
+    picks = study_picks(records, cfg.objective.metric, cfg.objective.mode)
+    problems, superseded = check_counts(records, cfg, picks)
+    expected = cfg.total_trials + len(superseded)
     out = {
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
-        "objects": objects, "chain": chain_bound(trace, uri, name), "problems": check_counts(uri, cfg) + (
-            [] if summary["records"] == cfg.total_trials else
-            [f"results collect read {summary['records']} records of {cfg.total_trials} trials"]),
+        "objects": objects, "superseded": superseded,
+        "superseded_s": sum(max(p["t1"] for p in trace[t]) - min(p["t0"] for p in trace[t])
+                            for t in superseded if trace.get(t)),
+        "chain": chain_bound(trace, records, picks),
+        "problems": problems + ([] if summary["records"] == expected else
+                                [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "rss_mb": cpu1.ru_maxrss / 1024, "suggest": timers.spent.get("suggest", []),
@@ -347,7 +381,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("wall s", lambda r: f"{r['wall']:.0f}")
     row("theoretical minimum s (work / slots)", lambda r: f"{r['min_wall']:.0f}")
     row("overhead ratio (wall / minimum)", lambda r: f"{r['wall'] / r['min_wall']:.2f}x" if r["min_wall"] else "-")
-    row("chain bound s (a study's search, then final)", lambda r: f"{r['chain']:.0f}")
+    row("chain bound s (a study's pick, then final)", lambda r: f"{r['chain']:.0f}")
     row("wall / max(minimum, chain bound)", lambda r: f"{r['wall'] / max(r['min_wall'], r['chain']):.2f}x"
         if r["min_wall"] else "-")
     row("slot time busy with trial work", lambda r: f"{100 * r['busy']:.1f}%")
@@ -365,6 +399,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("  records / checkpoints / trial files", lambda r: "{} / {} / {}".format(
         *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
     row("results collect s (records)", lambda r: f"{r['collect_s']:.1f} ({r['collected']})")
+    row("early finals superseded (count, slot s)", lambda r: f"{len(r['superseded'])}, {r['superseded_s']:.0f}")
     row("count check", lambda r: "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
     lat = ", ".join(f"trial {n}: {s * 1e3:.0f} ms" for n, s in sorted(latency.items()))
     lines.append(f"Optuna suggest latency ({sampler}, one study): {lat}")

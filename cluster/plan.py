@@ -221,6 +221,7 @@ class Estimate:
     reduction_factor: float = 0.0
     order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
     max_running: Optional[int] = None     # search.max_running_share's cap on one study's trials in flight
+    early_finals: bool = True             # search.early_finals: finals may start before their search ends
     _schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # asha -> Schedule
 
     @property
@@ -247,7 +248,8 @@ class Estimate:
             search = [(fixed + e * d.epoch_gpu_s) / g
                       for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
             loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
-        self._schedules[asha] = simulate(loads, self.concurrency, self.order, self.max_running)
+        self._schedules[asha] = simulate(loads, self.concurrency, self.order, self.max_running,
+                                          self.early_finals)
         return self._schedules[asha]
 
     def wall_hours(self, asha: bool = False) -> float:
@@ -376,7 +378,8 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
                     local_views(sweep.search_space(sweep.method_names[0]), configs[first]),
                     sweep.method_names, budget.final_seeds,
                     es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
-                    sweep.search.order, sweep.search.max_running(budget.trials_per_dataset))
+                    sweep.search.order, sweep.search.max_running(budget.trials_per_dataset),
+                    sweep.search.early_finals)
 
 
 def trial_durations(sweep: SweepConfig) -> Optional[dict[str, tuple[float, float]]]:

@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
-from tune.study_order import StudyProgress, priority
+from tune.study_order import StudyProgress, early_finals_due, priority
 
 GOLDEN = (math.sqrt(5) - 1) / 2      # a low-discrepancy sequence spreads the stopped trials over a study
 
@@ -78,12 +78,15 @@ def rung_epochs(n: int, epochs: int, grace_period: Optional[int], reduction_fact
 
 
 def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
-             cap: Optional[int] = None) -> Schedule:
+             cap: Optional[int] = None, early_finals: bool = False) -> Schedule:
     """List-schedule the studies' trials on `slots` slots as tune.searcher.StudySearcher hands them out:
     each freed slot goes to the first study in `order` (tune.study_order) that has a search trial left,
-    or whose search has ended and that has a final re-run left, no study with more than `cap` search trials
-    in flight (search.max_running_share). The order sees each study's mean durations (the searcher sees
-    the plan's, then measured ones)."""
+    or whose search has ended and that has a final re-run left, a study at `cap` search trials in flight
+    (search.max_running_share) only when no other can use it; with `early_finals` (search.early_finals), a
+    study whose search trials are all handed out runs its finals before its search ends, first when they
+    are due (tune.study_order.early_finals_due), else on a slot no study can use, assuming its pick then is
+    its pick in the end (a later pick costs one more final). The
+    order sees each study's mean durations (the searcher sees the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
@@ -98,7 +101,9 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
         rotated = [(nxt + i) % n for i in range(n)]
         progress = [StudyProgress(len(studies[k].search_s) - handed[k], running[k], studies[k].finals - finals[k],
                                   mean_s[k], studies[k].final_s or None) for k in rotated]
-        for j in priority(progress, order, slots, slots - free, cap):
+        due = early_finals_due(progress, order, slots) if early_finals else [False] * n
+        ranked = priority(progress, order, slots, slots - free, cap)
+        for j in ranked:
             k = rotated[j]
             s = studies[k]
             if handed[k] < len(s.search_s):
@@ -108,10 +113,15 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
                 out.peak_running[s.name] = max(out.peak_running.get(s.name, 0), running[k])
                 nxt = (k + 1) % n
                 return k, s.search_s[handed[k] - 1], False
-            if ended[k] == len(s.search_s) and finals[k] < s.finals:
+            if (ended[k] == len(s.search_s) or due[j]) and finals[k] < s.finals:
                 finals[k] += 1
                 nxt = (k + 1) % n
                 return k, s.final_s, True
+        for k in [rotated[j] for j in ranked] if early_finals else ():
+            if handed[k] == len(studies[k].search_s) and finals[k] < studies[k].finals:
+                finals[k] += 1
+                nxt = (k + 1) % n
+                return k, studies[k].final_s, True
         return None
 
     while True:

@@ -51,15 +51,17 @@ def test_round_robin_hands_out_search_trials_in_turn(order):
 
 def test_critical_path_ends_paper13_near_work_over_slots_where_round_robin_leaves_a_tail():
     """paper13 (65 studies, a food101 trial ~17x a dtd trial) on its 64 slots, with the plan's cost model;
-    search.max_running_share's default cap (16 of a study's 40 search trials) costs a 5% longer wall."""
+    search.max_running_share's default cap (16 of a study's 40 search trials) costs a 5% longer wall unless
+    finals may start before their search ends (search.early_finals)."""
     walls, peaks = {}, {}
     for name, over in (("round_robin", ["search.order=round_robin"]), ("critical_path", []),
-                       ("uncapped", ["search.max_running_share=1.0"])):
+                       ("uncapped", ["search.max_running_share=1.0"]), ("late", ["search.early_finals=false"])):
         e = planner.estimate(read_sweep(PAPER13, over))
         sched = e.schedule(asha=True)
         walls[name], peaks[name] = sched.wall_s / sched.spread_s, sched.peak_running["fair/food101"]
         assert e.wall_hours(asha=True) * 3600 >= sched.wall_s >= sched.spread_s
-    assert walls["round_robin"] > 1.3 and walls["critical_path"] < 1.06 and walls["uncapped"] < 1.01
+    assert walls["round_robin"] > 1.3 and walls["critical_path"] < 1.01 and walls["uncapped"] < 1.01
+    assert 1.03 < walls["late"] < 1.06
     assert peaks["critical_path"] == 16 < peaks["uncapped"] == 32        # fair/food101's
 
 
@@ -130,3 +132,24 @@ def test_fair_sweeps_prior_is_the_plans_cost_model_per_study():
     food, dtd = prior["fair/food101"], prior["fair/dtd"]
     assert food[0] < food[1] and food[0] > 10 * dtd[0]
     assert {d.name: d.trial_gpu_s for d in est.datasets} == {k: v[1] for k, v in prior.items()}
+
+
+def test_early_finals_start_on_a_slot_the_search_leaves_idle():
+    """One study on 2 slots, search trials of 1 s and 4 s, a 3 s final: without early finals the final waits
+    for the 4 s trial (wall 7 s); with them it starts on the slot freed at 1 s (wall 4 s)."""
+    load = [StudyLoad("a", [1.0, 4.0], final_s=3.0, finals=1)]
+    assert simulate(load, slots=2).wall_s == 7.0
+    early = simulate(load, slots=2, early_finals=True)
+    assert early.wall_s == 4.0 and early.busy_s == 8.0 and early.end_s["a"] == 4.0
+
+
+def test_an_early_final_is_due_when_it_alone_outlasts_the_work_left():
+    """tune.study_order.early_finals_due: a study with all search trials out, one running, whose 10 s final
+    is longer than the work not handed out / slots (7.5 s on 2 slots) must start its final now; on 1 slot
+    (15 s left) it waits; round_robin never hurries a final."""
+    from tune.study_order import early_finals_due
+    a = StudyProgress(search_left=0, running=1, finals_left=1, search_s=4.0, full_s=10.0)
+    b = StudyProgress(search_left=4, running=1, finals_left=1, search_s=1.0, full_s=1.0)
+    assert early_finals_due([a, b], "critical_path", 2) == [True, False]
+    assert early_finals_due([a, b], "critical_path", 1) == [False, False]
+    assert early_finals_due([a, b], "round_robin", 2) == [False, False]

@@ -93,12 +93,13 @@ def _final(objective: float) -> dict:
     return {"objective": objective, "final_val_top1": objective, "epoch": 2, "training_iteration": 2}
 
 
-def _searcher(budget=2, finals=2):
-    from tune.searcher import StudySearcher
+def _searcher(budget=2, finals=2, early_finals=False):
+    from tune.searcher import HandOut, StudySearcher
     keys = ["fair/a", "selftrain/a"]
     spaces = {"fair/a": parse_space(FAIR_SPACE), "selftrain/a": parse_space(SELFTRAIN_SPACE)}
     return StudySearcher(spaces, keys, budget, "max", seeds={k: i for i, k in enumerate(keys)},
-                         final_seeds={k: list(range(1, finals + 1)) for k in keys})
+                         final_seeds={k: list(range(1, finals + 1)) for k in keys},
+                         hand_out=HandOut(early_finals=early_finals))
 
 
 def test_searcher_budgets_per_study_then_final_seeds_of_the_best_once_its_search_has_ended(tmp_path):
@@ -156,6 +157,66 @@ def test_a_resumed_trial_whose_late_result_is_best_is_the_pick_when_finals_have_
     assert s.suggest("f2") == s.FINISHED                 # every trial handed out (Tune waits for those running)
 
 
+def test_an_idle_slot_runs_an_early_final_of_the_pick_and_a_later_pick_supersedes_it(tmp_path):
+    """search.early_finals: once a study's search trials are all handed out, a slot no study can use runs a
+    final of its current pick; a search trial that ends better supersedes it (the scheduler stops it at its
+    next result, its seed goes to the new pick); when the pick holds, the early finals are its finals."""
+    from ray.tune.schedulers import TrialScheduler
+    from tune.searcher import FinalsScheduler, PerStudyASHA, StudySearcher
+
+    class Trial:
+        def __init__(self, tid, config):
+            self.trial_id, self.config = tid, config
+
+    s = _searcher(budget=3, finals=2, early_finals=True)
+    got = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
+    assert [c["study"] for c in got.values()] == ["fair/a", "selftrain/a"] * 3
+    assert s.suggest("w0") is None                       # no search trial has ended: no pick to re-run
+    s.on_trial_complete("t0", _final(10.0))              # fair/a picks t0 for now; t2 and t4 still run
+    e1, e2 = s.suggest("e1"), s.suggest("e2")
+    assert [(e["stage"], e["study"], e["picked_from"], e["seed"]) for e in (e1, e2)] == \
+        [("final", "fair/a", "t0", 1), ("final", "fair/a", "t0", 2)]
+    assert e1["hparams"] == got["t0"]["hparams"]
+    s.on_trial_complete("t1", error=True)
+    s.on_trial_complete("t3", error=True)
+    s.on_trial_complete("t5", error=True)               # selftrain/a has nothing to re-run
+    assert s.suggest("w1") is None                       # all seeds out, but fair/a's pick may change: wait
+    sched, asha = FinalsScheduler(""), PerStudyASHA(max_t=2, grace_period=1, reduction_factor=2, sweep="")
+    assert sched.on_trial_result(None, Trial("e1", e1), {"epoch": 1}) == TrialScheduler.CONTINUE
+
+    s.on_trial_complete("t2", _final(30.0))              # a better pick: t0's finals no longer count
+    assert s.superseded == {"e1", "e2"} and StudySearcher.is_superseded("", "e1")
+    for scheduler in (sched, asha):
+        assert scheduler.on_trial_result(None, Trial("e1", e1), {"epoch": 1}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, Trial("t4", got["t4"]), {"objective": 1.0, "epoch": 1}) == \
+        TrialScheduler.CONTINUE                          # search trials: ASHA's as before
+    e3 = s.suggest("e3")
+    assert (e3["picked_from"], e3["seed"]) == ("t2", 1)
+    s.on_trial_complete("e1", {"objective": 10.0, "epoch": 1, "training_iteration": 1})   # stopped
+    assert "e1" not in s.running and s.studies["fair/a"]._ot_study.best_value == 30.0   # finals: no search
+
+    s.save(str(tmp_path / "state.pkl"))                  # a rerun keeps what was superseded
+    s2 = _searcher(budget=3, finals=2, early_finals=True)
+    s2.restore(str(tmp_path / "state.pkl"))
+    assert s2.superseded == {"e1", "e2"} and StudySearcher.is_superseded("", "e2")
+    s2.on_trial_complete("t4", _final(20.0))             # fair/a's search is over; t2 holds
+    f4 = s2.suggest("f4")
+    assert (f4["study"], f4["picked_from"], f4["seed"]) == ("fair/a", "t2", 2)
+    assert s2.finals["fair/a"] == ["e3", "f4"] and s2.superseded == {"e1", "e2"}
+    for t, v in (("t1", 1.0), ("t3", 3.0), ("t5", 2.0)):   # resumed by the rerun: they complete
+        s2.on_trial_complete(t, _final(v))
+    assert {s2.suggest(f"g{i}")["picked_from"] for i in range(2)} == {"t3"}
+    assert s2.suggest("w2") == s2.FINISHED
+
+
+def test_without_early_finals_an_idle_slot_waits_for_the_search_to_end():
+    s = _searcher(budget=2, finals=1, early_finals=False)
+    for i in range(4):
+        s.suggest(f"t{i}")
+    s.on_trial_complete("t0", _final(10.0))
+    assert s.suggest("w0") is None and s.finals["fair/a"] == []
+
+
 def test_a_restored_search_generator_asks_its_searcher_again():
     """Tune saves the generator's `finished`; a rerun may have finals to create after all."""
     from tune.searcher import SweepSearch
@@ -210,11 +271,11 @@ def test_records_carry_stage_and_picked_from():
 def test_the_search_order_gives_the_study_with_longer_trials_more_slots_once_measured(order, monkeypatch):
     """tune.study_order in the searcher: durations are measured from the trials' time_total_s as they end;
     with critical_path the study whose trials take 10x longer gets the next slots, round_robin alternates.
-    The order survives the searcher's save/restore, and a rerun may change it (set_order)."""
-    from tune.searcher import StudySearcher
-    monkeypatch.setattr(StudySearcher, "orders", {})
+    The order survives the searcher's save/restore, and a rerun may change it (set_hand_out)."""
+    from tune.searcher import HandOut, StudySearcher
+    monkeypatch.setattr(StudySearcher, "hand_outs", {})
     keys = ["fair/a", "fair/b"]
-    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys}, order=order)
+    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys}, hand_out=HandOut(order))
     first = [s.suggest(t)["study"] for t in ("t0", "t1")]
     assert first == keys                                       # nothing measured: in turn
     s.on_trial_complete("t0", {**_final(10.0), "time_total_s": 100.0})
@@ -227,43 +288,43 @@ def test_the_search_order_gives_the_study_with_longer_trials_more_slots_once_mea
     else:
         assert nxt.count("fair/a") >= 3
     assert s.running == {f"n{i}" for i in range(4)}
-    restored = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", order="round_robin")
+    restored = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", hand_out=HandOut("round_robin"))
     restored.set_state(s.get_state())
     assert restored.durations == s.durations and restored.running == s.running
     again = pickle.loads(pickle.dumps(s))
-    assert again.order == order
-    StudySearcher.set_order("", "round_robin" if order == "critical_path" else "critical_path")
-    assert again.order != order                               # the rerun's search.order wins
+    assert again.hand_out.order == order
+    StudySearcher.set_hand_out("", HandOut("round_robin" if order == "critical_path" else "critical_path"))
+    assert again.hand_out.order != order                               # the rerun's search.order wins
 
 
 def test_a_prior_gives_the_long_study_the_first_slots_and_a_rerun_gives_it_again(monkeypatch):
     """`fair sweep` gives the searcher the plan's expected durations (cluster.plan.trial_durations): before
     any trial ended, critical_path hands the study with 10x longer trials most of the first slots; a
-    restored searcher takes the prior of the process that restores it (set_prior)."""
-    from tune.searcher import StudySearcher
-    monkeypatch.setattr(StudySearcher, "orders", {})
-    monkeypatch.setattr(StudySearcher, "priors", {})
+    restored searcher takes the prior of the process that restores it (set_hand_out)."""
+    from tune.searcher import HandOut, StudySearcher
+    monkeypatch.setattr(StudySearcher, "hand_outs", {})
     keys = ["fair/a", "fair/b"]
     prior = {"fair/a": (10.0, 30.0), "fair/b": (100.0, 300.0)}
-    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys}, prior=prior)
+    s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys},
+                      hand_out=HandOut(prior=prior))
     first = [s.suggest(f"t{i}")["study"] for i in range(4)]
     assert first.count("fair/b") >= 3
     plain = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys})
     assert [plain.suggest(f"t{i}")["study"] for i in range(4)] == keys * 2      # no prior: in turn
     again = pickle.loads(pickle.dumps(plain))
-    StudySearcher.set_prior("", prior)
-    assert again.prior == prior
+    StudySearcher.set_hand_out("", HandOut(prior=prior))
+    assert again.hand_out.prior == prior
 
 
 def test_a_study_at_its_cap_of_trials_in_flight_waits_and_the_cap_may_change_on_resume(monkeypatch):
     """search.max_running_share: a study at its cap of search trials in flight gets the next slot only if no
     other study can use it; a rerun's cap wins."""
-    from tune.searcher import StudySearcher
-    monkeypatch.setattr(StudySearcher, "orders", {})
-    monkeypatch.setattr(StudySearcher, "caps", {})
+    from tune.searcher import HandOut, StudySearcher
+    monkeypatch.setattr(StudySearcher, "hand_outs", {})
     keys = ["fair/a", "fair/b"]
+    prior = {"fair/a": (1.0, 3.0), "fair/b": (100.0, 300.0)}
     s = StudySearcher(parse_space(FAIR_SPACE), keys, 10, "max", seeds={k: 0 for k in keys},
-                      prior={"fair/a": (1.0, 3.0), "fair/b": (100.0, 300.0)}, max_running=2)
+                      hand_out=HandOut(prior=prior, max_running=2))
     got = [s.suggest(f"t{i}")["study"] for i in range(5)]
     assert got == ["fair/b", "fair/b", "fair/a", "fair/a", "fair/b"]    # both at 2: b, first in need
     s.on_trial_complete("t0", {**_final(10.0), "time_total_s": 100.0})
@@ -271,9 +332,9 @@ def test_a_study_at_its_cap_of_trials_in_flight_waits_and_the_cap_may_change_on_
     assert s.suggest("t5")["study"] == "fair/b"                             # b has 1 of its 2 again
     assert s.suggest("t6")["study"] == "fair/b"                             # both at 2 again: b
     again = pickle.loads(pickle.dumps(s))
-    assert again.max_running == 2
-    StudySearcher.set_order("", "critical_path", 3)
-    assert again.max_running == 3 and again.suggest("t7")["study"] == "fair/a"   # b holds 3 of its 3
+    assert again.hand_out.max_running == 2
+    StudySearcher.set_hand_out("", HandOut(max_running=3, prior=prior))
+    assert again.hand_out.max_running == 3 and again.suggest("t7")["study"] == "fair/a"   # b holds 3 of its 3
 
 
 def test_the_cap_share_is_checked_and_counts_trials_of_the_study_budget():
@@ -282,3 +343,26 @@ def test_the_cap_share_is_checked_and_counts_trials_of_the_study_budget():
     assert Search(max_running_share=1.0).max_running(40) == 40
     with pytest.raises(FairError, match="search.max_running_share' must be in \\(0, 1\\]"):
         load_sweep(None, mapping=_sweep(search={"max_running_share": 0}))
+
+
+def test_the_sweep_summary_counts_superseded_early_finals_apart(tmp_path):
+    """tune.sweep._summarize: a final of an earlier pick (stopped, or completed before the pick changed) is
+    neither the study's final nor a trial stopped early, and not missing: the summary counts it apart."""
+    from types import SimpleNamespace
+    from tune.sweep import _summarize
+    cfg = load_sweep(None, mapping=_sweep(methods={"fair": FAIR_SPACE}, datasets=["fashion_mnist"],
+                                          budget={"trials_per_dataset": 2, "epochs": 2, "final_seeds": 1}))
+    k = "fair/fashion_mnist"
+
+    def row(tid, metrics, **config):
+        return SimpleNamespace(metrics={"trial_id": tid, **metrics}, config={"study": k, **config}, error=None,
+                               path=tid)
+    grid = [row("t0", _final(10.0)), row("t1", _final(30.0)),
+            row("e0", {"objective": 5.0, "epoch": 1}, stage="final", picked_from="t0"),    # stopped
+            row("e1", _final(11.0), stage="final", picked_from="t0"),                       # completed, old pick
+            row("f0", _final(31.0), stage="final", picked_from="t1")]
+    res = _summarize(cfg, str(tmp_path), grid, "objective")
+    assert res.best[k]["trial_id"] == "t1" and res.finals == {k: [31.0]} and res.superseded == 2
+    assert res.stopped_by == {} and res.complete and "2 early finals superseded" in res.table("objective")
+    res = _summarize(cfg, str(tmp_path), grid[:4], "objective")
+    assert res.unfinished == 1                           # the pick's final is still to come

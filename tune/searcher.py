@@ -32,13 +32,14 @@ import os
 import pickle
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.study_order import StudyProgress, priority
+from tune.study_order import StudyProgress, early_finals_due, priority
 from tune.studies import FINAL, SEARCH, stage_of
 
 log = logging.getLogger("tune.searcher")
@@ -72,6 +73,19 @@ def make_sampler(kind: str, seed: int):
 
 
 
+@dataclass
+class HandOut:
+    """How a sweep hands its trials out in this process (set by `fair sweep` from its config; a resumed sweep
+    takes the rerun's): `order` (search.order, tune.study_order), `max_running` (the cap on one study's search
+    trials in flight, search.max_running_share; None: none), `early_finals` (search.early_finals: a slot no
+    study can use runs a final of a study's current pick before its search has ended), `prior` ({study:
+    (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations)."""
+    order: str = "critical_path"
+    max_running: Optional[int] = None
+    early_finals: bool = True
+    prior: Dict[str, tuple] = field(default_factory=dict)
+
+
 class StudySearcher(Searcher):
     """Optuna studies (one per method x dataset) with a search budget each, in `order` (tune.study_order),
     then each study's final-seed re-runs.
@@ -83,25 +97,30 @@ class StudySearcher(Searcher):
     Final trials are not told to the study (they are no search) and are never early-stopped. While a
     study waits for its last search trials, `suggest` returns None (Tune asks again later); when no study
     has anything left to run, FINISHED. A study without a completed search trial has nothing to re-run.
+
+    Early finals (`HandOut.early_finals`): a study ends the sweep with its chain (its last search trial,
+    then its finals), and at the sweep's end most slots wait for it. Once a study's search trials are all
+    handed out, a slot runs a final of its current pick while its last search trials still run: first
+    when its final alone outlasts all other work left (tune.study_order.early_finals_due), else only when
+    no study can use the slot otherwise. The final repeats a
+    configuration with a fixed seed, so it is the run a final started later would be. If a search trial
+    ending later becomes the pick, the finals of the old one are superseded (`superseded`): PerStudyASHA
+    stops those still running, their seeds are handed out again for the new pick, and their records name
+    the old pick in `picked_from`, which results.tables never reports.
     """
 
-    stores: Dict[str, object] = {}   # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
-    orders: Dict[str, str] = {}      # sweep -> its search.order in this process (may change on resume)
-    caps: Dict[str, Optional[int]] = {}   # sweep -> its cap on one study's search trials in flight (likewise)
-    priors: Dict[str, Dict[str, tuple]] = {}   # sweep -> {study: (search, full) trial durations expected}
+    stores: Dict[str, object] = {}     # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
+    hand_outs: Dict[str, HandOut] = {}   # sweep -> how it hands trials out in this process (may change on resume)
+    live: Dict[str, "StudySearcher"] = {}   # sweep -> its searcher in this process (PerStudyASHA asks it)
 
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
                  seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
-                 sweep: str = "", order: str = "critical_path", prior: Optional[Dict[str, tuple]] = None,
-                 max_running: Optional[int] = None):
+                 sweep: str = "", hand_out: Optional[HandOut] = None):
         """`space`: one SearchSpace for every study, or {study: SearchSpace}; `seeds`: each study's sampler
         seed; `final_seeds`: {study: [seed, ...]} of its final re-runs (None: none); `sweep`: the sweep whose
         Optuna storage (`use_store`) holds the studies, named `<sweep>/<study>` ("": an in-memory storage,
-        kept with the searcher's state, for tools and tests); `order`: search.order (tune.study_order), unless
-        `set_order` gave the sweep another in this process; `prior`: {study: (search, full)} trial durations a
-        cost model expects, in any unit (tune.study_order.durations), unless `set_prior` gave the sweep one;
-        `max_running`: the most search trials of one study in flight (None: no cap), unless `set_order` gave
-        the sweep another."""
+        kept with the searcher's state, for tools and tests); `hand_out`: its HandOut, unless
+        `set_hand_out` gave the sweep one in this process."""
         super().__init__(metric=METRIC, mode=mode)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -127,34 +146,26 @@ class StudySearcher(Searcher):
         self.orphans: Dict[str, list] = {k: [] for k in self.study_keys}  # storage trial ids to hand out again
         self.running: set = set()           # trial ids handed out and not ended (finals included)
         self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
-        self._order, self._max_running = order, max_running
-        self._prior = dict(prior or {})
+        self.superseded: set = set()        # finals of a configuration that is no longer its study's pick
+        self._hand_out = hand_out or HandOut()
         self._next = 0
         self._attached = True
+        self.live[sweep] = self
 
     @classmethod
-    def set_order(cls, sweep: str, order: str, max_running: Optional[int] = None) -> None:
-        """The search.order of `sweep` in this process, and its cap on one study's search trials in flight
-        (None: none); searchers of that sweep restored afterwards use them."""
-        cls.orders[sweep], cls.caps[sweep] = order, max_running
+    def set_hand_out(cls, sweep: str, hand_out: HandOut) -> None:
+        """How `sweep` hands trials out in this process; searchers of that sweep restored afterwards use it."""
+        cls.hand_outs[sweep] = hand_out
 
     @property
-    def order(self) -> str:
-        return self.orders.get(self.sweep, getattr(self, "_order", "critical_path"))
-
-    @property
-    def max_running(self) -> Optional[int]:
-        return self.caps[self.sweep] if self.sweep in self.caps else getattr(self, "_max_running", None)
+    def hand_out(self) -> HandOut:
+        return self.hand_outs.get(self.sweep) or getattr(self, "_hand_out", None) or HandOut()
 
     @classmethod
-    def set_prior(cls, sweep: str, prior: Optional[Dict[str, tuple]]) -> None:
-        """The expected trial durations of `sweep`'s studies in this process (None: none, durations are only
-        measured); searchers of that sweep restored afterwards use them too."""
-        cls.priors[sweep] = dict(prior or {})
-
-    @property
-    def prior(self) -> Dict[str, tuple]:
-        return self.priors.get(self.sweep, getattr(self, "_prior", {}))
+    def is_superseded(cls, sweep: str, trial_id: str) -> bool:
+        """Whether `trial_id` of `sweep` is a final of a configuration its study no longer picks."""
+        s = cls.live.get(sweep)
+        return s is not None and trial_id in s.superseded
 
     @classmethod
     def use_store(cls, sweep: str, store) -> None:
@@ -217,15 +228,26 @@ class StudySearcher(Searcher):
         slots = SweepLimiter.limits.get(self.sweep) or len(self.running) + 1
         searching = Counter(self.owner.get(t) for t in self.running if self.stage(t) == SEARCH)
         progress = [self._progress(k, searching[k]) for k in rotated]
-        for j in priority(progress, self.order, slots, len(self.running), self.max_running):
+        rules = self.hand_out
+        due = early_finals_due(progress, rules.order, slots) if rules.early_finals else [False] * n
+        ranked = priority(progress, rules.order, slots, len(self.running), rules.max_running)
+        for j in ranked:
             k = rotated[j]
-            config = self._search(k, trial_id) if self.suggested[k] < self.budget[k] else self._final(k, trial_id)
+            config = (self._search(k, trial_id) if self.suggested[k] < self.budget[k]
+                      else self._final(k, trial_id, early=due[j]))
             if config is not None:
-                self._next = (self.study_keys.index(k) + 1) % n
-                self.owner[trial_id], self.configs[trial_id] = k, config
-                self.running.add(trial_id)
-                return config
+                return self._hand(k, trial_id, config)
+        for k in [rotated[j] for j in ranked] if rules.early_finals else ():   # a slot no study can use
+            config = self._final(k, trial_id, early=True)
+            if config is not None:
+                return self._hand(k, trial_id, config)
         return None if any(self._pending(k) for k in self.study_keys) else Searcher.FINISHED
+
+    def _hand(self, k: str, trial_id: str, config: Dict) -> Dict:
+        self._next = (self.study_keys.index(k) + 1) % len(self.study_keys)
+        self.owner[trial_id], self.configs[trial_id] = k, config
+        self.running.add(trial_id)
+        return config
 
     def _progress(self, k: str, running: int) -> StudyProgress:
         """Study `k` as tune.study_order sees it: trials left, `running` (its search trials in flight), mean
@@ -234,7 +256,7 @@ class StudySearcher(Searcher):
         mean = {kind: (total / n if n else None) for kind, (total, n) in d.items()}
         return StudyProgress(self.budget[k] - self.suggested[k], running,
                              len(self.final_seeds[k]) - len(self.finals[k]), mean.get("search"), mean.get("full"),
-                             (d["search"][1], d["full"][1]), self.prior.get(k))
+                             (d["search"][1], d["full"][1]), self.hand_out.prior.get(k))
 
     def _ended(self, trial_id: str, result: Optional[Dict]) -> None:
         """A trial left the cluster: it runs no more, and its duration (Tune's time_total_s) is measured for
@@ -260,25 +282,39 @@ class StudySearcher(Searcher):
         s._ot_trials[trial_id].set_user_attr(TUNE_ATTR, trial_id)
         return {"study": k, "stage": SEARCH, "hparams": hparams}
 
-    def _final(self, k: str, trial_id: str) -> Optional[Dict]:
-        """The next final re-run of study `k`, once its search is over; None if there is none (yet)."""
-        done = len(self.finals[k])
-        if len(self.ended[k]) < self.budget[k] or done >= len(self.final_seeds[k]):
+    def _final(self, k: str, trial_id: str, early: bool = False) -> Optional[Dict]:
+        """The next final re-run of study `k`'s pick, once its search is over (`early`: once all its search
+        trials are handed out); None if there is none (yet)."""
+        over = len(self.ended[k]) >= self.budget[k]
+        if self.suggested[k] < self.budget[k] or not (over or early):
             return None
+        used = {self.configs[t]["seed"] for t in self.finals[k]}
+        seeds = [x for x in self.final_seeds[k] if x not in used]
         picked = self.picked(k)
-        if picked is None:
+        if not seeds or picked is None:
             return None
         self.finals[k].append(trial_id)
-        return {"study": k, "stage": FINAL, "seed": self.final_seeds[k][done], "picked_from": picked,
+        return {"study": k, "stage": FINAL, "seed": seeds[0], "picked_from": picked,
                 "hparams": self.configs[picked]["hparams"]}
 
+    def _supersede(self, k: str) -> None:
+        """Finals of study `k` that re-run another configuration than its pick no longer count: their
+        seeds are handed out again for the pick."""
+        picked = self.picked(k)
+        stale = [t for t in self.finals[k] if self.configs[t]["picked_from"] != picked]
+        for t in stale:
+            self.finals[k].remove(t)
+            self.superseded.add(t)
+        if stale:
+            log.info("study %s picks %s now: %d final(s) of an earlier pick superseded (%s)", k, picked,
+                     len(stale), ", ".join(stale))
+
     def _pending(self, k: str) -> bool:
-        """Whether study `k` will still have a trial to hand out (search budget, or finals to come)."""
-        if self.suggested[k] < self.budget[k]:
+        """Whether study `k` will still have a trial to hand out (search budget, or finals to come: while
+        its search runs, a later pick may supersede its early finals)."""
+        if self.suggested[k] < self.budget[k] or len(self.ended[k]) < self.budget[k]:
             return True
-        if len(self.finals[k]) >= len(self.final_seeds[k]):
-            return False
-        return len(self.ended[k]) < self.budget[k] or self.picked(k) is not None
+        return len(self.finals[k]) < len(self.final_seeds[k]) and self.picked(k) is not None
 
     def picked(self, k: str) -> Optional[str]:
         """The search trial of study `k` with the best objective among its completed ones (first on ties)."""
@@ -327,6 +363,7 @@ class StudySearcher(Searcher):
             self.failed[k].remove(trial_id)
         if state == "COMPLETE":
             self.values[k][trial_id] = value
+            self._supersede(k)
         if told is None:
             if state == "PRUNED" and value is not None and "training_iteration" in result:
                 self.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
@@ -377,7 +414,7 @@ class StudySearcher(Searcher):
 
     def get_state(self) -> Dict:
         return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next, "memory": self._memory,
-                "running": self.running, "durations": self.durations,
+                "running": self.running, "durations": self.durations, "superseded": self.superseded,
                 "studies": {k: _detached(s) for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
@@ -385,6 +422,8 @@ class StudySearcher(Searcher):
             setattr(self, a, state[a])
         # saved by a version without them: durations are measured again, and finished trials leave `running`
         self.running, self.durations = set(state.get("running", ())), state.get("durations", {})
+        self.superseded = set(state.get("superseded", ()))
+        self.live[self.sweep] = self
         self._next, self._memory = state["next"], state.get("memory")
         # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
         # is not over until they end again, and one may yet become its pick (its finals wait for it).
@@ -417,7 +456,9 @@ class StudySearcher(Searcher):
         studies = state.pop("studies")
         state.setdefault("running", set())
         state.setdefault("durations", {})
+        state.setdefault("superseded", set())
         self.__dict__.update(state)
+        self.live[self.sweep] = self
         self.studies = {}
         for k, st in studies.items():
             s = OptunaSearch.__new__(OptunaSearch)
@@ -481,16 +522,31 @@ class SweepLimiter(ConcurrencyLimiter):
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
-class PerStudyASHA(FIFOScheduler):
+class FinalsScheduler(FIFOScheduler):
+    """Tune's FIFO scheduler, but a final-seed re-run that its study's searcher superseded (an early final of
+    a configuration that is no longer the pick: StudySearcher) is stopped at its next result."""
+
+    def __init__(self, sweep: str = ""):
+        super().__init__()
+        self.sweep = sweep
+
+    def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        if StudySearcher.is_superseded(getattr(self, "sweep", ""), trial.trial_id):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+class PerStudyASHA(FinalsScheduler):
     """ASHA with separate rungs per study (`trial.config["study"]`), stopping on the epoch counter; a
-    final-seed re-run (`stage: final`) is never stopped (it reports the picked configuration's result).
+    final-seed re-run (`stage: final`) is not early-stopped (it reports the picked configuration's result),
+    only stopped once superseded (FinalsScheduler).
 
     The epoch (not training_iteration) is the time axis: a worker restarted from a checkpoint reports some
     epochs twice, which would push training_iteration past max_t and cut the trial before its final report.
     """
 
-    def __init__(self, max_t: int, grace_period: int, reduction_factor: float):
-        super().__init__()
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float, sweep: str = ""):
+        super().__init__(sweep)
         self.kw = dict(time_attr="epoch", max_t=max_t, grace_period=grace_period,
                        reduction_factor=reduction_factor)
         self.by_study: Dict[str, AsyncHyperBandScheduler] = {}
@@ -512,7 +568,7 @@ class PerStudyASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
         if stage_of(trial.config) == FINAL:
-            return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
         if trial.trial_id not in self._asha(trial)._trial_info:   # e.g. after a restore
             self._asha(trial).on_trial_add(tune_controller, trial)
         return self._asha(trial).on_trial_result(tune_controller, trial, result)
@@ -531,4 +587,4 @@ class PerStudyASHA(FIFOScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "SweepSearch", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]
+__all__ = ["StudySearcher", "HandOut", "FinalsScheduler", "SweepSearch", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]

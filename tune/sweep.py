@@ -31,6 +31,7 @@ class SweepResult:
     errored_by: dict = field(default_factory=dict)    # study -> trials that ended in error
     stopped_by: dict = field(default_factory=dict)    # study -> trials the scheduler stopped early
     finals: dict = field(default_factory=dict)        # study -> final-seed objectives (completed re-runs)
+    superseded: int = 0                               # early finals of a configuration not picked in the end
     unfinished: int = 0                               # trials cut off by an interrupt or never started
 
     @property
@@ -43,8 +44,9 @@ class SweepResult:
         cut = f", {self.unfinished} unfinished (rerun to continue)" if self.unfinished else ""
         stopped = sum(self.stopped_by.values())
         n_records = sum(map(len, self.records.values()))
+        extra = f", {self.superseded} early finals superseded" if self.superseded else ""
         lines = [f"sweep {self.name}: {self.trials} trials, {len(self.errored)} errored, {stopped} stopped early"
-                 f"{cut}; {n_records} records in {sweep_storage.join(self.storage, self.name, 'records')}",
+                 f"{extra}{cut}; {n_records} records in {sweep_storage.join(self.storage, self.name, 'records')}",
                  f"{'study':32s} {'errored':>7s} {'stopped':>7s}  {'best trial':12s} {objective:>10s} "
                  f"{'val_top1 ± se':>15s}" + (f" {'test_top1':>9s}" if show_test else "")
                  + f"  final seeds ({objective})"]
@@ -89,7 +91,8 @@ def load_saved(storage: str, name: str, overrides: list[str] = ()) -> SweepConfi
 
 
 # sweep keys a resume may change: Ray and progress options, and how many trials run at once
-RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent", "search.order", "search.max_running_share")
+RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent", "search.order", "search.max_running_share",
+                     "search.early_finals")
 
 
 def _search_changes(a: dict, b: dict) -> list[str]:
@@ -168,7 +171,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     from tune.trial_logs import KeepResultLogs
     from tune.progress import ProgressLog
     from tune import tracking
-    from tune.searcher import METRIC, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
+    from tune.searcher import METRIC, FinalsScheduler, HandOut, PerStudyASHA, StudySearcher, SweepLimiter, SweepSearch
     from tune.studies import split_study
     from tune.optuna_storage import prepare
 
@@ -193,9 +196,9 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     SweepLimiter.set_limit(cfg.name, conc)         # before a restore unpickles the sweep's limiter
     store = prepare(cfg, uri, resume=exists)       # the Optuna storage of its studies (tune.optuna_storage)
     StudySearcher.use_store(cfg.name, store)       # ... which a restored searcher re-reads
-    cap = cfg.search.max_running(cfg.budget.trials_per_dataset)
-    StudySearcher.set_order(cfg.name, cfg.search.order, cap)
-    StudySearcher.set_prior(cfg.name, prior)
+    hand_out = HandOut(cfg.search.order, cfg.search.max_running(cfg.budget.trials_per_dataset),
+                       cfg.search.early_finals, dict(prior or {}))
+    StudySearcher.set_hand_out(cfg.name, hand_out)  # ... and a restored one hands trials out as this run says
     log.info("Optuna studies of sweep %s: %s", cfg.name, store.dashboard())
     plan = build_plan(cfg, uri)
     trainable = trainable_for(cfg, plan)
@@ -211,11 +214,11 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
                                  cfg.budget.trials_per_dataset, mode, cfg.search.sampler,
                                  {k: cfg.search.seed_for(k) for k in cfg.studies},
                                  {k: cfg.final_seeds_of(k) for k in cfg.studies}, sweep=cfg.name,
-                                 order=cfg.search.order, max_running=cap)
+                                 hand_out=hand_out)
         es = cfg.budget.early_stopping
-        scheduler = PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else None
-        if scheduler is not None:
-            scheduler.set_search_properties(METRIC, mode)
+        scheduler = (PerStudyASHA(cfg.budget.epochs, es.grace_period, es.reduction_factor, cfg.name) if es
+                     else FinalsScheduler(cfg.name))
+        scheduler.set_search_properties(METRIC, mode)
         log.info("sweep %s: %d methods x %d datasets x (%d search + %d final-seed trials), %d epochs, %d trials "
                  "in flight at most (runner %s); spaces: %s", cfg.name, len(spaces), len(cfg.datasets),
                  cfg.budget.trials_per_dataset, cfg.budget.final_seeds, cfg.budget.epochs, conc,
@@ -223,7 +226,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=SweepSearch(SweepLimiter(searcher, cfg.name, conc)),
-                                        scheduler=scheduler, num_samples=cfg.total_trials,
+                                        scheduler=scheduler, num_samples=most_trials(cfg),
                                         reuse_actors=cfg.ray.reuse_actors),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=uri, verbose=0,
@@ -238,6 +241,13 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     return _summarize(cfg, uri, grid, METRIC)
 
 
+def most_trials(cfg: SweepConfig) -> int:
+    """Tune's num_samples: the searcher ends the sweep (FINISHED); this bound only has to hold every trial.
+    Besides each study's search trials and finals, a final superseded by a later pick is replaced (early
+    finals: tune.searcher), at most once per seed for each search trial that ends."""
+    return cfg.total_trials + len(cfg.studies) * cfg.budget.final_seeds * cfg.budget.trials_per_dataset
+
+
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
     from tune.progress import STATE_FILE, finished_result
     from tune.studies import FINAL, stage_of
@@ -248,32 +258,38 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
         cut_ids = set()
     sign = 1 if cfg.objective.mode == "max" else -1
     picked = set()                              # studies with a completed search trial (finals to come)
+    finals = []                                 # (study, picked_from, result's metrics) of the final re-runs
     for r in grid:
         m, config = r.metrics or {}, r.config or {}
         k = config.get("study", "?")
-        final = stage_of(config) == FINAL
         if r.error is not None:
             res.errored.append(m.get("trial_id") or str(r.path))
             res.errored_by[k] = res.errored_by.get(k, 0) + 1
+            continue
+        if stage_of(config) == FINAL:
+            finals.append((k, config.get("picked_from"), m))
             continue
         if not finished_result(m):         # stopped by the scheduler (or cut off: counted as unfinished below)
             if m.get("trial_id") not in cut_ids:
                 res.stopped_by[k] = res.stopped_by.get(k, 0) + 1
             continue
         obj = m.get(metric)
-        if final:
-            if obj is not None:
-                res.finals.setdefault(k, []).append(obj)
-            continue
         if obj is not None:
             picked.add(k)
         if obj is not None and (k not in res.best or sign * obj > sign * res.best[k]["objective"]):
             res.best[k] = {"trial_id": m.get("trial_id"), "objective": obj,
                            **{x: v for x, v in m.items() if x.startswith("final_")},
                            "hparams": config.get("hparams")}
+    for k, picked_from, m in finals:
+        if k in res.best and picked_from != res.best[k]["trial_id"]:
+            res.superseded += 1        # an early final of an earlier pick (tune.searcher): not this study's
+        elif finished_result(m) and m.get(metric) is not None:
+            res.finals.setdefault(k, []).append(m[metric])
+        elif not finished_result(m) and m.get("trial_id") not in cut_ids:
+            res.stopped_by[k] = res.stopped_by.get(k, 0) + 1
     res.records = sweep_storage.list_records(uri, cfg.name)
     # trials still to come: search trials never started, and final re-runs of every study that has a pick
     # (a study whose search trials all failed or were stopped has none to re-run)
     expected = cfg.budget.trials_per_dataset * len(cfg.studies) + cfg.budget.final_seeds * len(picked)
-    res.unfinished = len(cut_ids) + max(0, expected - len(grid))
+    res.unfinished = len(cut_ids) + max(0, expected - (len(grid) - res.superseded))
     return res

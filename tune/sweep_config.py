@@ -118,6 +118,9 @@ class Search:
     # then random search (bench.search_concurrency: 0.4 costs nothing measurable, 0.8 all TPE's gain). A study
     # at its cap takes a slot only when no other study can use it: the cap never idles a slot
     max_running_share: float = 0.4
+    # a slot that no study can use (the sweep's tail) runs a final of a study's current pick before its last
+    # search trials end; a later pick supersedes it (stopped, its seed run again): tune.searcher
+    early_finals: bool = True
 
     def max_running(self, trials: int) -> int:
         """The cap on one study's search trials in flight, for a search budget of `trials` per study."""

@@ -312,7 +312,11 @@ class StudySearcher(Searcher):
     def _pending(self, k: str) -> bool:
         """Whether study `k` will still have a trial to hand out (search budget, or finals to come: while
         its search runs, a later pick may supersede its early finals)."""
-        if self.suggested[k] < self.budget[k] or len(self.ended[k]) < self.budget[k]:
+        if self.suggested[k] < self.budget[k]:
+            return True
+        if not self.final_seeds[k]:
+            return False
+        if len(self.ended[k]) < self.budget[k]:
             return True
         return len(self.finals[k]) < len(self.final_seeds[k]) and self.picked(k) is not None
 

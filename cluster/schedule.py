@@ -84,19 +84,22 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     or whose search has ended and that has a final re-run left, a study at `cap` search trials in flight
     (search.max_running_share) only when no other can use it; with `early_finals` (search.early_finals), a
     study whose search trials are all handed out runs its finals before its search ends, first when they
-    are due (tune.study_order.early_finals_due), else on a slot no study can use, assuming its pick then is
-    its pick in the end (a later pick costs one more final). The
-    order sees each study's mean durations (the searcher sees the plan's, then measured ones)."""
+    are due (tune.study_order.early_finals_due), else on a slot no study can use, once it has a pick (a
+    full-length search trial has ended), assuming that pick holds (a later one would supersede the early
+    finals: bench.scale measures how often). The order sees each study's mean durations (the searcher sees
+    the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
     mean_s = [statistics.fmean(s.search_s) if s.search_s else None for s in studies]
+    full = [max(s.search_s, default=0.0) for s in studies]   # a full-length search trial's duration
+    picked = [False] * n                              # one has ended: the study has a pick
     out = Schedule(0.0, 0.0, slots)
-    events: list[tuple[float, int, int, bool]] = []   # (end time, seq, study, is_final)
+    events: list[tuple[float, int, int, int]] = []   # (end time, seq, study, search trial index or -1: a final)
     now, nxt, free, seq = 0.0, 0, slots, 0
     seen: list[int] = []
 
-    def take() -> Optional[tuple[int, float, bool]]:
+    def take() -> Optional[tuple[int, float, int]]:
         nonlocal nxt
         rotated = [(nxt + i) % n for i in range(n)]
         progress = [StudyProgress(len(studies[k].search_s) - handed[k], running[k], studies[k].finals - finals[k],
@@ -112,16 +115,16 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
                 running[k] += 1
                 out.peak_running[s.name] = max(out.peak_running.get(s.name, 0), running[k])
                 nxt = (k + 1) % n
-                return k, s.search_s[handed[k] - 1], False
-            if (ended[k] == len(s.search_s) or due[j]) and finals[k] < s.finals:
+                return k, s.search_s[handed[k] - 1], handed[k] - 1
+            if (ended[k] == len(s.search_s) or (due[j] and picked[k])) and finals[k] < s.finals:
                 finals[k] += 1
                 nxt = (k + 1) % n
-                return k, s.final_s, True
+                return k, s.final_s, -1
         for k in [rotated[j] for j in ranked] if early_finals else ():
-            if handed[k] == len(studies[k].search_s) and finals[k] < studies[k].finals:
+            if handed[k] == len(studies[k].search_s) and picked[k] and finals[k] < studies[k].finals:
                 finals[k] += 1
                 nxt = (k + 1) % n
-                return k, studies[k].final_s, True
+                return k, studies[k].final_s, -1
         return None
 
     while True:
@@ -129,17 +132,18 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
             t = take()
             if t is None:
                 break
-            k, dur, final = t
+            k, dur, i = t
             out.busy_s += dur
             free, seq = free - 1, seq + 1
-            heapq.heappush(events, (now + dur, seq, k, final))
+            heapq.heappush(events, (now + dur, seq, k, i))
         if not events:
             break
-        now, _, k, final = heapq.heappop(events)
+        now, _, k, i = heapq.heappop(events)
         free += 1
         name = studies[k].name
         out.end_s[name] = now
-        if not final:
+        if i >= 0:
+            picked[k] = picked[k] or studies[k].search_s[i] == full[k]
             ended[k] += 1
             running[k] -= 1
             if ended[k] == len(studies[k].search_s):

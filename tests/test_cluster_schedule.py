@@ -134,13 +134,15 @@ def test_fair_sweeps_prior_is_the_plans_cost_model_per_study():
     assert {d.name: d.trial_gpu_s for d in est.datasets} == {k: v[1] for k, v in prior.items()}
 
 
-def test_early_finals_start_on_a_slot_the_search_leaves_idle():
-    """One study on 2 slots, search trials of 1 s and 4 s, a 3 s final: without early finals the final waits
-    for the 4 s trial (wall 7 s); with them it starts on the slot freed at 1 s (wall 4 s)."""
-    load = [StudyLoad("a", [1.0, 4.0], final_s=3.0, finals=1)]
-    assert simulate(load, slots=2).wall_s == 7.0
+def test_early_finals_start_once_the_study_has_a_pick():
+    """One study on 2 slots, search trials of 2, 1 (stopped early) and 2 s (full length: 2 s), a 3 s final.
+    Without early finals the final waits for the last search trial (ends at 3 s): wall 6 s. With them it
+    starts at 2 s, when the first full-length trial ended (a pick) and a slot is free: wall 5 s; never at
+    1 s, when only a stopped trial had ended (no pick)."""
+    load = [StudyLoad("a", [2.0, 1.0, 2.0], final_s=3.0, finals=1)]
+    assert simulate(load, slots=2).wall_s == 6.0
     early = simulate(load, slots=2, early_finals=True)
-    assert early.wall_s == 4.0 and early.busy_s == 8.0 and early.end_s["a"] == 4.0
+    assert early.wall_s == 5.0 and early.busy_s == 8.0 and early.search_end_s["a"] == 3.0
 
 
 def test_an_early_final_is_due_when_it_alone_outlasts_the_work_left():

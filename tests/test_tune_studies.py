@@ -186,6 +186,12 @@ def test_an_idle_slot_runs_an_early_final_of_the_pick_and_a_later_pick_supersede
 
     s.on_trial_complete("t2", _final(30.0))              # a better pick: t0's finals no longer count
     assert s.superseded == {"e1", "e2"} and StudySearcher.is_superseded("", "e1")
+    from types import SimpleNamespace
+    from tune.progress import ProgressLog
+    ended = [SimpleNamespace(trial_id=t, config=s.configs[t], status="TERMINATED", last_result={})
+             for t in ("t0", "e1", "e2")]
+    assert "1/16 trials done (and 2 early finals superseded)" in ProgressLog("objective", "max", 16,
+                                                                             sweep="").summary(ended)
     for scheduler in (sched, asha):
         assert scheduler.on_trial_result(None, Trial("e1", e1), {"epoch": 1}) == TrialScheduler.STOP
     assert asha.on_trial_result(None, Trial("t4", got["t4"]), {"objective": 1.0, "epoch": 1}) == \

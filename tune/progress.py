@@ -134,9 +134,14 @@ class ProgressLog(Callback):
     def summary(self, trials) -> str:
         """A plain-text table: per study, trials by state (final re-runs included) and the best search
         objective so far."""
+        from tune.searcher import StudySearcher
         rows: dict[str, dict] = {}
         cut = set(self.unfinished(trials))
+        superseded = 0
         for t in trials:
+            if StudySearcher.is_superseded(self.sweep or "", t.trial_id):   # an early final of an old pick
+                superseded += 1
+                continue
             d = t.config.get("study", "?")
             row = rows.setdefault(d, {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0})
             status = "PAUSED" if t.trial_id in cut and t.status == "TERMINATED" else t.status   # resumes later
@@ -148,7 +153,9 @@ class ProgressLog(Callback):
                 if cur is None or (obj > cur[0] if self.mode == "max" else obj < cur[0]):
                     row["best"] = (obj, t.trial_id)
         head = f"{'study':32s} {'done':>5s} {'run':>4s} {'wait':>5s} {'err':>4s}  best {self.objective}"
-        lines = [f"sweep progress: {sum(r['TERMINATED'] for r in rows.values())}/{self.total} trials done", head]
+        extra = f" (and {superseded} early finals superseded)" if superseded else ""
+        lines = [f"sweep progress: {sum(r['TERMINATED'] for r in rows.values())}/{self.total} trials done{extra}",
+                 head]
         for d, r in sorted(rows.items()):
             best = r.get("best")
             lines.append(f"{d:32s} {r['TERMINATED']:5d} {r['RUNNING']:4d} {r['PENDING'] + r['PAUSED']:5d} "

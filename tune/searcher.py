@@ -77,8 +77,8 @@ def make_sampler(kind: str, seed: int):
 class HandOut:
     """How a sweep hands its trials out in this process (set by `fair sweep` from its config; a resumed sweep
     takes the rerun's): `order` (search.order, tune.study_order), `max_running` (the cap on one study's search
-    trials in flight, search.max_running_share; None: none), `early_finals` (search.early_finals: a slot no
-    study can use runs a final of a study's current pick before its search has ended), `prior` ({study:
+    trials in flight, search.max_running_share; None: none), `early_finals` (search.early_finals: a study's finals
+    may re-run its current pick before its search has ended), `prior` ({study:
     (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations)."""
     order: str = "critical_path"
     max_running: Optional[int] = None
@@ -102,16 +102,16 @@ class StudySearcher(Searcher):
     then its finals), and at the sweep's end most slots wait for it. Once a study's search trials are all
     handed out, a slot runs a final of its current pick while its last search trials still run: first
     when its final alone outlasts all other work left (tune.study_order.early_finals_due), else only when
-    no study can use the slot otherwise. The final repeats a
-    configuration with a fixed seed, so it is the run a final started later would be. If a search trial
-    ending later becomes the pick, the finals of the old one are superseded (`superseded`): PerStudyASHA
-    stops those still running, their seeds are handed out again for the new pick, and their records name
-    the old pick in `picked_from`, which results.tables never reports.
+    no study can use the slot otherwise. The final repeats a configuration with a fixed seed, so it is the
+    run a final started later would be. If a search trial ending later becomes the pick, the finals of the
+    old one are superseded (`superseded`): FinalsScheduler stops those still running, their seeds are
+    handed out again for the new pick, and their records name the old pick in `picked_from`, which
+    results.tables never reports.
     """
 
     stores: Dict[str, object] = {}     # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
     hand_outs: Dict[str, HandOut] = {}   # sweep -> how it hands trials out in this process (may change on resume)
-    live: Dict[str, "StudySearcher"] = {}   # sweep -> its searcher in this process (PerStudyASHA asks it)
+    live: Dict[str, "StudySearcher"] = {}   # sweep -> its searcher in this process (FinalsScheduler asks it)
 
     def __init__(self, space, studies: list[str], trials_per_study: int, mode: str, sampler: str = "tpe",
                  seeds: Optional[Dict[str, int]] = None, final_seeds: Optional[Dict[str, list]] = None,
@@ -591,4 +591,5 @@ class PerStudyASHA(FinalsScheduler):
         return "; ".join(f"{d}: {s.debug_string()}" for d, s in self.by_study.items()) or "PerStudyASHA"
 
 
-__all__ = ["StudySearcher", "HandOut", "FinalsScheduler", "SweepSearch", "PerStudyASHA", "METRIC", "TrialScheduler", "outcome"]
+__all__ = ["StudySearcher", "HandOut", "FinalsScheduler", "SweepSearch", "PerStudyASHA", "METRIC", "TrialScheduler",
+           "outcome"]

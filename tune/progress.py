@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from ray.tune import Callback
 
@@ -50,8 +50,12 @@ class ProgressLog(Callback):
     """
 
     def __init__(self, objective: str, mode: str, total: int, summary_every_s: float = 60.0,
-                 storage: Optional[str] = None, sweep: Optional[str] = None, show_test: bool = False):
+                 storage: Optional[str] = None, sweep: Optional[str] = None, show_test: bool = False,
+                 superseded: Optional[Callable[[str], bool]] = None):
+        """`superseded`: whether a trial id is an early final its study superseded (counted apart; the
+        sweep passes tune.searcher.StudySearcher.is_superseded bound to its name)."""
         self.objective, self.mode, self.total = objective, mode, total
+        self.superseded = superseded
         self.shown = _SHOWN_FINAL + (_SHOWN_TEST if show_test else ())
         self.every = summary_every_s
         self.storage, self.sweep = storage, sweep
@@ -64,7 +68,7 @@ class ProgressLog(Callback):
         """Tune restores this callback from the sweep's saved state on resume: a sweep started by an older
         version lacks the newer attributes, which start empty (nothing was tracked then)."""
         self.__dict__.update({"storage": None, "sweep": None, "started": set(), "ended": set(),
-                              "shown": _SHOWN_FINAL, **state})
+                              "shown": _SHOWN_FINAL, "superseded": None, **state})
 
     def unfinished(self, trials) -> list[str]:
         """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun."""
@@ -134,12 +138,11 @@ class ProgressLog(Callback):
     def summary(self, trials) -> str:
         """A plain-text table: per study, trials by state (final re-runs included) and the best search
         objective so far."""
-        from tune.searcher import StudySearcher
         rows: dict[str, dict] = {}
         cut = set(self.unfinished(trials))
         superseded = 0
         for t in trials:
-            if StudySearcher.is_superseded(self.sweep or "", t.trial_id):   # an early final of an old pick
+            if self.superseded and self.superseded(t.trial_id):   # an early final of an old pick
                 superseded += 1
                 continue
             d = t.config.get("study", "?")

@@ -8,6 +8,7 @@ lost or duplicated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -233,7 +234,8 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
                 failure_config=tune.FailureConfig(max_failures=trial_max_failures(cfg)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
                 callbacks=[ProgressLog(cfg.objective.metric, mode, cfg.total_trials, cfg.ray.summary_every_s,
-                                       uri, cfg.name, show_test),
+                                       uri, cfg.name, show_test,
+                                       functools.partial(StudySearcher.is_superseded, cfg.name)),
                            FailedTrialRecords(plan), KeepResultLogs(), *tracking.callbacks(cfg, uri)],
             ),
         )

@@ -229,6 +229,11 @@ def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
             "gaps": gaps, "slots_seen": len(by_slot)}
 
 
+def trial_spans(trace: dict[str, list[dict]]) -> dict[str, float]:
+    """{trial id: seconds from its first work to its last} (measured, from the trace)."""
+    return {t: max(p["t1"] for p in ph) - min(p["t0"] for p in ph) for t, ph in trace.items() if ph}
+
+
 def read_records(uri: str, name: str) -> list[dict]:
     """Every record the sweep wrote."""
     from tune import storage as sweep_storage
@@ -255,7 +260,7 @@ def chain_bound(trace: dict[str, list[dict]], records: list[dict], picks: dict[s
     after the pick's search trial ended (early finals: tune.searcher; without them, after its last search
     trial), and the sweep lasts at least, for every study, its pick's search trial plus its shortest final
     (measured durations, from the trace)."""
-    span = {t: max(p["t1"] for p in ph) - min(p["t0"] for p in ph) for t, ph in trace.items() if ph}
+    span = trial_spans(trace)
     chains = []
     for pick in picks.values():
         finals = [span[r["run_id"]] for r in records if r.get("picked_from") == pick and r["run_id"] in span]
@@ -330,8 +335,7 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
-        "superseded_s": sum(max(p["t1"] for p in trace[t]) - min(p["t0"] for p in trace[t])
-                            for t in superseded if trace.get(t)),
+        "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "chain": chain_bound(trace, records, picks),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),

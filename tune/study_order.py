@@ -25,7 +25,7 @@ trial lasts ~17x a dtd trial) the order decides the wall time:
   its finals may re-run its current pick before its last search trials end; they go first when the final
   alone outlasts all other work not handed out / slots (`early_finals_due`), else they take slots no study
   can use. With them paper13 simulates 1.001x with the cap (9.0 h, against 9.4 h), bench.scale's shape
-  1.03x (against 1.42x).
+  1.085x (against 1.42x).
 Trial durations are the studies' own, measured as their trials end (tune.searcher), blended with a prior
 until enough are: `fair sweep` gives the searcher the plan's cost model (cluster.plan.trial_durations), so
 the first wave already favours the long studies. `cluster plan` simulates the same order with that cost

@@ -36,6 +36,7 @@ from cluster import costs
 from cluster.errors import ClusterError
 from cluster.schedule import Schedule, StudyLoad, rung_epochs, simulate
 from cluster.resources import NodeType, describe, missing_resources
+from tune.study_order import asha_rungs
 
 if TYPE_CHECKING:
     from fair.config import FairConfig
@@ -111,17 +112,14 @@ def local_views(space: SearchSpace, cfg: FairConfig) -> tuple[float, float]:
 
 def asha_epochs(epochs: int, early_stopping: Optional[EarlyStopping]) -> float:
     """Expected epochs per trial under ASHA in the ideal case: a 1/rf fraction passes each rung
-    (rungs at grace_period x rf^k below the epoch budget)."""
+    (ASHA's rungs: tune.study_order.asha_rungs)."""
     if early_stopping is None:
         return float(epochs)
-    grace, rf = max(1, early_stopping.grace_period), early_stopping.reduction_factor
-    if rf <= 1 or grace >= epochs:
-        return float(epochs)
-    total, reached, start, rung = 0.0, 1.0, 0, grace
-    while rung < epochs:
+    total, reached, start = 0.0, 1.0, 0
+    for rung in asha_rungs(epochs, early_stopping.grace_period, early_stopping.reduction_factor):
         total += reached * (rung - start)
-        reached /= rf
-        start, rung = rung, int(round(rung * rf))
+        reached /= early_stopping.reduction_factor
+        start = rung
     return total + reached * (epochs - start)
 
 
@@ -222,6 +220,7 @@ class Estimate:
     order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
     max_running: Optional[int] = None     # search.max_running_share's cap on one study's trials in flight
     early_finals: bool = True             # search.early_finals: finals may start before their search ends
+    speculative_finals: bool = True       # search.speculative_finals: ... from a trial past ASHA's last rung
     _schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # asha -> Schedule
 
     @property
@@ -247,7 +246,9 @@ class Estimate:
             fixed = d.trial_gpu_s - self.epochs * d.epoch_gpu_s
             search = [(fixed + e * d.epoch_gpu_s) / g
                       for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
-            loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
+            rungs = asha_rungs(self.epochs, grace, self.reduction_factor) if self.speculative_finals else []
+            settled = (d.setup_gpu_s + rungs[-1] * d.epoch_gpu_s) / g if rungs else None
+            loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials, settled))
         self._schedules[asha] = simulate(loads, self.concurrency, self.order, self.max_running,
                                           self.early_finals)
         return self._schedules[asha]
@@ -379,7 +380,7 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
                     sweep.method_names, budget.final_seeds,
                     es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
                     sweep.search.order, sweep.search.max_running(budget.trials_per_dataset),
-                    sweep.search.early_finals)
+                    sweep.search.early_finals, sweep.search.speculative_finals)
 
 
 def trial_durations(sweep: SweepConfig) -> Optional[dict[str, tuple[float, float]]]:

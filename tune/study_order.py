@@ -26,6 +26,10 @@ trial lasts ~17x a dtd trial) the order decides the wall time:
   alone outlasts all other work not handed out / slots (`early_finals_due`), else they take slots no study
   can use. With them paper13 simulates 1.001x with the cap (9.0 h, against 9.4 h), bench.scale's shape
   1.085x (against 1.42x).
+- Speculative finals (`search.speculative_finals`, tune.searcher): with early stopping, an early final may
+  re-run a search trial still running once it has passed ASHA's last rung (`asha_rungs`: no rung stops it
+  any more) and leads its study there, so a study's chain is its pick's run up to that rung, then its
+  final, not its pick's whole run and then its final.
 Trial durations are the studies' own, measured as their trials end (tune.searcher), blended with a prior
 until enough are: `fair sweep` gives the searcher the plan's cost model (cluster.plan.trial_durations), so
 the first wave already favours the long studies. `cluster plan` simulates the same order with that cost
@@ -33,6 +37,7 @@ model (cluster.schedule).
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Optional
@@ -53,6 +58,18 @@ class StudyProgress:
     full_s: Optional[float] = None   # mean duration of its full-length trials (final report reached)
     measured: tuple[int, int] = (0, 0)   # how many search / full-length trials those means are of
     prior: Optional[tuple[float, float]] = None   # (search, full) durations a cost model expects, any unit
+
+
+def asha_rungs(epochs: int, grace_period: Optional[int], reduction_factor: float) -> list[int]:
+    """The epochs at which ASHA may stop a search trial before its last (Ray's AsyncHyperBandScheduler with
+    one bracket: milestones grace_period x reduction_factor^k, k < log(epochs / grace_period) /
+    log(reduction_factor) + 1, judged at the first epoch >= each); none without early stopping. A trial past
+    the last one runs to `epochs`."""
+    if grace_period is None or reduction_factor <= 1 or grace_period >= epochs:
+        return []
+    grace = max(1, grace_period)
+    n = int(math.log(epochs / grace) / math.log(reduction_factor) + 1)
+    return [r for r in (math.ceil(grace * reduction_factor ** k) for k in range(n)) if r < epochs]
 
 
 def priority(studies: list[StudyProgress], order: str, slots: int, running: int,

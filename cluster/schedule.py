@@ -2,8 +2,8 @@
 tune.searcher hands trials out (`search.order`, tune.study_order), so a plan's wall time includes what
 work / slots leaves out.
 
-A study's final-seed re-runs start only after its last search trial ended (they repeat its best
-configuration). With a study whose trials are much longer than the others' (food101 next to dtd), its
+A study's final-seed re-runs start after its last search trial ended (they repeat its best
+configuration), or with early finals once it has a pick (`simulate`). With a study whose trials are much longer than the others' (food101 next to dtd), its
 last search trials and its finals can form a tail on a few busy slots: with `search.order: round_robin`
 that tail made a simulated 64-slot sweep last 1.8x work / slots (bench.scale, docs/speed.md). This
 simulation is what `cluster plan` prices.
@@ -85,8 +85,8 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     study whose search trials are all handed out runs its finals before its search ends, first when they
     are due (tune.study_order.early_finals_due), else on a slot no study can use, once it has a pick (a
     full-length search trial has ended, or with a study's `settled_s` has run that long), assuming that pick
-    holds (a later one would supersede the early finals: bench.scale measures how often). The order sees each study's mean durations (the searcher sees
-    the plan's, then measured ones)."""
+    holds (a later one would supersede the early finals: bench.scale measures how often). The order sees
+    each study's mean durations (the searcher sees the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n

@@ -17,7 +17,8 @@ gets a line under the table (`Table.failures`) with its counts and most common e
 
 Trials a scheduler stopped early (`status: stopped_early`, ASHA) never reached their final evaluation: they
 are never picked, and they are counted apart from completed and failed ones (a note under the table; a cell
-whose trials were all stopped says `stopped early`).
+whose trials were all stopped says `stopped early`). A final re-run is stopped only once its study picked
+another configuration (an early final superseded: tune.searcher); those are counted apart again.
 """
 from __future__ import annotations
 
@@ -153,10 +154,14 @@ def only_methods(df: pd.DataFrame, methods: list[str] | None) -> pd.DataFrame:
 
 
 def _counts(rows: pd.DataFrame) -> str:
-    """'N completed, [M stopped early, ]K failed' of `rows` (stopped only when there are any)."""
-    n_stopped = len(stopped(rows))
+    """'N completed, [M stopped early, ][S superseded finals stopped, ]K failed' of `rows` (stopped ones only
+    when there are any)."""
+    halted = stopped(rows)
+    n_finals = len(finals(halted))
+    n_stopped = len(halted) - n_finals
     return (f"{int((rows['status'] == 'completed').sum())} completed, "
-            + (f"{n_stopped} stopped early, " if n_stopped else "") + f"{len(failed(rows))} failed")
+            + (f"{n_stopped} stopped early, " if n_stopped else "")
+            + (f"{n_finals} superseded finals stopped, " if n_finals else "") + f"{len(failed(rows))} failed")
 
 
 def stopped_note(df: pd.DataFrame) -> list[str]:
@@ -165,7 +170,8 @@ def stopped_note(df: pd.DataFrame) -> list[str]:
         return []
     per = "; ".join(f"{d}: {_counts(df[df['dataset'] == d])}" for d in sorted(df["dataset"].unique()))
     return [f"Trials stopped early by the scheduler (ASHA) never reached their final evaluation and are never "
-            f"picked; trials per dataset: {per}."]
+            f"picked (superseded finals: early re-runs of a configuration a better trial replaced as its "
+            f"study's pick); trials per dataset: {per}."]
 
 
 def _first_line(error: Any) -> str:

@@ -221,3 +221,17 @@ def test_stopped_trials_are_counted_apart_and_never_picked(tmp_path, capsys, cap
                               "CUDA out of memory"]
     out, warnings = run_table(str(tmp_path / "out"), capsys, caplog)
     assert "stopped early" in out and len(warnings) == 2                 # a stopped trial is not a failure
+
+
+def test_a_stopped_superseded_final_is_counted_apart_from_trials_asha_stopped(tmp_path):
+    """An early final of an earlier pick, stopped once a better search trial superseded it (tune.searcher):
+    not a search trial ASHA stopped, and never one of the pick's finals."""
+    recs = [make_record(dataset="dtd", trial="s0", val=70, test=71),
+            make_record(dataset="dtd", trial="s1", val=80, test=81), stopped_record("dtd", "s2"), {**stopped_record("dtd", "f0", seed=1), "stage": "final", "picked_from": "s0"},
+            {**make_record(dataset="dtd", trial="f1", seed=1, val=79, test=82), "stage": "final", "picked_from": "s1"}]
+    collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
+    table = main_table(load_trials(open_store(str(tmp_path / "out"))))
+    note = next(n for n in table.notes if "trials per dataset" in n)
+    assert "dtd: 3 completed, 1 stopped early, 1 superseded finals stopped, 0 failed" in note
+    fair = next(r for r in table.rows if r[0].startswith("FAIR"))
+    assert fair[1].text() == "82.0"                                      # the pick's final, seed 1

@@ -3,10 +3,10 @@ tune.searcher hands trials out (`search.order`, tune.study_order), so a plan's w
 work / slots leaves out.
 
 A study's final-seed re-runs start after its last search trial ended (they repeat its best
-configuration), or with early finals once it has a pick (`simulate`). With a study whose trials are much longer than the others' (food101 next to dtd), its
-last search trials and its finals can form a tail on a few busy slots: with `search.order: round_robin`
-that tail made a simulated 64-slot sweep last 1.8x work / slots (bench.scale, docs/speed.md). This
-simulation is what `cluster plan` prices.
+configuration), or with early finals once it has a pick (`simulate`). With a study whose trials are much
+longer than the others' (food101 next to dtd), its last search trials and its finals can form a tail on a
+few busy slots: with `search.order: round_robin` that tail made a simulated 64-slot sweep last 1.8x work /
+slots (bench.scale, docs/speed.md). This simulation is what `cluster plan` prices.
 
 Durations are per trial, in wall seconds on its slot; search trials under ASHA stop at the rungs in the
 ideal proportions (1/reduction_factor of trials pass each rung, as cluster.plan.asha_epochs assumes),
@@ -28,13 +28,11 @@ GOLDEN = (math.sqrt(5) - 1) / 2      # a low-discrepancy sequence spreads the st
 @dataclass
 class StudyLoad:
     """One study's trials as the schedule sees them: search trial durations in the order they are handed
-    out, then `finals` re-runs of `final_s` each; `settled_s`: the seconds into a full-length search trial
-    after which no ASHA rung stops it (speculative finals may re-run it from then; None: not before it ends)."""
+    out, then `finals` re-runs of `final_s` each."""
     name: str
     search_s: list[float]
     final_s: float = 0.0
     finals: int = 0
-    settled_s: Optional[float] = None
 
 
 @dataclass
@@ -84,9 +82,9 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     (search.max_running_share) only when no other can use it; with `early_finals` (search.early_finals), a
     study whose search trials are all handed out runs its finals before its search ends, first when they
     are due (tune.study_order.early_finals_due), else on a slot no study can use, once it has a pick (a
-    full-length search trial has ended, or with a study's `settled_s` has run that long), assuming that pick
-    holds (a later one would supersede the early finals: bench.scale measures how often). The order sees
-    each study's mean durations (the searcher sees the plan's, then measured ones)."""
+    full-length search trial has ended), assuming that pick holds (a later one would supersede the early
+    finals: bench.scale measures how often). The order sees each study's mean durations (the searcher sees
+    the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
@@ -94,8 +92,7 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     full = [max(s.search_s, default=0.0) for s in studies]   # a full-length search trial's duration
     picked = [False] * n                              # one has ended: the study has a pick
     out = Schedule(0.0, 0.0, slots)
-    # (time, seq, study, search trial index, or -1: a final ends, -2: a full-length trial passed its last rung)
-    events: list[tuple[float, int, int, int]] = []
+    events: list[tuple[float, int, int, int]] = []   # (end time, seq, study, search trial index or -1: a final)
     now, nxt, free, seq = 0.0, 0, slots, 0
     seen: list[int] = []
 
@@ -136,16 +133,9 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
             out.busy_s += dur
             free, seq = free - 1, seq + 1
             heapq.heappush(events, (now + dur, seq, k, i))
-            settled = studies[k].settled_s
-            if i >= 0 and settled is not None and dur == full[k] and settled < dur:
-                seq += 1
-                heapq.heappush(events, (now + settled, seq, k, -2))
         if not events:
             break
         now, _, k, i = heapq.heappop(events)
-        if i == -2:
-            picked[k] = True
-            continue
         free += 1
         name = studies[k].name
         out.end_s[name] = now

@@ -94,13 +94,13 @@ def _final(objective: float) -> dict:
     return {"objective": objective, "final_val_top1": objective, "epoch": 2, "training_iteration": 2}
 
 
-def _searcher(budget=2, finals=2, early_finals=False, settled_epoch=None):
+def _searcher(budget=2, finals=2, early_finals=False):
     from tune.searcher import HandOut, StudySearcher
     keys = ["fair/a", "selftrain/a"]
     spaces = {"fair/a": parse_space(FAIR_SPACE), "selftrain/a": parse_space(SELFTRAIN_SPACE)}
     return StudySearcher(spaces, keys, budget, "max", seeds={k: i for i, k in enumerate(keys)},
                          final_seeds={k: list(range(1, finals + 1)) for k in keys},
-                         hand_out=HandOut(early_finals=early_finals, settled_epoch=settled_epoch))
+                         hand_out=HandOut(early_finals=early_finals))
 
 
 def test_searcher_budgets_per_study_then_final_seeds_of_the_best_once_its_search_has_ended(tmp_path):
@@ -214,61 +214,6 @@ def test_an_idle_slot_runs_an_early_final_of_the_pick_and_a_later_pick_supersede
         s2.on_trial_complete(t, _final(v))
     assert {s2.suggest(f"g{i}")["picked_from"] for i in range(2)} == {"t3"}
     assert s2.suggest("w2") == s2.FINISHED
-
-
-def test_speculative_finals_rerun_a_running_trial_that_leads_its_study_past_the_last_rung(tmp_path):
-    """search.speculative_finals: a search trial past ASHA's last rung (HandOut.settled_epoch) runs to its
-    end; if its objective there beats every other running one's and the pick's there, an idle slot may run a
-    final of it before it ends. A better one at that rung, or its failure, supersedes those finals; a lead
-    that completes best keeps them."""
-    s = _searcher(budget=3, finals=1, early_finals=True, settled_epoch=2)
-    got = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
-    assert [c["study"] for c in got.values()] == ["fair/a", "selftrain/a"] * 3
-
-    def report(t, epoch, value):
-        s.on_trial_result(t, {"objective": value, "epoch": epoch, "training_iteration": epoch})
-
-    report("t0", 1, 50.0)
-    assert s.suggest("w0") is None                       # before the last rung: ASHA may still stop it
-    report("t0", 2, 10.0)
-    e1 = s.suggest("e1")
-    assert (e1["study"], e1["picked_from"], e1["seed"], e1["hparams"]) == ("fair/a", "t0", 1, got["t0"]["hparams"])
-    report("t2", 2, 20.0)                                # leads at the rung now: t0's final is superseded
-    assert s.superseded == {"e1"} and s.lead("fair/a") == "t2"
-    e2 = s.suggest("e2")
-    assert (e2["picked_from"], e2["seed"]) == ("t2", 1)
-    s.on_trial_complete("t0", _final(15.0))              # the pick; t2, still running, led it at the rung
-    assert s.picked("fair/a") == "t0" and s.lead("fair/a") == "t2" and s.superseded == {"e1"}
-    s.on_trial_complete("t2", error=True)                # the lead failed: the pick's final runs instead
-    assert s.superseded == {"e1", "e2"}
-    assert s.suggest("e3")["picked_from"] == "t0"
-    s.save(str(tmp_path / "state.pkl"))
-    s2 = _searcher(budget=3, finals=1, early_finals=True, settled_epoch=2)
-    s2.restore(str(tmp_path / "state.pkl"))
-    assert s2.settled["fair/a"] == {"t0": 10.0, "t2": 20.0}
-    s2.on_trial_result("t4", {"objective": 30.0, "epoch": 2, "training_iteration": 2})
-    assert s2.superseded == {"e1", "e2", "e3"} and s2.suggest("e4")["picked_from"] == "t4"
-    s2.on_trial_complete("t4", _final(40.0))             # it ends the best: its final was the pick's
-    assert s2.picked("fair/a") == s2.lead("fair/a") == "t4" and s2.finals["fair/a"] == ["e4"]
-
-
-def test_without_speculative_finals_a_running_trial_is_never_rerun():
-    s = _searcher(budget=2, finals=1, early_finals=True)  # settled_epoch None: search.speculative_finals off
-    for i in range(4):
-        s.suggest(f"t{i}")
-    s.on_trial_result("t0", {"objective": 10.0, "epoch": 2, "training_iteration": 2})
-    assert s.lead("fair/a") is None and s.suggest("w0") is None
-
-
-def test_the_sweep_passes_asha_last_rung_to_the_searcher():
-    from tune.sweep import most_trials, settled_epoch
-    cfg = load_sweep("configs/sweeps/paper13-vitb32.yaml")
-    assert settled_epoch(cfg) == 9                        # rungs at 3 and 9 of 15 epochs (grace 3, factor 3)
-    off = load_sweep("configs/sweeps/paper13-vitb32.yaml", ["search.speculative_finals=false"])
-    no_asha = load_sweep("configs/sweeps/paper13-vitb32.yaml", ["budget.early_stopping=null"])
-    assert settled_epoch(off) is None and settled_epoch(no_asha) is None
-    per_seed = len(cfg.studies) * cfg.budget.final_seeds * cfg.budget.trials_per_dataset
-    assert most_trials(cfg) - cfg.total_trials == 2 * per_seed and most_trials(off) - off.total_trials == per_seed
 
 
 def test_without_early_finals_an_idle_slot_waits_for_the_search_to_end():

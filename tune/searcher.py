@@ -79,14 +79,11 @@ class HandOut:
     takes the rerun's): `order` (search.order, tune.study_order), `max_running` (the cap on one study's search
     trials in flight, search.max_running_share; None: none), `early_finals` (search.early_finals: a study's finals
     may re-run its current pick before its search has ended), `prior` ({study:
-    (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations),
-    `settled_epoch` (search.speculative_finals: ASHA's last rung, past which a running search trial that
-    leads its study there may be re-run by early finals; None: only completed trials are)."""
+    (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations)."""
     order: str = "critical_path"
     max_running: Optional[int] = None
     early_finals: bool = True
     prior: Dict[str, tuple] = field(default_factory=dict)
-    settled_epoch: Optional[int] = None
 
 
 class StudySearcher(Searcher):
@@ -110,12 +107,6 @@ class StudySearcher(Searcher):
     old one are superseded (`superseded`): FinalsScheduler stops those still running, their seeds are
     handed out again for the new pick, and their records name the old pick in `picked_from`, which
     results.tables never reports.
-
-    Speculative finals (`HandOut.settled_epoch`): a study's chain is then its pick's whole run, then its
-    final. Under ASHA a search trial past the last rung is no longer stopped, and the trials' objectives at
-    that rung rank them as ASHA does; so the configuration early finals re-run (`lead`) may be a search trial
-    still running that has passed it with a better objective there than every other running one and than the
-    pick had there. If it ends not the best, or fails, its finals are superseded as above.
     """
 
     stores: Dict[str, object] = {}     # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
@@ -156,7 +147,6 @@ class StudySearcher(Searcher):
         self.running: set = set()           # trial ids handed out and not ended (finals included)
         self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
         self.superseded: set = set()        # finals of a configuration that is no longer its study's pick
-        self.settled: Dict[str, Dict[str, float]] = {k: {} for k in self.study_keys}   # objective at the last rung
         self._hand_out = hand_out or HandOut()
         self._next = 0
         self._attached = True
@@ -300,7 +290,7 @@ class StudySearcher(Searcher):
             return None
         used = {self.configs[t]["seed"] for t in self.finals[k]}
         seeds = [x for x in self.final_seeds[k] if x not in used]
-        picked = self.lead(k)
+        picked = self.picked(k)
         if not seeds or picked is None:
             return None
         self.finals[k].append(trial_id)
@@ -308,9 +298,9 @@ class StudySearcher(Searcher):
                 "hparams": self.configs[picked]["hparams"]}
 
     def _supersede(self, k: str) -> None:
-        """Finals of study `k` that re-run another configuration than its lead no longer count: their
-        seeds are handed out again for the lead."""
-        picked = self.lead(k)
+        """Finals of study `k` that re-run another configuration than its pick no longer count: their
+        seeds are handed out again for the pick."""
+        picked = self.picked(k)
         stale = [t for t in self.finals[k] if self.configs[t]["picked_from"] != picked]
         for t in stale:
             self.finals[k].remove(t)
@@ -328,7 +318,7 @@ class StudySearcher(Searcher):
             return False
         if len(self.ended[k]) < self.budget[k]:
             return True
-        return len(self.finals[k]) < len(self.final_seeds[k]) and self.lead(k) is not None
+        return len(self.finals[k]) < len(self.final_seeds[k]) and self.picked(k) is not None
 
     def picked(self, k: str) -> Optional[str]:
         """The search trial of study `k` with the best objective among its completed ones (first on ties)."""
@@ -337,20 +327,6 @@ class StudySearcher(Searcher):
             return None
         sign = 1 if self.mode == "max" else -1
         return max(values, key=lambda t: sign * values[t])
-
-    def lead(self, k: str) -> Optional[str]:
-        """The configuration study `k`'s finals re-run: its pick, or with speculative finals the running
-        search trial past ASHA's last rung with the best objective there, if it beats the pick's there."""
-        picked = self.picked(k)
-        at = getattr(self, "settled", {}).get(k, {})
-        ahead = [t for t in at if t in self.running and t not in self.values[k]]
-        if self.hand_out.settled_epoch is None or not ahead:
-            return picked
-        sign = 1 if self.mode == "max" else -1
-        best = max(ahead, key=lambda t: sign * at[t])
-        if picked is not None and (picked not in at or sign * at[picked] >= sign * at[best]):
-            return picked
-        return best
 
     def stage(self, trial_id: str) -> str:
         return stage_of(self.configs.get(trial_id))
@@ -366,11 +342,6 @@ class StudySearcher(Searcher):
             with warnings.catch_warnings():   # an epoch reported again after a resume: Optuna keeps the first
                 warnings.filterwarnings("ignore", message=".*is already reported")
                 s.on_trial_result(trial_id, result)
-        settled, epoch = self.hand_out.settled_epoch, result.get("epoch")
-        if (settled is not None and epoch is not None and epoch >= settled and result.get(METRIC) is not None
-                and trial_id not in self.settled[k]):     # Tune passes no result ASHA stopped on
-            self.settled[k][trial_id] = result[METRIC]
-            self._supersede(k)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         if trial_id in self.running:
@@ -396,7 +367,7 @@ class StudySearcher(Searcher):
             self.failed[k].remove(trial_id)
         if state == "COMPLETE":
             self.values[k][trial_id] = value
-        self._supersede(k)            # a new pick, or a running lead that ended
+            self._supersede(k)
         if told is None:
             if state == "PRUNED" and value is not None and "training_iteration" in result:
                 self.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
@@ -448,7 +419,6 @@ class StudySearcher(Searcher):
     def get_state(self) -> Dict:
         return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next, "memory": self._memory,
                 "running": self.running, "durations": self.durations, "superseded": self.superseded,
-                "settled": self.settled,
                 "studies": {k: _detached(s) for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
@@ -457,7 +427,6 @@ class StudySearcher(Searcher):
         # saved by a version without them: durations are measured again, and finished trials leave `running`
         self.running, self.durations = set(state.get("running", ())), state.get("durations", {})
         self.superseded = set(state.get("superseded", ()))
-        self.settled = state.get("settled") or {k: {} for k in self.study_keys}
         self.live[self.sweep] = self
         self._next, self._memory = state["next"], state.get("memory")
         # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
@@ -492,7 +461,6 @@ class StudySearcher(Searcher):
         state.setdefault("running", set())
         state.setdefault("durations", {})
         state.setdefault("superseded", set())
-        state.setdefault("settled", {k: {} for k in state.get("study_keys", ())})
         self.__dict__.update(state)
         self.live[self.sweep] = self
         self.studies = {}

@@ -121,10 +121,6 @@ class Search:
     # a slot that no study can use (the sweep's tail) runs a final of a study's current pick before its last
     # search trials end; a later pick supersedes it (stopped, its seed run again): tune.searcher
     early_finals: bool = True
-    # with early stopping, those finals may re-run a search trial still running once it has passed ASHA's last
-    # rung leading its study there (no rung stops it any more): the chain is then the pick up to that rung,
-    # then its final. If it ends not the best, its finals are superseded like any early final's
-    speculative_finals: bool = True
 
     def max_running(self, trials: int) -> int:
         """The cap on one study's search trials in flight, for a search budget of `trials` per study."""

@@ -56,12 +56,14 @@ def _free(port: int) -> bool:
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports below 55535 whose gRPC twins (+10000) are free too."""
+    """`n` distinct free loopback ports below 55535 whose gRPC twins (+10000) are free too, and none the twin
+    of another (a filer on 30786 has its gRPC on 40786: an S3 port of 40786 made weed exit at start)."""
     ports: list[int] = []
     rng = random.Random()
     while len(ports) < n:
         p = rng.randrange(20000, 45000)
-        if p not in ports and p + 10000 not in ports and _free(p) and _free(p + 10000):
+        taken = set(ports) | {q + 10000 for q in ports}
+        if p not in taken and p + 10000 not in taken and _free(p) and _free(p + 10000):
             ports.append(p)
     return ports
 

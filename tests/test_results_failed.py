@@ -227,7 +227,8 @@ def test_a_stopped_superseded_final_is_counted_apart_from_trials_asha_stopped(tm
     """An early final of an earlier pick, stopped once a better search trial superseded it (tune.searcher):
     not a search trial ASHA stopped, and never one of the pick's finals."""
     recs = [make_record(dataset="dtd", trial="s0", val=70, test=71),
-            make_record(dataset="dtd", trial="s1", val=80, test=81), stopped_record("dtd", "s2"), {**stopped_record("dtd", "f0", seed=1), "stage": "final", "picked_from": "s0"},
+            make_record(dataset="dtd", trial="s1", val=80, test=81), stopped_record("dtd", "s2"),
+            {**stopped_record("dtd", "f0", seed=1), "stage": "final", "picked_from": "s0"},
             {**make_record(dataset="dtd", trial="f1", seed=1, val=79, test=82), "stage": "final", "picked_from": "s1"}]
     collect([str(write_sweep(tmp_path / "sweeps", recs))], str(tmp_path / "out"))
     table = main_table(load_trials(open_store(str(tmp_path / "out"))))

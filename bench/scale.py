@@ -42,6 +42,8 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     "uncapped": ["search.max_running_share=1.0"],
     # finals only after their study's last search trial (tune.searcher's early finals off)
     "late_finals": ["search.early_finals=false"],
+    # early finals only of a completed pick, none beside it of a running trial past ASHA's last rung
+    "finals_after_pick": ["search.speculative_finals=false"],
     # Tune forces an experiment-state snapshot when a trial has checkpointed num_to_keep times since the last
     # one: with 1 that is every epoch of every trial, with 2 about once per epoch of the fastest trial
     "keep_2": ["ray.checkpoints_to_keep=2"],
@@ -255,18 +257,26 @@ def study_picks(records: list[dict], objective: str, mode: str) -> dict[str, str
     return out
 
 
-def chain_bound(trace: dict[str, list[dict]], records: list[dict], picks: dict[str, str]) -> float:
+def chain_bound(trace: dict[str, list[dict]], records: list[dict], picks: dict[str, str],
+                settled: int | None = None) -> float:
     """The wall time no order can beat besides work / slots: a study's finals re-run its pick, so they start
     after the pick's search trial ended (early finals: tune.searcher; without them, after its last search
-    trial), and the sweep lasts at least, for every study, its pick's search trial plus its shortest final
-    (measured durations, from the trace)."""
+    trial), or with speculative finals once it passed ASHA's last rung (epoch `settled`), and the sweep
+    lasts at least, for every study, its pick's run until then plus its shortest final (measured durations,
+    from the trace)."""
     span = trial_spans(trace)
     chains = []
     for pick in picks.values():
         finals = [span[r["run_id"]] for r in records if r.get("picked_from") == pick and r["run_id"] in span]
         if finals and pick in span:
-            chains.append(span[pick] + min(finals))
+            chains.append(_until(trace[pick], settled) + min(finals))
     return max(chains, default=0.0)
+
+
+def _until(phases: list[dict], epoch: int | None) -> float:
+    """Seconds from a trial's first work to the end of `epoch` (None: to its end)."""
+    ends = [p["t1"] for p in phases if epoch is None or (p["phase"] == "epoch" and p.get("epoch") == epoch)]
+    return max(ends or [p["t1"] for p in phases]) - min(p["t0"] for p in phases)
 
 
 def storage_objects(uri: str, name: str) -> dict[str, int]:
@@ -317,7 +327,7 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    from tune.sweep import preflight
+    from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
     slots = a.nodes * a.gpus_per_node
     trace = read_trace(trace_dir)
@@ -336,7 +346,7 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
         **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
-        "chain": chain_bound(trace, records, picks),
+        "chain": chain_bound(trace, records, picks, settled_epoch(cfg)),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,

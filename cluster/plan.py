@@ -220,6 +220,7 @@ class Estimate:
     order: str = "critical_path"          # search.order: which study gets the next slot (tune.study_order)
     max_running: Optional[int] = None     # search.max_running_share's cap on one study's trials in flight
     early_finals: bool = True             # search.early_finals: finals may start before their search ends
+    speculative_finals: bool = True       # search.speculative_finals: ... from a trial past ASHA's last rung
     _schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # asha -> Schedule
 
     @property
@@ -245,7 +246,9 @@ class Estimate:
             fixed = d.trial_gpu_s - self.epochs * d.epoch_gpu_s
             search = [(fixed + e * d.epoch_gpu_s) / g
                       for e in rung_epochs(d.trials, self.epochs, grace, self.reduction_factor)]
-            loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials))
+            rungs = asha_rungs(self.epochs, grace, self.reduction_factor) if self.speculative_finals else []
+            settled = (d.setup_gpu_s + rungs[-1] * d.epoch_gpu_s) / g if rungs else None
+            loads.append(StudyLoad(d.name, search, d.trial_gpu_s / g, d.final_trials, settled))
         self._schedules[asha] = simulate(loads, self.concurrency, self.order, self.max_running,
                                           self.early_finals)
         return self._schedules[asha]
@@ -377,7 +380,7 @@ def estimate(sweep: SweepConfig, calibration: Optional[dict] = None,
                     sweep.method_names, budget.final_seeds,
                     es.grace_period if (es := budget.early_stopping) else None, es.reduction_factor if es else 0.0,
                     sweep.search.order, sweep.search.max_running(budget.trials_per_dataset),
-                    sweep.search.early_finals)
+                    sweep.search.early_finals, sweep.search.speculative_finals)
 
 
 def trial_durations(sweep: SweepConfig) -> Optional[dict[str, tuple[float, float]]]:

@@ -28,11 +28,13 @@ GOLDEN = (math.sqrt(5) - 1) / 2      # a low-discrepancy sequence spreads the st
 @dataclass
 class StudyLoad:
     """One study's trials as the schedule sees them: search trial durations in the order they are handed
-    out, then `finals` re-runs of `final_s` each."""
+    out, then `finals` re-runs of `final_s` each; `settled_s`: the seconds into a full-length search trial
+    after which no ASHA rung stops it (speculative finals may re-run it from then; None: not before it ends)."""
     name: str
     search_s: list[float]
     final_s: float = 0.0
     finals: int = 0
+    settled_s: Optional[float] = None
 
 
 @dataclass
@@ -82,9 +84,9 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     (search.max_running_share) only when no other can use it; with `early_finals` (search.early_finals), a
     study whose search trials are all handed out runs its finals before its search ends, first when they
     are due (tune.study_order.early_finals_due), else on a slot no study can use, once it has a pick (a
-    full-length search trial has ended), assuming that pick holds (a later one would supersede the early
-    finals: bench.scale measures how often). The order sees each study's mean durations (the searcher sees
-    the plan's, then measured ones)."""
+    full-length search trial has ended, or with a study's `settled_s`, speculative finals, has run that
+    long), assuming that pick holds (a later one supersedes early finals: bench.scale measures how often).
+    The order sees each study's mean durations (the searcher sees the plan's, then measured ones)."""
     slots = max(1, slots)
     n = len(studies)
     handed, ended, finals, running = [0] * n, [0] * n, [0] * n, [0] * n
@@ -92,7 +94,8 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
     full = [max(s.search_s, default=0.0) for s in studies]   # a full-length search trial's duration
     picked = [False] * n                              # one has ended: the study has a pick
     out = Schedule(0.0, 0.0, slots)
-    events: list[tuple[float, int, int, int]] = []   # (end time, seq, study, search trial index or -1: a final)
+    # (time, seq, study, search trial index, or -1: a final ends, -2: a full-length trial passed its last rung)
+    events: list[tuple[float, int, int, int]] = []
     now, nxt, free, seq = 0.0, 0, slots, 0
     seen: list[int] = []
 
@@ -133,9 +136,16 @@ def simulate(studies: list[StudyLoad], slots: int, order: str = "critical_path",
             out.busy_s += dur
             free, seq = free - 1, seq + 1
             heapq.heappush(events, (now + dur, seq, k, i))
+            settled = studies[k].settled_s
+            if i >= 0 and settled is not None and dur == full[k] and settled < dur:
+                seq += 1
+                heapq.heappush(events, (now + settled, seq, k, -2))
         if not events:
             break
         now, _, k, i = heapq.heappop(events)
+        if i == -2:
+            picked[k] = True
+            continue
         free += 1
         name = studies[k].name
         out.end_s[name] = now

@@ -145,6 +145,18 @@ def test_early_finals_start_once_the_study_has_a_pick():
     assert early.wall_s == 5.0 and early.busy_s == 8.0 and early.search_end_s["a"] == 3.0
 
 
+def test_speculative_finals_start_once_a_full_length_trial_passed_its_last_rung():
+    """search.speculative_finals in the plan: search trials of 4, 1 (stopped early) and 4 s on 3 slots, a 3 s
+    final, a full-length trial past its last rung at 2.5 s. The final starts on the slot freed at 1 s once
+    the first full-length trial passed it (2.5 s): wall 5.5 s, against 7 s when it waits for a pick."""
+    load = [StudyLoad("a", [4.0, 1.0, 4.0], final_s=3.0, finals=1, settled_s=2.5)]
+    assert simulate(load, slots=3, early_finals=True).wall_s == 5.5
+    assert simulate(load, slots=3, early_finals=True).busy_s == 12.0
+    pick = [StudyLoad("a", [4.0, 1.0, 4.0], final_s=3.0, finals=1)]
+    assert simulate(pick, slots=3, early_finals=True).wall_s == 7.0
+    assert simulate(load, slots=3).wall_s == 7.0          # without early finals it waits for the search
+
+
 def test_an_early_final_is_due_when_it_alone_outlasts_the_work_left():
     """tune.study_order.early_finals_due: a study with all search trials out, one running, whose 10 s final
     is longer than the work not handed out / slots (7.5 s on 2 slots) must start its final now; on 1 slot

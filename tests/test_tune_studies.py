@@ -94,13 +94,13 @@ def _final(objective: float) -> dict:
     return {"objective": objective, "final_val_top1": objective, "epoch": 2, "training_iteration": 2}
 
 
-def _searcher(budget=2, finals=2, early_finals=False):
+def _searcher(budget=2, finals=2, early_finals=False, settled_epoch=None):
     from tune.searcher import HandOut, StudySearcher
     keys = ["fair/a", "selftrain/a"]
     spaces = {"fair/a": parse_space(FAIR_SPACE), "selftrain/a": parse_space(SELFTRAIN_SPACE)}
     return StudySearcher(spaces, keys, budget, "max", seeds={k: i for i, k in enumerate(keys)},
                          final_seeds={k: list(range(1, finals + 1)) for k in keys},
-                         hand_out=HandOut(early_finals=early_finals))
+                         hand_out=HandOut(early_finals=early_finals, settled_epoch=settled_epoch))
 
 
 def test_searcher_budgets_per_study_then_final_seeds_of_the_best_once_its_search_has_ended(tmp_path):
@@ -214,6 +214,67 @@ def test_an_idle_slot_runs_an_early_final_of_the_pick_and_a_later_pick_supersede
         s2.on_trial_complete(t, _final(v))
     assert {s2.suggest(f"g{i}")["picked_from"] for i in range(2)} == {"t3"}
     assert s2.suggest("w2") == s2.FINISHED
+
+
+def test_speculative_finals_run_beside_the_pick_until_their_trial_is_decided(tmp_path):
+    """search.speculative_finals: a search trial past ASHA's last rung (HandOut.settled_epoch) runs to its
+    end, so it may yet be the pick; if it is ahead of the pick there (or the study has none), an idle slot
+    may run a final of it beside the pick's. Its finals are kept until it ends: superseded when it ends not
+    the best or fails, kept when it becomes the pick (then the old pick's are superseded)."""
+    s = _searcher(budget=3, finals=1, early_finals=True, settled_epoch=2)
+    got = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
+    assert [c["study"] for c in got.values()] == ["fair/a", "selftrain/a"] * 3
+
+    def report(searcher, t, epoch, value):
+        searcher.on_trial_result(t, {"objective": value, "epoch": epoch, "training_iteration": epoch})
+
+    report(s, "t0", 1, 50.0)
+    assert s.suggest("w0") is None                       # before the last rung: ASHA may still stop it
+    report(s, "t0", 2, 10.0)
+    e1 = s.suggest("e1")
+    assert (e1["study"], e1["picked_from"], e1["seed"], e1["hparams"]) == ("fair/a", "t0", 1, got["t0"]["hparams"])
+    report(s, "t2", 2, 20.0)                             # a second contender: its final runs beside t0's
+    e2 = s.suggest("e2")
+    assert (e2["picked_from"], e2["seed"]) == ("t2", 1) and not s.superseded
+    s.on_trial_complete("t0", _final(15.0))              # the pick; t2, still running, was ahead of it there
+    assert s.picked("fair/a") == "t0" and s.contenders("fair/a") == ["t2"] and not s.superseded
+    assert s.suggest("w1") is None                       # each configuration has its seed
+    s.save(str(tmp_path / "state.pkl"))
+    s2 = _searcher(budget=3, finals=1, early_finals=True, settled_epoch=2)
+    s2.restore(str(tmp_path / "state.pkl"))
+    assert s2.settled["fair/a"] == {"t0": 10.0, "t2": 20.0} and s2.finals["fair/a"] == ["e1", "e2"]
+    report(s2, "t4", 2, 5.0)                             # behind the pick at the rung: no final of it
+    assert s2.contenders("fair/a") == ["t2", "t4"] and s2.suggest("w2") is None
+    s2.on_trial_complete("t4", error=True)
+    s2.on_trial_complete("t2", _final(40.0))             # the contender ends the best: its final is the pick's
+    assert s2.picked("fair/a") == "t2" and s2.superseded == {"e1"} and s2.finals["fair/a"] == ["e2"]
+    assert s2.suggest("w3") is None                      # fair/a needs nothing more; selftrain/a still runs
+    report(s2, "t1", 2, 7.0)
+    e3 = s2.suggest("e3")
+    assert (e3["study"], e3["picked_from"]) == ("selftrain/a", "t1")
+    s2.on_trial_complete("t1", error=True)               # a contender that fails: its finals are superseded
+    assert s2.superseded == {"e1", "e3"}
+    s2.on_trial_complete("t3", _final(3.0))
+    assert s2.suggest("e4")["picked_from"] == "t3"
+
+
+def test_without_speculative_finals_a_running_trial_is_never_rerun():
+    s = _searcher(budget=2, finals=1, early_finals=True)  # settled_epoch None: search.speculative_finals off
+    for i in range(4):
+        s.suggest(f"t{i}")
+    s.on_trial_result("t0", {"objective": 10.0, "epoch": 2, "training_iteration": 2})
+    assert s.contenders("fair/a") == [] and s.suggest("w0") is None
+
+
+def test_the_sweep_passes_asha_last_rung_to_the_searcher():
+    from tune.sweep import most_trials, settled_epoch
+    cfg = load_sweep("configs/sweeps/paper13-vitb32.yaml")
+    assert settled_epoch(cfg) == 9                        # rungs at 3 and 9 of 15 epochs (grace 3, factor 3)
+    off = load_sweep("configs/sweeps/paper13-vitb32.yaml", ["search.speculative_finals=false"])
+    no_asha = load_sweep("configs/sweeps/paper13-vitb32.yaml", ["budget.early_stopping=null"])
+    assert settled_epoch(off) is None and settled_epoch(no_asha) is None
+    per_seed = len(cfg.studies) * cfg.budget.final_seeds * cfg.budget.trials_per_dataset
+    assert most_trials(cfg) - cfg.total_trials == per_seed and most_trials(off) - off.total_trials == per_seed
 
 
 def test_without_early_finals_an_idle_slot_waits_for_the_search_to_end():

@@ -79,11 +79,14 @@ class HandOut:
     takes the rerun's): `order` (search.order, tune.study_order), `max_running` (the cap on one study's search
     trials in flight, search.max_running_share; None: none), `early_finals` (search.early_finals: a study's finals
     may re-run its current pick before its search has ended), `prior` ({study:
-    (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations)."""
+    (search, full)} trial durations a cost model expects, in any unit: tune.study_order.durations),
+    `settled_epoch` (search.speculative_finals: ASHA's last rung, past which a running search trial may be
+    re-run by early finals beside the pick's; None: only the pick is)."""
     order: str = "critical_path"
     max_running: Optional[int] = None
     early_finals: bool = True
     prior: Dict[str, tuple] = field(default_factory=dict)
+    settled_epoch: Optional[int] = None
 
 
 class StudySearcher(Searcher):
@@ -107,6 +110,14 @@ class StudySearcher(Searcher):
     old one are superseded (`superseded`): FinalsScheduler stops those still running, their seeds are
     handed out again for the new pick, and their records name the old pick in `picked_from`, which
     results.tables never reports.
+
+    Speculative finals (`HandOut.settled_epoch`): with early finals alone a study's chain is its pick's
+    whole run, then its final. Under ASHA a search trial past the last rung is no longer stopped, so it
+    may yet end as the pick (a `contender`); one whose objective at that rung beats the pick's there (or any,
+    while the study has no pick) gets early finals of its own, beside the pick's, which keep running. Each
+    configuration's finals run until its search trial is decided: they are superseded when it ends not the
+    best, or fails, and kept when it becomes the pick. A configuration superseded this way can never be
+    the pick again (a study's best completed objective only improves), so no seed runs twice for one pick.
     """
 
     stores: Dict[str, object] = {}     # sweep -> its opened tune.optuna_storage.StudyStore (never pickled)
@@ -147,6 +158,7 @@ class StudySearcher(Searcher):
         self.running: set = set()           # trial ids handed out and not ended (finals included)
         self.durations: Dict[str, Dict[str, list]] = {}   # study -> {"search"|"full": [seconds, count]}
         self.superseded: set = set()        # finals of a configuration that is no longer its study's pick
+        self.settled: Dict[str, Dict[str, float]] = {k: {} for k in self.study_keys}   # objective at the last rung
         self._hand_out = hand_out or HandOut()
         self._next = 0
         self._attached = True
@@ -255,7 +267,7 @@ class StudySearcher(Searcher):
         d = self.durations.get(k, {"search": [0.0, 0], "full": [0.0, 0]})
         mean = {kind: (total / n if n else None) for kind, (total, n) in d.items()}
         return StudyProgress(self.budget[k] - self.suggested[k], running,
-                             len(self.final_seeds[k]) - len(self.finals[k]), mean.get("search"), mean.get("full"),
+                             self._finals_left(k), mean.get("search"), mean.get("full"),
                              (d["search"][1], d["full"][1]), self.hand_out.prior.get(k))
 
     def _ended(self, trial_id: str, result: Optional[Dict]) -> None:
@@ -284,30 +296,58 @@ class StudySearcher(Searcher):
 
     def _final(self, k: str, trial_id: str, early: bool = False) -> Optional[Dict]:
         """The next final re-run of study `k`'s pick, once its search is over (`early`: once all its search
-        trials are handed out); None if there is none (yet)."""
+        trials are handed out; then also of its speculated contenders); None if there is none (yet)."""
         over = len(self.ended[k]) >= self.budget[k]
         if self.suggested[k] < self.budget[k] or not (over or early):
             return None
-        used = {self.configs[t]["seed"] for t in self.finals[k]}
-        seeds = [x for x in self.final_seeds[k] if x not in used]
-        picked = self.picked(k)
-        if not seeds or picked is None:
-            return None
-        self.finals[k].append(trial_id)
-        return {"study": k, "stage": FINAL, "seed": seeds[0], "picked_from": picked,
-                "hparams": self.configs[picked]["hparams"]}
+        for source, seed in self._unissued(k):
+            self.finals[k].append(trial_id)
+            return {"study": k, "stage": FINAL, "seed": seed, "picked_from": source,
+                    "hparams": self.configs[source]["hparams"]}
+        return None
+
+    def _unissued(self, k: str) -> list[tuple[str, int]]:
+        """(configuration, seed) of study `k`'s finals not handed out yet: its pick's, then its speculated
+        contenders' (best at the last rung first)."""
+        sources = ([self.picked(k)] if self.picked(k) is not None else []) + self._speculated(k)
+        out = []
+        for source in sources:
+            used = {self.configs[t]["seed"] for t in self.finals[k] if self.configs[t]["picked_from"] == source}
+            out += [(source, x) for x in self.final_seeds[k] if x not in used]
+        return out
+
+    def _finals_left(self, k: str) -> int:
+        """Finals of study `k` still to hand out: its (future) pick's seeds not run yet, and its speculated
+        contenders'."""
+        unissued = self._unissued(k)
+        return (len(self.final_seeds[k]) if self.picked(k) is None else 0) + len(unissued)
+
+    def contenders(self, k: str) -> list[str]:
+        """Search trials of study `k` still running past ASHA's last rung (speculative finals): no rung
+        stops them, so each may yet end as its pick; best objective at that rung first."""
+        at = self.settled.get(k, {}) if self.hand_out.settled_epoch is not None else {}
+        sign = 1 if self.mode == "max" else -1
+        return sorted((t for t in at if t in self.running), key=lambda t: -sign * at[t])
+
+    def _speculated(self, k: str) -> list[str]:
+        """The contenders whose finals run beside the pick's: those ahead of the pick at the last rung (all,
+        while the study has no pick or its pick has no value there)."""
+        picked, at, sign = self.picked(k), self.settled.get(k, {}), 1 if self.mode == "max" else -1
+        if picked is None or picked not in at:
+            return self.contenders(k)
+        return [t for t in self.contenders(k) if sign * at[t] > sign * at[picked]]
 
     def _supersede(self, k: str) -> None:
-        """Finals of study `k` that re-run another configuration than its pick no longer count: their
-        seeds are handed out again for the pick."""
-        picked = self.picked(k)
-        stale = [t for t in self.finals[k] if self.configs[t]["picked_from"] != picked]
+        """Finals of study `k` that re-run a configuration that is neither its pick nor a contender no
+        longer count (FinalsScheduler stops them); the pick's missing seeds are handed out again."""
+        keep = {self.picked(k), *self.contenders(k)}
+        stale = [t for t in self.finals[k] if self.configs[t]["picked_from"] not in keep]
         for t in stale:
             self.finals[k].remove(t)
             self.superseded.add(t)
         if stale:
-            log.info("study %s picks %s now: %d final(s) of an earlier pick superseded (%s)", k, picked,
-                     len(stale), ", ".join(stale))
+            log.info("study %s picks %s now: %d final(s) of another configuration superseded (%s)", k,
+                     self.picked(k), len(stale), ", ".join(stale))
 
     def _pending(self, k: str) -> bool:
         """Whether study `k` will still have a trial to hand out (search budget, or finals to come: while
@@ -318,7 +358,7 @@ class StudySearcher(Searcher):
             return False
         if len(self.ended[k]) < self.budget[k]:
             return True
-        return len(self.finals[k]) < len(self.final_seeds[k]) and self.picked(k) is not None
+        return self.picked(k) is not None and bool(self._unissued(k))   # no contender runs once all ended
 
     def picked(self, k: str) -> Optional[str]:
         """The search trial of study `k` with the best objective among its completed ones (first on ties)."""
@@ -342,6 +382,10 @@ class StudySearcher(Searcher):
             with warnings.catch_warnings():   # an epoch reported again after a resume: Optuna keeps the first
                 warnings.filterwarnings("ignore", message=".*is already reported")
                 s.on_trial_result(trial_id, result)
+        settled, epoch = self.hand_out.settled_epoch, result.get("epoch")
+        if (settled is not None and epoch is not None and epoch >= settled and result.get(METRIC) is not None
+                and trial_id not in self.settled[k]):     # Tune passes no result ASHA stopped on
+            self.settled[k][trial_id] = result[METRIC]
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         if trial_id in self.running:
@@ -367,7 +411,7 @@ class StudySearcher(Searcher):
             self.failed[k].remove(trial_id)
         if state == "COMPLETE":
             self.values[k][trial_id] = value
-            self._supersede(k)
+        self._supersede(k)            # a new pick, or a contender decided
         if told is None:
             if state == "PRUNED" and value is not None and "training_iteration" in result:
                 self.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
@@ -419,6 +463,7 @@ class StudySearcher(Searcher):
     def get_state(self) -> Dict:
         return {**{a: getattr(self, a) for a in self._STATE}, "next": self._next, "memory": self._memory,
                 "running": self.running, "durations": self.durations, "superseded": self.superseded,
+                "settled": self.settled,
                 "studies": {k: _detached(s) for k, s in self.studies.items()}}
 
     def set_state(self, state: Dict) -> None:
@@ -427,6 +472,7 @@ class StudySearcher(Searcher):
         # saved by a version without them: durations are measured again, and finished trials leave `running`
         self.running, self.durations = set(state.get("running", ())), state.get("durations", {})
         self.superseded = set(state.get("superseded", ()))
+        self.settled = state.get("settled") or {k: {} for k in self.study_keys}
         self.live[self.sweep] = self
         self._next, self._memory = state["next"], state.get("memory")
         # Restored by a rerun, which resumes every errored trial under its id (sweep.run): a study's search
@@ -461,6 +507,7 @@ class StudySearcher(Searcher):
         state.setdefault("running", set())
         state.setdefault("durations", {})
         state.setdefault("superseded", set())
+        state.setdefault("settled", {k: {} for k in state.get("study_keys", ())})
         self.__dict__.update(state)
         self.live[self.sweep] = self
         self.studies = {}

@@ -15,6 +15,7 @@ from typing import Optional
 
 from fair.errors import FairError
 from tune import storage as sweep_storage
+from tune.study_order import asha_rungs
 from tune.sweep_config import SweepConfig, check_datasets, from_mapping
 
 log = logging.getLogger("tune.sweep")
@@ -93,7 +94,7 @@ def load_saved(storage: str, name: str, overrides: list[str] = ()) -> SweepConfi
 
 # sweep keys a resume may change: Ray and progress options, and how many trials run at once
 RESUMABLE_CHANGES = ("ray.", "faults.", "budget.max_concurrent", "search.order", "search.max_running_share",
-                     "search.early_finals")
+                     "search.early_finals", "search.speculative_finals")
 
 
 def _search_changes(a: dict, b: dict) -> list[str]:
@@ -198,7 +199,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     store = prepare(cfg, uri, resume=exists)       # the Optuna storage of its studies (tune.optuna_storage)
     StudySearcher.use_store(cfg.name, store)       # ... which a restored searcher re-reads
     hand_out = HandOut(cfg.search.order, cfg.search.max_running(cfg.budget.trials_per_dataset),
-                       cfg.search.early_finals, dict(prior or {}))
+                       cfg.search.early_finals, dict(prior or {}), settled_epoch(cfg))
     StudySearcher.set_hand_out(cfg.name, hand_out)  # ... and a restored one hands trials out as this run says
     log.info("Optuna studies of sweep %s: %s", cfg.name, store.dashboard())
     plan = build_plan(cfg, uri)
@@ -243,10 +244,19 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     return _summarize(cfg, uri, grid, METRIC)
 
 
+def settled_epoch(cfg: SweepConfig) -> Optional[int]:
+    """The epoch past which ASHA stops no search trial (its last rung), when speculative finals may re-run a
+    trial from there (search.speculative_finals; tune.searcher.StudySearcher.contenders); else None."""
+    es = cfg.budget.early_stopping
+    rungs = asha_rungs(cfg.budget.epochs, es.grace_period, es.reduction_factor) if es else []
+    return rungs[-1] if rungs and cfg.search.speculative_finals else None
+
+
 def most_trials(cfg: SweepConfig) -> int:
     """Tune's num_samples: the searcher ends the sweep (FINISHED); this bound only has to hold every trial.
-    Besides each study's search trials and finals, a final superseded by a later pick is replaced (early
-    finals: tune.searcher), at most once per seed for each search trial that ends."""
+    Besides each study's search trials and finals, early finals re-run other configurations than the final
+    pick (tune.searcher: a pick later superseded, a contender run speculatively), each search trial's at
+    most once per seed: its finals are kept until it is decided, and a superseded one is never picked."""
     return cfg.total_trials + len(cfg.studies) * cfg.budget.final_seeds * cfg.budget.trials_per_dataset
 
 

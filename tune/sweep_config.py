@@ -121,6 +121,10 @@ class Search:
     # a slot that no study can use (the sweep's tail) runs a final of a study's current pick before its last
     # search trials end; a later pick supersedes it (stopped, its seed run again): tune.searcher
     early_finals: bool = True
+    # with early stopping, those finals may also re-run, beside the pick's, a search trial still running once
+    # it has passed ASHA's last rung ahead of the pick there (no rung stops it any more): if it ends the best,
+    # the chain is the pick up to that rung, then its final; if not, its finals are superseded (tune.searcher)
+    speculative_finals: bool = True
 
     def max_running(self, trials: int) -> int:
         """The cap on one study's search trials in flight, for a search budget of `trials` per study."""

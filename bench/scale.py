@@ -341,11 +341,13 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     picks = study_picks(records, cfg.objective.metric, cfg.objective.mode)
     problems, superseded = check_counts(records, cfg, picks)
     expected = cfg.total_trials + len(superseded)
+    plan = est.schedule(asha=cfg.budget.early_stopping is not None)
     out = {
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
+        "plan_superseded": (plan.superseded, plan.superseded_s / scale),
         "chain": chain_bound(trace, records, picks, settled_epoch(cfg)),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
@@ -414,6 +416,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
         *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
     row("results collect s (records)", lambda r: f"{r['collect_s']:.1f} ({r['collected']})")
     row("early finals superseded (count, slot s)", lambda r: f"{len(r['superseded'])}, {r['superseded_s']:.0f}")
+    row("  as --plan simulates them", lambda r: "{}, {:.0f}".format(*r["plan_superseded"]))
     row("count check", lambda r: "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
     lat = ", ".join(f"trial {n}: {s * 1e3:.0f} ms" for n, s in sorted(latency.items()))
     lines.append(f"Optuna suggest latency ({sampler}, one study): {lat}")

@@ -167,3 +167,20 @@ def test_an_early_final_is_due_when_it_alone_outlasts_the_work_left():
     assert early_finals_due([a, b], "critical_path", 2) == [True, False]
     assert early_finals_due([a, b], "critical_path", 1) == [False, False]
     assert early_finals_due([a, b], "round_robin", 2) == [False, False]
+
+
+def test_the_plan_prices_a_wrong_lead_whose_finals_stop_when_a_better_trial_ends():
+    """Speculative finals in the plan, with trial 2 the best and trial 0 the second (`rank`): both pass their
+    last rung at 2.5 s, neither has ended, so both are contenders. On 3 slots only trial 0's final finds a
+    slot (at 2.5 s); trial 0 ends first (4 s) and trial 2's final takes its slot; trial 2 ends better and
+    trial 0's final stops, 1.5 s of slot time superseded: wall 7 s. On 4 slots both finals start at 2.5 s
+    and trial 2's holds: wall 5.5 s, the same 1.5 s superseded."""
+    def load():
+        return [StudyLoad("a", [4.0, 1.0, 4.0], final_s=3.0, finals=1, settled_s=2.5, rank=[1, 2, 0])]
+    three = simulate(load(), slots=3, early_finals=True)
+    assert (three.wall_s, three.superseded, three.superseded_s, three.busy_s) == (7.0, 1, 1.5, 13.5)
+    four = simulate(load(), slots=4, early_finals=True)
+    assert (four.wall_s, four.superseded, four.superseded_s, four.busy_s) == (5.5, 1, 1.5, 13.5)
+    right = simulate([StudyLoad("a", [4.0, 1.0, 4.0], final_s=3.0, finals=1, settled_s=2.5, rank=[0, 2, 1])],
+                     slots=3, early_finals=True)
+    assert (right.wall_s, right.superseded) == (5.5, 0)     # the lead that held: nothing stopped

@@ -300,16 +300,19 @@ class StudySearcher(Searcher):
         over = len(self.ended[k]) >= self.budget[k]
         if self.suggested[k] < self.budget[k] or not (over or early):
             return None
-        for source, seed in self._unissued(k):
-            self.finals[k].append(trial_id)
-            return {"study": k, "stage": FINAL, "seed": seed, "picked_from": source,
-                    "hparams": self.configs[source]["hparams"]}
-        return None
+        unissued = self._unissued(k)
+        if not unissued:
+            return None
+        source, seed = unissued[0]
+        self.finals[k].append(trial_id)
+        return {"study": k, "stage": FINAL, "seed": seed, "picked_from": source,
+                "hparams": self.configs[source]["hparams"]}
 
     def _unissued(self, k: str) -> list[tuple[str, int]]:
         """(configuration, seed) of study `k`'s finals not handed out yet: its pick's, then its speculated
         contenders' (best at the last rung first)."""
-        sources = ([self.picked(k)] if self.picked(k) is not None else []) + self._speculated(k)
+        picked = self.picked(k)
+        sources = ([picked] if picked is not None else []) + self._speculated(k, picked)
         out = []
         for source in sources:
             used = {self.configs[t]["seed"] for t in self.finals[k] if self.configs[t]["picked_from"] == source}
@@ -319,23 +322,21 @@ class StudySearcher(Searcher):
     def _finals_left(self, k: str) -> int:
         """Finals of study `k` still to hand out: its (future) pick's seeds not run yet, and its speculated
         contenders'."""
-        unissued = self._unissued(k)
-        return (len(self.final_seeds[k]) if self.picked(k) is None else 0) + len(unissued)
+        return (len(self.final_seeds[k]) if self.picked(k) is None else 0) + len(self._unissued(k))
 
     def contenders(self, k: str) -> list[str]:
         """Search trials of study `k` still running past ASHA's last rung (speculative finals): no rung
         stops them, so each may yet end as its pick; best objective at that rung first."""
         at = self.settled.get(k, {}) if self.hand_out.settled_epoch is not None else {}
-        sign = 1 if self.mode == "max" else -1
-        return sorted((t for t in at if t in self.running), key=lambda t: -sign * at[t])
+        return sorted((t for t in at if t in self.running), key=lambda t: -self._sign * at[t])
 
-    def _speculated(self, k: str) -> list[str]:
-        """The contenders whose finals run beside the pick's: those ahead of the pick at the last rung (all,
-        while the study has no pick or its pick has no value there)."""
-        picked, at, sign = self.picked(k), self.settled.get(k, {}), 1 if self.mode == "max" else -1
+    def _speculated(self, k: str, picked: Optional[str]) -> list[str]:
+        """The contenders whose finals run beside those of the pick `picked`: those ahead of it at the last
+        rung (all, while the study has no pick or its pick has no value there)."""
+        at = self.settled.get(k, {})
         if picked is None or picked not in at:
             return self.contenders(k)
-        return [t for t in self.contenders(k) if sign * at[t] > sign * at[picked]]
+        return [t for t in self.contenders(k) if self._sign * at[t] > self._sign * at[picked]]
 
     def _supersede(self, k: str) -> None:
         """Finals of study `k` that re-run a configuration that is neither its pick nor a contender no
@@ -365,8 +366,12 @@ class StudySearcher(Searcher):
         values = self.values[k]
         if not values:
             return None
-        sign = 1 if self.mode == "max" else -1
-        return max(values, key=lambda t: sign * values[t])
+        return max(values, key=lambda t: self._sign * values[t])
+
+    @property
+    def _sign(self) -> int:
+        """+1 when a higher objective is better (mode max), -1 when lower is."""
+        return 1 if self.mode == "max" else -1
 
     def stage(self, trial_id: str) -> str:
         return stage_of(self.configs.get(trial_id))

@@ -389,7 +389,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     lines = []
 
     def row(name: str, fn) -> None:
-        lines.append(f"{name:44s}" + "".join(f"{fn(r):>18s}" for r in rows))
+        lines.append(f"{name:44s}" + "".join(f"  {fn(r):>18s}" for r in rows))
     row("run", lambda r: r["label"])
     row("slots x trials", lambda r: f"{r['slots']} x {r['trials']}")
     row("time scale (real s per simulated s)", lambda r: f"{r['scale']:.0f}")

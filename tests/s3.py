@@ -91,6 +91,12 @@ class WeedServer:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region}
 
+    def cpu_s(self) -> float:
+        """CPU seconds the running server has used (user and system, its children included)."""
+        import psutil
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
     def client(self, **overrides):
         import boto3
         from botocore.config import Config

@@ -50,6 +50,8 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     "keep_2": ["ray.checkpoints_to_keep=2"],
 }
 STORAGES = ("s3",)  # --compare NAME: a second run of the same sweep in another storage (local folder first)
+# --compare NAME: the first run with Tune's whole-folder snapshot uploads (tune.state_sync not installed)
+UPLOADS = ("upload_changed",)
 log = logging.getLogger("bench.scale")
 
 
@@ -338,8 +340,9 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
     return problems, superseded
 
 
-def run_scale(a, label: str, extra: list[str], storage: str, server=None) -> dict:
-    """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one)."""
+def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_uploads: bool = False) -> dict:
+    """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one).
+    `whole_uploads`: each snapshot uploads Tune's whole driver folder (tune.state_sync left out)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -348,6 +351,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None) -> dic
     write_sweep_file(cfg, sweep_file)
     timers = Timers()
     instrument(timers)
+    whole_folder(whole_uploads)
     import ray
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     server0 = server.cpu_s() if server else None
@@ -394,6 +398,20 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None) -> dic
     shutil.rmtree(trace_dir, ignore_errors=True)
     _uninstrument()
     return out
+
+
+def whole_folder(on: bool) -> None:
+    """Tune's own snapshot uploads (the whole driver folder each time) for the next run, or ours."""
+    from ray.train._internal import storage as ray_storage
+
+    from tune import state_sync
+    real = whole_folder.__dict__.setdefault("real_install", state_sync.install)
+    if on:
+        if state_sync._ray_upload is not None:
+            ray_storage._upload_to_fs_path = state_sync._ray_upload
+        state_sync.install = lambda: False
+    else:
+        state_sync.install = real
 
 
 def _uninstrument() -> None:
@@ -482,7 +500,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES]),
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS]),
                     help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
     ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
@@ -500,8 +518,10 @@ def main(argv=None) -> int:
         try:
             base = storage.s3 if a.s3 else storage.local
             runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
+                                           [(a.compare, [], base)] if a.compare in UPLOADS else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
-            rows = [run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None)
+            rows = [run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
+                              whole_uploads=a.compare in UPLOADS and label == "base")
                     for label, extra, uri in runs]
         finally:
             import ray

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fair.errors import FairError
+from tune import state_sync
 from tune import storage as sweep_storage
 from tune.study_order import asha_rungs
 from tune.sweep_config import SweepConfig, check_datasets, from_mapping
@@ -205,6 +206,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     plan = build_plan(cfg, uri)
     trainable = trainable_for(cfg, plan)
     mode = cfg.objective.mode
+    state_sync.install()         # snapshots upload what changed, not every trial's files again
     if exists:
         log.info("resuming sweep %s from %s (%d trials in flight at most)", cfg.name, exp_path, conc)
         # errored trials resume (same trial id, last checkpoint), not restart: a restart makes a new trial

@@ -33,10 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--writes", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args(argv)
-    import boto3
-    from botocore.config import Config
-
-    from results.store import S3Options, open_store
+    from results import store as results_store
+    from results.store import open_store
     from tests.s3 import WeedServer
     server = WeedServer(Path(tempfile.mkdtemp(prefix="fair-s3-client-")))
     server.start()
@@ -44,14 +42,11 @@ def main(argv=None) -> int:
     try:
         store = open_store(f"s3://{server.bucket}/bench")
         store.put("warm.json", b"{}")
-        o = S3Options()
         body = b'{"trial": "t", "val_top1": 50.0}'
 
-        def fresh(i: int) -> None:
-            client = boto3.session.Session().client(
-                "s3", endpoint_url=o.resolved_endpoint(), region_name=o.resolved_region(),
-                config=Config(retries={"max_attempts": 1}))
-            client.put_object(Bucket=server.bucket, Key=f"bench/fresh/{i}.json", Body=body)
+        def fresh(i: int) -> None:          # the same write with no client kept: one made for it
+            results_store._CLIENTS.clear()
+            open_store(f"s3://{server.bucket}/bench").put(f"fresh/{i}.json", body)
 
         for r in range(a.rounds):
             f = _per_write(a.writes, fresh)

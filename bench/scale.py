@@ -75,8 +75,9 @@ class Timers:
         timed.bench_orig = orig
         setattr(owner, attr, timed)
 
-    def total(self, prefix: str) -> float:
-        return sum(sum(v) for k, v in self.spent.items() if k.startswith(prefix))
+    def by_prefix(self, prefix: str) -> dict[str, float]:
+        """{name after `prefix`: total seconds} of the timers whose names start with `prefix`."""
+        return {k[len(prefix):]: sum(v) for k, v in self.spent.items() if k.startswith(prefix)}
 
 
 def instrument(timers: Timers) -> None:
@@ -389,10 +390,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "storage": storage.split(":")[0],
-        "suggest": timers.spent.get("suggest", []),
-        "snapshots": timers.spent.get("snapshot", []), "callbacks": timers.total("callback."),
-        "hooks": {k.split(".", 1)[1]: sum(v) for k, v in timers.spent.items() if k.startswith("callback.")},
+        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "suggest": timers.spent.get("suggest", []),
+        "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
         "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
     }
     shutil.rmtree(trace_dir, ignore_errors=True)
@@ -462,7 +461,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("suggest in sweep s (median/max)", lambda r: f"{_q(r['suggest'], .5):.3f} / {max(r['suggest'] or [0]):.3f}")
     row("snapshots (count, total s)", lambda r: f"{len(r['snapshots'])}, {sum(r['snapshots']):.1f}")
     row("snapshot s (first fifth / last fifth)", lambda r: _fifths(r["snapshots"]))
-    row("our callbacks + searcher + ASHA, s", lambda r: f"{r['callbacks']:.1f}")
+    row("our callbacks + searcher + ASHA, s", lambda r: f"{sum(r['hooks'].values()):.1f}")
     row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
     row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
     row("storage (server CPU s)", lambda r: "folder" if r["server_cpu"] is None

@@ -69,7 +69,7 @@ def upload_changed(local_path: str, fs, fs_path: str, exclude: Optional[list] = 
         done = dict(_uploaded.get(key, {}))
     todo, record = changed_files(local_path, done, exclude)
     if todo:
-        keep = set(todo) | {str(parent.as_posix()) for rel in todo for parent in Path(rel).parents}
+        keep = set(todo) | {parent.as_posix() for rel in todo for parent in Path(rel).parents}
 
         class Changed(ray_storage._ExcludingLocalFilesystem):
             """The folder as copy_files lists it: the changed files and the folders that hold them."""

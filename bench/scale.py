@@ -4,6 +4,7 @@
     python -m bench.scale --quick                    # CI smoke test: a few minutes, checks counts only
     python -m bench.scale --compare reuse_actors     # one fix measured off and on, same settings, one run
     python -m bench.scale --compare s3               # a local folder, then a SeaweedFS bucket, one run
+    python -m bench.scale --s3 --compare s3_puts     # snapshots through pyarrow's copy, then one PUT per file
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -50,8 +51,10 @@ FIXES = {  # --compare NAME: a second run with these sweep-file overrides, besid
     "keep_2": ["ray.checkpoints_to_keep=2"],
 }
 STORAGES = ("s3",)  # --compare NAME: a second run of the same sweep in another storage (local folder first)
-# --compare NAME: the first run with Tune's whole-folder snapshot uploads (tune.state_sync not installed)
-UPLOADS = ("upload_changed",)
+# --compare NAME: the first run uploads its snapshots the older way, the second as `fair sweep` does now:
+# upload_changed: Tune's whole folder (tune.state_sync not installed) against the files that changed;
+# s3_puts: the changed files through pyarrow's copy (as Tune copies) against one PUT each, several at once
+UPLOADS = {"upload_changed": "whole", "s3_puts": "copy"}
 log = logging.getLogger("bench.scale")
 
 
@@ -341,9 +344,9 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
     return problems, superseded
 
 
-def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_uploads: bool = False) -> dict:
+def run_scale(a, label: str, extra: list[str], storage: str, server=None, uploads: str = "puts") -> dict:
     """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one).
-    `whole_uploads`: each snapshot uploads Tune's whole driver folder (tune.state_sync left out)."""
+    `uploads`: how snapshots upload the driver's folder (snapshot_uploads)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -352,16 +355,20 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_
     write_sweep_file(cfg, sweep_file)
     timers = Timers()
     instrument(timers)
-    whole_folder(whole_uploads)
+    snapshot_uploads(uploads)
     import ray
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     server0 = server.cpu_s() if server else None
+    requests0 = server.requests() if server else {}
+    from tune import state_sync
+    sync0 = state_sync.uploaded_files
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     server_cpu = server.cpu_s() - server0 if server else None
+    requests = {k: v - requests0.get(k, 0) for k, v in (server.requests() if server else {}).items()}
     from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
     slots = a.nodes * a.gpus_per_node
@@ -390,7 +397,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "suggest": timers.spent.get("suggest", []),
+        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "requests": requests,
+        "snapshot_files": state_sync.uploaded_files - sync0, "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
         "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
     }
@@ -399,18 +407,21 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, whole_
     return out
 
 
-def whole_folder(on: bool) -> None:
-    """Tune's own snapshot uploads (the whole driver folder each time) for the next run, or ours."""
+def snapshot_uploads(mode: str) -> None:
+    """How the next run's snapshots upload the driver's folder: `whole` (Tune's own upload, the whole folder
+    each time), `copy` (the changed files, through pyarrow's copy also to S3) or `puts` (tune.state_sync as
+    `fair sweep` installs it: the changed files, to S3 one PUT each)."""
     from ray.train._internal import storage as ray_storage
 
     from tune import state_sync
-    real = whole_folder.__dict__.setdefault("real_install", state_sync.install)
-    if on:
+    real = snapshot_uploads.__dict__.setdefault("real", (state_sync.install, state_sync._s3_store))
+    state_sync.install, state_sync._s3_store = real
+    if mode == "whole":
         if state_sync._ray_upload is not None:
             ray_storage._upload_to_fs_path = state_sync._ray_upload
         state_sync.install = lambda: False
-    else:
-        state_sync.install = real
+    elif mode == "copy":
+        state_sync._s3_store = lambda fs, fs_path: None
 
 
 def _uninstrument() -> None:
@@ -466,6 +477,12 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
     row("storage (server CPU s)", lambda r: "folder" if r["server_cpu"] is None
         else f"S3 ({r['server_cpu']:.1f})")
+    row("S3 requests per trial (PUT / GET / DELETE)", lambda r: " / ".join(
+        f"{r['requests'].get(k, 0) / r['trials']:.1f}" for k in ("PUT", "GET", "DELETE")) if r["requests"] else "-")
+    row("  all types (LIST, HEAD, ...) per trial", lambda r: f"{sum(r['requests'].values()) / r['trials']:.1f}"
+        if r["requests"] else "-")
+    row("files snapshots uploaded (per trial)", lambda r: f"{r['snapshot_files']} "
+        f"({r['snapshot_files'] / r['trials']:.1f})")
     row("storage objects per trial", lambda r: f"{sum(r['objects'].values()) / r['trials']:.1f}")
     row("  records / checkpoints / trial files", lambda r: "{} / {} / {}".format(
         *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
@@ -520,7 +537,7 @@ def main(argv=None) -> int:
                                            [(a.compare, [], base)] if a.compare in UPLOADS else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
             rows = [run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
-                              whole_uploads=a.compare in UPLOADS and label == "base")
+                              uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base" else "puts")
                     for label, extra, uri in runs]
         finally:
             import ray

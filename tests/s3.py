@@ -28,7 +28,7 @@ ACCESS_KEY = "fairtestkey"
 SECRET_KEY = "fairtestsecret-do-not-echo"
 REGION = "us-east-1"
 BUCKET = "sweeps"
-_PORT_NAMES = ("master", "volume", "filer", "admin", "s3")
+_PORT_NAMES = ("master", "volume", "filer", "admin", "s3", "metrics")
 
 
 def free_disk(path: Path) -> str:
@@ -97,6 +97,20 @@ class WeedServer:
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def requests(self) -> dict[str, int]:
+        """S3 requests the running server has answered for its bucket since it started, by type (PUT, GET,
+        DELETE, LIST, HEAD, ...; any status), from its Prometheus counters."""
+        import urllib.request
+        from prometheus_client.parser import text_string_to_metric_families
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=10).read().decode()
+        out: dict[str, int] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "SeaweedFS_s3_request_total" and sample.labels.get("bucket") == self.bucket:
+                    kind = sample.labels.get("type", "?")
+                    out[kind] = out.get(kind, 0) + int(sample.value)
+        return out
+
     def client(self, **overrides):
         import boto3
         from botocore.config import Config
@@ -119,6 +133,7 @@ class WeedServer:
                "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
                f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
                f"-admin.port={p['admin']}", f"-s3.port={p['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               f"-metricsPort={p['metrics']}",      # Prometheus counters: requests() below
                # fixed volume count and size, not `mini`'s guess from free disk (the tests store kilobytes).
                # NB: the volume server still refuses every write when under 1% of its disk is free (a minute's
                # hang, then InternalError); `mini` has no flag for that, so conftest warns of a full disk

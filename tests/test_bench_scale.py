@@ -32,12 +32,18 @@ def test_scale_quick_every_trial_has_one_record():
     assert storage[0] == "folder", out[-3000:]
     if s3:
         assert float(re.fullmatch(r"S3 \(([\d.]+)\)", storage[1]).group(1)) > 0, out[-3000:]
+        # the server counted at least every trial's record (a PUT each) and the snapshots' uploads
+        put, get, delete = (float(x) for x in columns["S3 requests per trial (PUT / GET / DELETE)"][1].split(" / "))
+        assert put >= 1, out[-3000:]
     for i, label in enumerate(columns["run"]):
         # an early final that a later pick superseded (tune.searcher) is one more trial with its record
         superseded = int(columns["early finals superseded (count, slot s)"][i].split(",")[0])
         assert columns["results collect s (records)"][i].endswith(f"({10 + superseded})"), out[-3000:]
         # the floor it measures besides work / slots: each study's pick and then its final re-run, which no
         # schedule beats; a sweep that reads no records or traces would print 0
+        # every snapshot uploads Tune's state through tune.state_sync: at least one file per trial (params.json)
+        files = columns["files snapshots uploaded (per trial)"][i]
+        assert float(re.fullmatch(r"\d+ \(([\d.]+)\)", files).group(1)) >= 1, out[-3000:]
         chain, wall = (float(columns[k][i]) for k in ("chain bound s (a study's pick, then final)", "wall s"))
         assert 0 < chain <= wall, out[-3000:]
         # and which study's pick and finals ended it, from the same records and traces

@@ -179,6 +179,24 @@ def test_one_client_per_process_and_settings(monkeypatch):
     assert fresh is not a.client and fresh._request_signer._credentials.access_key == "KEY2"
 
 
+def test_the_server_counts_the_requests_a_store_makes(s3_server):
+    """The server's request counters (bench.scale's "S3 requests per trial") see each PUT, GET and DELETE
+    a store makes in its bucket, once."""
+    store = open_store(f"s3://{s3_server.bucket}/counted")
+    before = s3_server.requests()
+    for i in range(3):
+        store.put(f"k{i}.json", b"{}")
+    store.get("k1.json")
+    deadline = time.monotonic() + 5          # a counter may move just after its response was sent
+    while True:
+        after = s3_server.requests()
+        if after.get("GET", 0) - before.get("GET", 0) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert after.get("PUT", 0) - before.get("PUT", 0) == 3, (before, after)
+    assert after.get("GET", 0) - before.get("GET", 0) == 1, (before, after)
+
+
 def test_missing_bucket_is_a_one_line_error(s3_server, tmp_path):
     with pytest.raises(ResultsError, match="bucket 'no-such-bucket' does not exist"):
         collect([str(write_sweep(tmp_path / "s", records(1)))], "s3://no-such-bucket/x", FAST)

@@ -25,17 +25,13 @@ def _tree(fs, root):
 
 
 def _uploads(monkeypatch):
-    """The files each copy_files call uploads (Ray's own helper, wrapped)."""
-    from ray.train._internal import storage as ray_storage
-    calls, orig = [], ray_storage._pyarrow_fs_copy_files
+    """The files each upload sends (state_sync.upload_files, wrapped)."""
+    calls, orig = [], state_sync.upload_files
 
-    def counted(source, destination, source_filesystem=None, destination_filesystem=None, **kw):
-        fs = source_filesystem or pyarrow.fs.LocalFileSystem()
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(source, recursive=True))
-        calls.append(sorted(i.path[len(source) + 1:] for i in infos if i.type == pyarrow.fs.FileType.File))
-        return orig(source, destination, source_filesystem=source_filesystem,
-                    destination_filesystem=destination_filesystem, **kw)
-    monkeypatch.setattr(ray_storage, "_pyarrow_fs_copy_files", counted)
+    def counted(local_path, files, fs, fs_path):
+        calls.append(sorted(files))
+        return orig(local_path, files, fs, fs_path)
+    monkeypatch.setattr(state_sync, "upload_files", counted)
     return calls
 
 
@@ -69,9 +65,15 @@ def test_snapshots_upload_what_changed_and_storage_holds_the_whole_folder(kind, 
     _write(staging, "experiment_state.json", '{"trials": 4}', OLD + 1)    # same size, a later write
     _write(staging, "trial_3/params.json", '{"i": 3}')            # a new trial
     _write(staging, "trial_0/params.json", '{"i": 9}', mtime=time.time())   # just written: uploaded, not recorded
+    before = s3.requests() if s3 else {}
     ray_storage._upload_to_fs_path(str(staging), fs, dest)
     assert calls[-1] == ["experiment_state.json", "trial_0/params.json", "trial_1/progress.csv",
                          "trial_3/params.json"]
+    if s3:      # to S3, one PUT per file and nothing else (pyarrow's copy: ~6 requests per small file)
+        deadline = time.monotonic() + 5          # a counter may move just after its response was sent
+        while (after := s3.requests()).get("PUT", 0) - before.get("PUT", 0) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {"PUT": 4}
     ray_storage._upload_to_fs_path(str(staging), fs, dest)
     assert calls[-1] == ["trial_0/params.json"]                   # written within SETTLE_S: once more
     local = {str(p.relative_to(staging)): p.read_text() for p in staging.rglob("*") if p.is_file()}

@@ -6,6 +6,7 @@ import time
 import pyarrow.fs
 import pytest
 
+from tests.s3 import private_s3_server  # noqa: F401
 from tune import state_sync
 
 OLD = time.time() - 60          # modified long enough ago to be recorded (state_sync.SETTLE_S)
@@ -45,7 +46,7 @@ def _destination(kind, tmp_path, s3):
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_snapshots_upload_what_changed_and_storage_holds_the_whole_folder(kind, tmp_path, monkeypatch, request):
-    s3 = request.getfixturevalue("s3_server") if kind == "s3" else None
+    s3 = request.getfixturevalue("private_s3_server") if kind == "s3" else None    # its counters ours alone
     fs, dest = _destination(kind, tmp_path, s3)
     staging = tmp_path / "staging"
     for i in range(3):

@@ -111,6 +111,17 @@ class WeedServer:
                     out[kind] = out.get(kind, 0) + int(sample.value)
         return out
 
+    def requests_since(self, before: dict[str, int], kind: str, at_least: int, wait: float = 5.0) -> dict[str, int]:
+        """The requests counted since `before` (a `requests()`), by type, once `kind` has `at_least` of them or
+        after `wait` seconds (a counter may move just after its response was sent)."""
+        deadline = time.monotonic() + wait
+        while True:
+            now = self.requests()
+            since = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+            if since.get(kind, 0) >= at_least or time.monotonic() > deadline:
+                return since
+            time.sleep(0.1)
+
     def client(self, **overrides):
         import boto3
         from botocore.config import Config

@@ -33,7 +33,7 @@ def test_scale_quick_every_trial_has_one_record():
     if s3:
         assert float(re.fullmatch(r"S3 \(([\d.]+)\)", storage[1]).group(1)) > 0, out[-3000:]
         # the server counted at least every trial's record (a PUT each) and the snapshots' uploads
-        put, get, delete = (float(x) for x in columns["S3 requests per trial (PUT / GET / DELETE)"][1].split(" / "))
+        put = float(columns["S3 requests per trial (PUT / GET / DELETE)"][1].split(" / ")[0])
         assert put >= 1, out[-3000:]
     for i, label in enumerate(columns["run"]):
         # an early final that a later pick superseded (tune.searcher) is one more trial with its record

@@ -71,10 +71,7 @@ def test_snapshots_upload_what_changed_and_storage_holds_the_whole_folder(kind, 
     assert calls[-1] == ["experiment_state.json", "trial_0/params.json", "trial_1/progress.csv",
                          "trial_3/params.json"]
     if s3:      # to S3, one PUT per file and nothing else (pyarrow's copy: ~6 requests per small file)
-        deadline = time.monotonic() + 5          # a counter may move just after its response was sent
-        while (after := s3.requests()).get("PUT", 0) - before.get("PUT", 0) < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {"PUT": 4}
+        assert s3.requests_since(before, "PUT", 4) == {"PUT": 4}
     ray_storage._upload_to_fs_path(str(staging), fs, dest)
     assert calls[-1] == ["trial_0/params.json"]                   # written within SETTLE_S: once more
     local = {str(p.relative_to(staging)): p.read_text() for p in staging.rglob("*") if p.is_file()}

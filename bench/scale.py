@@ -5,6 +5,7 @@
     python -m bench.scale --compare reuse_actors     # one fix measured off and on, same settings, one run
     python -m bench.scale --compare s3               # a local folder, then a SeaweedFS bucket, one run
     python -m bench.scale --s3 --compare s3_puts     # snapshots through pyarrow's copy, then one PUT per file
+    python -m bench.scale --compare cores [--cores 1]  # all this machine's cores, then the same sweep on fewer
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -19,7 +20,9 @@ of the hyperparameters. Afterwards `fair results collect` reads every record. Pr
 - Optuna suggest latency at trial 1, 100 and 1000 of one study (the sweep's sampler and space, the study
   filled with random trials), and the slowest suggest seen in the sweep;
 - driver peak RSS and CPU seconds; experiment-state snapshot count and time; time in our callbacks;
-- storage objects per trial; `results collect` time; `--plan`'s predicted wall next to the simulated one.
+- storage objects per trial; `results collect` time; `--plan`'s predicted wall next to the simulated one;
+- the CPU seconds of the trial processes and of Ray's own, and how busy this machine's cores were (and how
+  often saturated): every logical node shares them here, which a real cluster does not (bench/cpu_use.py).
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from bench.cpu_use import CpuUse, pin
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -55,6 +60,7 @@ STORAGES = ("s3",)  # --compare NAME: a second run of the same sweep in another 
 # upload_changed: Tune's whole folder (tune.state_sync not installed) against the files that changed;
 # s3_puts: the changed files through pyarrow's copy (as Tune copies) against one PUT each, several at once
 UPLOADS = {"upload_changed": "whole", "s3_puts": "copy"}
+PINNED = ("cores",)  # --compare NAME: the same sweep again with everything on --cores of this machine's cores
 log = logging.getLogger("bench.scale")
 
 
@@ -217,11 +223,15 @@ def start_cluster(a):
 
 # ------------------------------------------------------------------------------------------- measuring
 
-def read_trace(trace_dir: Path) -> dict[str, list[dict]]:
-    out = {}
+def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+    """{trial: its phases of work} and every report (tune.simulate's trace: a report is not work, but the
+    checkpoint upload and then the wait for the driver to take the result)."""
+    work, reports = {}, []
     for f in trace_dir.glob("*.jsonl"):
-        out[f.stem] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        work[f.stem] = [p for p in lines if p["phase"] != "report"]
+        reports += [p for p in lines if p["phase"] == "report"]
+    return work, reports
 
 
 def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
@@ -362,17 +372,19 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     requests0 = server.requests() if server else {}
     from tune import state_sync
     sync0 = state_sync.uploaded_files
+    cpu_use = CpuUse().start()
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
+    machine = cpu_use.stop()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     server_cpu = server.cpu_s() - server0 if server else None
     requests = {k: v - requests0.get(k, 0) for k, v in (server.requests() if server else {}).items()}
     from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
     slots = a.nodes * a.gpus_per_node
-    trace = read_trace(trace_dir)
+    trace, reports = read_trace(trace_dir)
     use = slot_use(trace, slots, wall)
     objects = storage_objects(uri, name)
     from results.collect import collect
@@ -387,7 +399,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     settled = settled_epoch(cfg)
     out = {
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
-        **use, "plan_wall": plan_sim, "collect_s": collect_s, "collected": summary["records"],
+        **use, "plan_wall": plan_sim, "uploads": [p["upload_s"] for p in reports],
+        "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports], "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "plan_superseded": (plan.superseded, plan.superseded_s / scale),
@@ -397,7 +410,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "requests": requests,
+        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "machine": machine, "requests": requests,
         "snapshot_files": state_sync.uploaded_files - sync0, "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
         "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
@@ -467,6 +480,10 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("idle gap between trials s (median/p90)", lambda r: f"{_q(r['gaps'], .5):.1f} / {_q(r['gaps'], .9):.1f}")
     row("between two phases of a trial s (median/p90)",
         lambda r: f"{_q(r['steps'], .5):.2f} / {_q(r['steps'], .9):.2f}")
+    row("  in a report: checkpoint upload (med/p90)", lambda r: f"{_q(r['uploads'], .5):.3f} / "
+        f"{_q(r['uploads'], .9):.3f}")
+    row("  in a report: wait for the driver (med/p90)", lambda r: f"{_q(r['driver_waits'], .5):.3f} / "
+        f"{_q(r['driver_waits'], .9):.3f}")
     row("--plan predicted wall s (sim. time)", lambda r: f"{r['plan_wall']:.0f}")
     row("simulated wall / --plan", lambda r: f"{r['wall'] / r['plan_wall']:.2f}x" if r["plan_wall"] else "-")
     row("suggest in sweep s (median/max)", lambda r: f"{_q(r['suggest'], .5):.3f} / {max(r['suggest'] or [0]):.3f}")
@@ -475,6 +492,10 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("our callbacks + searcher + ASHA, s", lambda r: f"{sum(r['hooks'].values()):.1f}")
     row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
     row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
+    row("cores: busy (samples saturated)", lambda r: f"{r['machine']['cores']}: {100 * r['machine']['busy']:.0f}% "
+        f"({100 * r['machine']['saturated']:.0f}%)")
+    row("CPU s: trial processes / Ray system", lambda r: "{:.0f} / {:.0f}".format(
+        *(r["machine"]["groups"][g] for g in ("trial processes", "Ray system"))))
     row("storage (server CPU s)", lambda r: "folder" if r["server_cpu"] is None
         else f"S3 ({r['server_cpu']:.1f})")
     row("S3 requests per trial (PUT / GET / DELETE)", lambda r: " / ".join(
@@ -516,8 +537,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS]),
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED]),
                     help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
+    ap.add_argument("--cores", type=int, help="--compare cores: the second run's cores (default: half)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
     ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
     ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
@@ -534,11 +556,15 @@ def main(argv=None) -> int:
         try:
             base = storage.s3 if a.s3 else storage.local
             runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
-                                           [(a.compare, [], base)] if a.compare in UPLOADS else
+                                           [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED) else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
-            rows = [run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
-                              uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base" else "puts")
-                    for label, extra, uri in runs]
+            rows = []
+            for label, extra, uri in runs:
+                if label in PINNED:
+                    log.info("the next run on cores %s", pin(a.cores or max(1, len(os.sched_getaffinity(0)) // 2)))
+                rows.append(run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
+                                      uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base"
+                                      else "puts"))
         finally:
             import ray
             ray.shutdown()

@@ -44,6 +44,15 @@ def test_scale_quick_every_trial_has_one_record():
         # every snapshot uploads Tune's state through tune.state_sync: at least one file per trial (params.json)
         files = columns["files snapshots uploaded (per trial)"][i]
         assert float(re.fullmatch(r"\d+ \(([\d.]+)\)", files).group(1)) >= 1, out[-3000:]
+        # the trial processes' CPU is counted (the sampler sees the Ray workers), the cores' busy share is a share
+        trials_cpu = float(columns["CPU s: trial processes / Ray system"][i].split(" / ")[0])
+        busy = re.fullmatch(r"(\d+): (\d+)% \((\d+)%\)", columns["cores: busy (samples saturated)"][i])
+        assert trials_cpu > 0 and busy and 0 < int(busy.group(2)) <= 100, out[-3000:]
+        # every report traced: a checkpoint upload (timed in the trial process; S3's takes requests) and the
+        # round trip through the driver, which takes the result before the trial goes on
+        upload, wait = (tuple(map(float, columns[f"in a report: {k} (med/p90)"][i].split(" / ")))
+                        for k in ("checkpoint upload", "wait for the driver"))
+        assert wait[1] > 0 and (upload[1] > 0 or label == "base"), out[-3000:]
         chain, wall = (float(columns[k][i]) for k in ("chain bound s (a study's pick, then final)", "wall s"))
         assert 0 < chain <= wall, out[-3000:]
         # and which study's pick and finals ended it, from the same records and traces

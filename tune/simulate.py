@@ -15,7 +15,8 @@ The `simulate:` mapping (bench.scale writes it from cluster plan's cost model, a
     checkpoint_mb: 1.0         bytes of each epoch's last.pt (FAIR's trainable state is small: norm layers)
     noise: 1.0                 std of the objective's noise, in accuracy points
     space: {name: {low, high, log} | {choices: [...]}}   the searched parameters, to place the optimum
-    trace_dir: /path           optional: one JSON line per phase and trial (start, end, slot) for bench.scale
+    trace_dir: /path           optional: one JSON line per phase and trial (start, end, slot) for bench.scale,
+                               and per report its time and the checkpoint upload's share of it
 """
 from __future__ import annotations
 
@@ -83,6 +84,28 @@ class Trace:
             fh.write(json.dumps({"phase": phase, "t0": t0, "t1": t1, "slot": self.slot, **extra}) + "\n")
 
 
+_UPLOADS: list[float] = []   # seconds of each checkpoint upload in this process (_time_uploads)
+
+
+def _time_uploads() -> None:
+    """Time each checkpoint upload of this process into _UPLOADS (wraps Ray's StorageContext
+    .persist_current_checkpoint once, behaviour unchanged): a traced report is the upload and then the wait
+    for the driver to take the result (Tune's function trainables report synchronously)."""
+    from ray.train._internal.storage import StorageContext
+    orig = StorageContext.persist_current_checkpoint
+    if getattr(orig, "timed", False):
+        return
+
+    def persist(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            _UPLOADS.append(time.perf_counter() - t)
+    persist.timed = True
+    StorageContext.persist_current_checkpoint = persist
+
+
 def _slot() -> str:
     """The node and logical GPUs this process holds (one trial slot on the simulated cluster)."""
     try:
@@ -137,6 +160,8 @@ def simulated_adapt(cfg, run_dir, report: Optional[Callable] = None, resume_from
     dataset, epochs, trial = cfg.data.dataset, cfg.train.epochs, cfg.run.name or "trial"
     hparams = {k: v for k, v in flatten(d).items() if k in spec.get("space", {})}
     trace = Trace(spec.get("trace_dir"), trial)
+    if trace.path is not None and report is not None:
+        _time_uploads()
     run_dir = Path(run_dir)
     rows, start = _resumed_rows(resume_from)
     setup = _wait(spec["setup_s"][dataset])
@@ -151,7 +176,9 @@ def simulated_adapt(cfg, run_dir, report: Optional[Callable] = None, resume_from
         _save_checkpoint(run_dir / "checkpoints", epoch, rows, float(spec.get("checkpoint_mb", 1.0)))
         trace("epoch", t0, t1, epoch=epoch)
         if report is not None:
+            n, r0 = len(_UPLOADS), time.time()
             report(row, run_dir / "checkpoints")
+            trace("report", r0, time.time(), epoch=epoch, upload_s=sum(_UPLOADS[n:]))
     ev = _wait(spec["eval_s"][dataset])
     trace("eval", *ev)
     val = rows[-1]["val_top1"] if rows else objective(hparams, spec.get("space", {}), dataset, 0, epochs, noise, trial)

@@ -1,0 +1,126 @@
+"""Where a benchmark's CPU goes: seconds by process group, and how busy the machine's cores were.
+
+On a simulated cluster every logical node, the driver, Ray's own processes and the storage server share this
+machine's few cores; a real cluster gives each node its own. Which of them used the CPU, and whether the cores
+were saturated, says whether an overhead measured here is the orchestrator's or the machine's.
+
+    use = CpuUse(every=2.0); use.start(); ...; totals = use.stop()
+    pin(n)       # this process and all its descendants on the first n cores (new Ray workers inherit it)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+# a process's group, by what it runs: the first match (see group())
+GROUPS = ("driver", "trial processes", "Ray system", "storage server")
+
+
+def _psutil():
+    """psutil: Ray ships it (ray/thirdparty_files, put on sys.path by `import ray`)."""
+    importlib.import_module("ray")
+    return importlib.import_module("psutil")
+
+
+def group(pid: int, name: str, cmdline: list[str]) -> str:
+    """The group of one process of the benchmark's tree: this process is the driver; `weed` the storage
+    server; a process titled ray::... a Ray worker (trial actors, Train workers, idle workers kept for them);
+    everything else Ray's own (raylets, GCS, dashboard, agents, log monitors)."""
+    if pid == os.getpid():
+        return "driver"
+    if "weed" in name:
+        return "storage server"
+    if cmdline and cmdline[0].startswith("ray::"):
+        return "trial processes"
+    return "Ray system"
+
+
+def _machine() -> tuple[int, int, int]:
+    """(all jiffies, idle jiffies, runnable threads now) from /proc/stat."""
+    total = idle = running = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu "):
+                v = [int(x) for x in line.split()[1:]]
+                total, idle = sum(v[:8]), v[3] + v[4]      # user..steal; idle and iowait
+            elif line.startswith("procs_running"):
+                running = int(line.split()[1])
+    return total, idle, running
+
+
+class CpuUse:
+    """CPU seconds each group of this process's tree used between start() and stop(), sampled from a thread
+    every `every` seconds (a process that ends between two samples loses at most `every` seconds of its use);
+    the machine's busy fraction over the same time; the fraction of samples with more runnable threads than
+    cores (the cores saturated)."""
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.cores = len(os.sched_getaffinity(0))
+        self._base: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], tuple[str, float]] = {}
+        self._runnable: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> dict[tuple[int, float], tuple[str, float]]:
+        psutil = _psutil()
+        me = psutil.Process()
+        seen = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    seen[(p.pid, p.create_time())] = (group(p.pid, p.name(), p.cmdline()), t.user + t.system)
+            except psutil.Error:        # ended while we looked
+                continue
+        return seen
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._last.update(self._sample())
+            self._runnable.append(_machine()[2])
+
+    def start(self) -> "CpuUse":
+        self._base = {k: s for k, (_, s) in self._sample().items()}
+        self._last = {}
+        self._machine0 = _machine()
+        self._thread = threading.Thread(target=self._loop, name="cpu-use", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        """{"groups": {group: CPU s}, "busy": fraction of the cores' time busy, "saturated": fraction of the
+        samples with more runnable threads than cores, "cores": n}."""
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._sample())
+        total0, idle0, _ = self._machine0
+        total, idle, _ = _machine()
+        groups = dict.fromkeys(GROUPS, 0.0)
+        for k, (g, s) in self._last.items():
+            groups[g] += max(0.0, s - self._base.get(k, 0.0))
+        # procs_running counts this sampling thread too
+        saturated = sum(r - 1 > self.cores for r in self._runnable) / len(self._runnable) if self._runnable else 0.0
+        return {"groups": groups, "busy": 1 - (idle - idle0) / max(1, total - total0), "saturated": saturated,
+                "cores": self.cores}
+
+
+def pin(n: int) -> list[int]:
+    """Every thread of this process and of all its descendants on the first `n` cores it may use (a thread
+    or process started later inherits its parent's: Ray's raylets start every new worker); the cores used."""
+    psutil = _psutil()
+    cores = sorted(os.sched_getaffinity(0))[:n]
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            threads = p.threads()
+        except psutil.Error:
+            continue
+        for t in threads:       # an affinity is a thread's: setting the process's sets only its main thread
+            try:
+                os.sched_setaffinity(t.id, cores)
+            except OSError:     # ended while we looked
+                continue
+    return cores

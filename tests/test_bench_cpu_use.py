@@ -1,0 +1,66 @@
+"""bench/cpu_use.py: CPU seconds by process group of the benchmark's tree, and pinning the tree to fewer cores."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.cpu_use import CpuUse, group, pin
+
+BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\ntime.sleep(30)\n"
+
+
+def test_group_names_the_driver_ray_workers_and_the_storage_server():
+    assert group(os.getpid(), "python", ["python", "-m", "bench.scale"]) == "driver"
+    assert group(1, "weed", ["weed", "mini"]) == "storage server"
+    assert group(2, "python", ["ray::ImplicitFunc.train"]) == "trial processes"
+    assert group(3, "raylet", ["/x/raylet", "--node_id=1"]) == "Ray system"
+
+
+def test_cpu_use_counts_a_child_from_start_to_stop_only():
+    """A child that burns 1 s of CPU after start() is counted once, in its group; CPU it used before start()
+    is not; the machine's busy fraction is a fraction."""
+    before = subprocess.Popen([sys.executable, "-c", BUSY.format(s=0.6)])
+    try:
+        time.sleep(1.5)                          # its 0.6 s spent before the measurement starts
+        use = CpuUse(every=0.2).start()
+        child = subprocess.Popen([sys.executable, "-c", BUSY.format(s=1.0)])
+        try:
+            deadline = time.monotonic() + 20
+            import psutil
+            while psutil.Process(child.pid).cpu_times().user < 1.0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            out = use.stop()
+        finally:
+            child.kill()
+    finally:
+        before.kill()
+    assert 1.0 <= out["groups"]["Ray system"] < 1.6, out      # the plain children: neither ray:: nor weed
+    assert out["groups"]["trial processes"] == 0 and out["groups"]["storage server"] == 0, out
+    assert 0 < out["busy"] <= 1 and 0 <= out["saturated"] <= 1 and out["cores"] >= 1, out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to pin to fewer")
+def test_pin_moves_every_thread_of_the_tree_and_later_children_inherit_it():
+    """A child started before pin() (with a second thread) and one started after are both on the first core."""
+    mine = os.sched_getaffinity(0)
+    threads = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,)).start()\ntime.sleep(30)\n"
+    first = subprocess.Popen([sys.executable, "-c", threads])
+    try:
+        time.sleep(1.0)
+        cores = pin(1)
+        second = subprocess.Popen([sys.executable, "-c", threads])
+        time.sleep(1.0)
+        try:
+            for p in (first, second):
+                tids = os.listdir(f"/proc/{p.pid}/task")
+                assert len(tids) >= 2
+                assert all(os.sched_getaffinity(int(t)) == set(cores) for t in tids), p.pid
+            assert cores == sorted(mine)[:1]
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        for t in os.listdir("/proc/self/task"):     # this test process back on all its cores
+            os.sched_setaffinity(int(t), mine)

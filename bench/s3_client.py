@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
     from results import store as results_store
     from results.store import open_store
     from tests.s3 import WeedServer
-    server = WeedServer(Path(tempfile.mkdtemp(prefix="fair-s3-client-")))
+    work = Path(tempfile.mkdtemp(prefix="fair-s3-client-"))
+    server = WeedServer(work)
     server.start()
     os.environ.update(server.env())
     try:
@@ -56,6 +58,7 @@ def main(argv=None) -> int:
                   f"{f[1] / max(s[1], 1e-9):.1f}x CPU")
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -183,4 +182,5 @@ def worker_nodes() -> list[dict]:
 
 def hold_markers(sweep: str) -> list[Path]:
     """The `hold.marker` of a sweep (faults.hold_in_epoch: one trial holds, once): it names a Ray node id."""
-    return sorted((Path(tempfile.gettempdir()) / "fair-sweeps" / sweep).glob("hold.marker"))
+    from tune.scratch import sweep_dir
+    return sorted(sweep_dir(sweep).glob("hold.marker"))

@@ -178,3 +178,11 @@ def test_early_stopped_trials_are_pruned_recorded_and_counted_apart(ray_session,
     table = main_table(load_trials(open_store(str(tmp_path / "out"))))
     assert any(f"{5 - len(stopped)} completed, {len(stopped)} stopped early, 0 failed" in n
                for n in table.notes), table.notes
+    # no trial's node-local folder outlives its process, stopped ones included (tune.scratch); Ray ends the
+    # trials' processes shortly after the sweep, so give it a little time
+    from tune import scratch
+    deadline = time.monotonic() + 60
+    while any(scratch.sweep_dir(cfg.name).glob("*/rank*")) and time.monotonic() < deadline:
+        time.sleep(1)
+        scratch.prune()
+    assert not any(scratch.sweep_dir(cfg.name).glob("*/rank*")), list(scratch.sweep_dir(cfg.name).rglob("*"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fair.errors import FairError
-from tune import state_sync
+from tune import scratch, state_sync
 from tune import storage as sweep_storage
 from tune.study_order import asha_rungs
 from tune.sweep_config import SweepConfig, check_datasets, from_mapping
@@ -243,6 +243,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
             ),
         )
     grid = tuner.fit()
+    scratch.prune()              # this node's folders of the trials Tune stopped (tune.scratch)
     return _summarize(cfg, uri, grid, METRIC)
 
 

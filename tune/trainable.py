@@ -23,12 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tune import gpu_share, storage
+from tune import gpu_share, scratch, storage
 
 log = logging.getLogger("tune.trainable")
 
@@ -52,11 +51,6 @@ class TrialPlan:
     hold_in_epoch: Optional[int] = None   # fault injection: rank 0 pauses once in this epoch (node-loss tests)
     hold_s: float = 0.0
     simulate: Optional[dict] = None  # bench.scale: adapt() replaced by tune.simulate's timed stand-in
-
-
-def scratch_dir(sweep: str, trial_id: str) -> Path:
-    """Node-local working folder of a trial (run folders, downloaded checkpoints); never the storage."""
-    return Path(tempfile.gettempdir()) / "fair-sweeps" / sweep / trial_id
 
 
 # ------------------------------------------------------------- the process that runs adapt() (both runners)
@@ -192,27 +186,27 @@ def adapt_trial(payload: dict, session: Session) -> None:
     from fair.config import from_dict, set_by_path
     plan: TrialPlan = payload["plan"]
     trial_id, study, rank = payload["trial_id"], payload["study"], session.rank
-    scratch = scratch_dir(plan.sweep, trial_id)
-    # Each rank has its own run folder: adapt() looks for checkpoints/last.pt there, and a leftover from a
-    # failed attempt must not be picked up instead of the checkpoint Ray hands us.
-    run_dir = scratch / f"rank{rank}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    resume_from, resumed_epoch = _restore_checkpoint(session.checkpoint, scratch / f"resume-rank{rank}",
+    # Each rank has its own, empty folder (tune.scratch): adapt() looks for checkpoints/last.pt in its run
+    # folder, and a leftover from a failed attempt must not be picked up instead of the checkpoint Ray hands us.
+    work = scratch.claim(plan.sweep, trial_id, rank)
+    run_dir = work / "run"
+    resume_from, resumed_epoch = _restore_checkpoint(session.checkpoint, work / "resume",
                                                      plan.simulate is not None)
     if resume_from:
         log.info("trial %s rank %d resumes after epoch %d", trial_id, rank, resumed_epoch)
 
     cfg_dict = payload["config"]
     set_by_path(cfg_dict, "run.name", trial_id)
-    set_by_path(cfg_dict, "run.out_dir", str(scratch))
+    set_by_path(cfg_dict, "run.out_dir", str(work))
     set_by_path(cfg_dict, "model.device", trial_device(plan, cfg_dict))
     cfg = from_dict(cfg_dict)
 
     # faults, once per sweep (the markers live in the sweep's folder on this node): hold (pre-emption tests), crash
-    hold = (plan.hold_in_epoch, plan.hold_s, scratch.parent / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
+    markers = scratch.sweep_dir(plan.sweep)
+    hold = (plan.hold_in_epoch, plan.hold_s, markers / "hold.marker") if plan.hold_in_epoch and rank == 0 else None
     reporter = EpochReporter(session.send, plan.objective, study, cfg.train.epochs, resumed_epoch,
                              plan.crash_worker_in_epoch if rank == 0 else None,
-                             scratch.parent / "crash.marker", hold)
+                             markers / "crash.marker", hold)
     # a shared GPU (per_worker.GPU < 1): this process keeps to its share, and runs out of memory alone
     cap = gpu_share.apply_memory_cap(float(plan.per_worker.get("GPU", 0)), cfg.model.device)
     record = gpu_share.out_of_memory_guarded(
@@ -223,9 +217,7 @@ def adapt_trial(payload: dict, session: Session) -> None:
         path = storage.write_json(plan.storage, record_key(plan, study, trial_id), record)
         log.info("trial %s: record %s", trial_id, path)
     reporter.finish(record)
-    # the record is in storage and the checkpoints are Ray's: the node-local copies can go
-    shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.rmtree(scratch / f"resume-rank{rank}", ignore_errors=True)
+    scratch.release()            # the record is in storage and the checkpoints are Ray's
 
 
 def trial_device(plan: TrialPlan, cfg_dict: dict) -> str:

@@ -6,6 +6,7 @@ were saturated, says whether an overhead measured here is the orchestrator's or 
 
     use = CpuUse(every=2.0); use.start(); ...; totals = use.stop()
     pin(n)       # this process and all its descendants on the first n cores (new Ray workers inherit it)
+    CpuUse(lower=({"trial processes"}, 10))   # ... and keep the trial processes at niceness 10 while sampling
 """
 from __future__ import annotations
 
@@ -53,10 +54,11 @@ class CpuUse:
     """CPU seconds each group of this process's tree used between start() and stop(), sampled from a thread
     every `every` seconds (a process that ends between two samples loses at most `every` seconds of its use);
     the machine's busy fraction over the same time; the fraction of samples with more runnable threads than
-    cores (the cores saturated)."""
+    cores (the cores saturated). With `lower`, every sample also lowers the priority of those groups'
+    processes (new trial processes start at their raylet's)."""
 
-    def __init__(self, every: float = 2.0):
-        self.every = every
+    def __init__(self, every: float = 2.0, lower: tuple[set[str], int] | None = None):
+        self.every, self.lower = every, lower      # lower: (groups, niceness) to hold them at, every sample
         self.cores = len(os.sched_getaffinity(0))
         self._base: dict[tuple[int, float], float] = {}
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
@@ -79,10 +81,14 @@ class CpuUse:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
+            if self.lower:
+                lower(*self.lower)
             self._last.update(self._sample())
             self._runnable.append(_machine()[2])
 
     def start(self) -> "CpuUse":
+        if self.lower:
+            lower(*self.lower)
         self._base = {k: s for k, (_, s) in self._sample().items()}
         self._last = {}
         self._machine0 = _machine()
@@ -107,17 +113,39 @@ class CpuUse:
                 "cores": self.cores}
 
 
-def pin(n: int) -> list[int]:
-    """Every thread of this process and of all its descendants on the first `n` cores it may use (a thread
-    or process started later inherits its parent's: Ray's raylets start every new worker); the cores used."""
+def _threads_of(groups: set[str] | None):
+    """The threads of each process of this process's tree (of those in `groups` only, when given)."""
     psutil = _psutil()
-    cores = sorted(os.sched_getaffinity(0))[:n]
     me = psutil.Process()
     for p in [me, *me.children(recursive=True)]:
         try:
-            threads = p.threads()
-        except psutil.Error:
+            if groups is None or group(p.pid, p.name(), p.cmdline()) in groups:
+                yield p.threads()
+        except psutil.Error:    # ended while we looked
             continue
+
+
+def lower(groups: set[str], niceness: int) -> int:
+    """Every thread of the tree's processes in `groups` at `niceness` (at least: never raised back), so that
+    the rest, the driver above all, gets the cores first (a real cluster runs trials on other machines than
+    its driver); returns the threads changed. A niceness is a thread's, like an affinity."""
+    changed = 0
+    for threads in _threads_of(groups):
+        for t in threads:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, t.id) < niceness:
+                    os.setpriority(os.PRIO_PROCESS, t.id, niceness)
+                    changed += 1
+            except OSError:     # ended while we looked
+                continue
+    return changed
+
+
+def pin(n: int) -> list[int]:
+    """Every thread of this process and of all its descendants on the first `n` cores it may use (a thread
+    or process started later inherits its parent's: Ray's raylets start every new worker); the cores used."""
+    cores = sorted(os.sched_getaffinity(0))[:n]
+    for threads in _threads_of(None):
         for t in threads:       # an affinity is a thread's: setting the process's sets only its main thread
             try:
                 os.sched_setaffinity(t.id, cores)

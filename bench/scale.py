@@ -6,6 +6,7 @@
     python -m bench.scale --compare s3               # a local folder, then a SeaweedFS bucket, one run
     python -m bench.scale --s3 --compare s3_puts     # snapshots through pyarrow's copy, then one PUT per file
     python -m bench.scale --compare cores [--cores 1]  # all this machine's cores, then the same sweep on fewer
+    python -m bench.scale --compare trials_niced     # again with the trial processes yielding the cores first
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -61,6 +62,10 @@ STORAGES = ("s3",)  # --compare NAME: a second run of the same sweep in another 
 # s3_puts: the changed files through pyarrow's copy (as Tune copies) against one PUT each, several at once
 UPLOADS = {"upload_changed": "whole", "s3_puts": "copy"}
 PINNED = ("cores",)  # --compare NAME: the same sweep again with everything on --cores of this machine's cores
+# --compare NAME: the same sweep again with these groups of processes (bench/cpu_use.py) at this niceness: the
+# driver, Ray's own and the storage server get the cores first, as on a real cluster, whose trials run on
+# machines of their own
+NICED = {"trials_niced": ({"trial processes"}, 10)}
 log = logging.getLogger("bench.scale")
 
 
@@ -354,9 +359,11 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
     return problems, superseded
 
 
-def run_scale(a, label: str, extra: list[str], storage: str, server=None, uploads: str = "puts") -> dict:
+def run_scale(a, label: str, extra: list[str], storage: str, server=None, uploads: str = "puts",
+              lower: tuple[set[str], int] | None = None) -> dict:
     """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one).
-    `uploads`: how snapshots upload the driver's folder (snapshot_uploads)."""
+    `uploads`: how snapshots upload the driver's folder (snapshot_uploads); `lower`: process groups held at a
+    niceness meanwhile (bench.cpu_use.lower)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -372,7 +379,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     requests0 = server.requests() if server else {}
     from tune import state_sync
     sync0 = state_sync.uploaded_files
-    cpu_use = CpuUse().start()
+    cpu_use = CpuUse(lower=lower).start()
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
@@ -400,7 +407,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     out = {
         "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "uploads": [p["upload_s"] for p in reports],
-        "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports], "collect_s": collect_s, "collected": summary["records"],
+        "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports],
+        "collect_s": collect_s, "collected": summary["records"],
         "objects": objects, "superseded": superseded,
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "plan_superseded": (plan.superseded, plan.superseded_s / scale),
@@ -537,15 +545,20 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED]),
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED, *NICED]),
                     help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
     ap.add_argument("--cores", type=int, help="--compare cores: the second run's cores (default: half)")
+    ap.add_argument("--only", action="store_true",
+                    help="with --compare: the second run alone (where two runs of the scale take too long; its "
+                         "base is then an earlier run's, not measured side by side)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
     ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
     ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke test: 2 nodes x 2 GPUs, 2 datasets x 4 trials, 4 epochs; checks counts")
     a = ap.parse_args(argv)
+    if a.only and not a.compare:
+        ap.error("--only runs the second run of a --compare; name one, e.g. --compare trials_niced --only")
     if a.quick:
         a.nodes, a.gpus_per_node, a.datasets, a.trials, a.epochs = 2, 2, 2, 4, 4
         a.trial_s, a.suggest_at = 3.0, [1, 20]
@@ -556,15 +569,15 @@ def main(argv=None) -> int:
         try:
             base = storage.s3 if a.s3 else storage.local
             runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
-                                           [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED) else
+                                           [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED, *NICED) else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
             rows = []
-            for label, extra, uri in runs:
+            for label, extra, uri in runs[1:] if a.only else runs:
                 if label in PINNED:
                     log.info("the next run on cores %s", pin(a.cores or max(1, len(os.sched_getaffinity(0)) // 2)))
                 rows.append(run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
                                       uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base"
-                                      else "puts"))
+                                      else "puts", lower=NICED.get(label)))
         finally:
             import ray
             ray.shutdown()

@@ -75,3 +75,34 @@ print(json.dumps({"cores": cores, "threads": list(seen.values())}))
     assert out["cores"] == sorted(os.sched_getaffinity(0))[:1], out
     for threads in out["threads"]:                 # both children, each with its second thread
         assert len(threads) >= 2 and all(t == out["cores"] for t in threads), out
+
+
+def test_lower_holds_only_the_trial_processes_every_thread_at_the_niceness():
+    """Every thread of a process titled ray::... (one started before CpuUse and one after, each with a second
+    thread) at niceness 10; a plain child and the driver keep theirs. In a process of its own, as above."""
+    script = """
+import json, os, subprocess, sys, time
+from bench.cpu_use import CpuUse
+threads = "import threading, time\\nthreading.Thread(target=time.sleep, args=(30,)).start()\\ntime.sleep(30)\\n"
+def start(title):
+    return subprocess.Popen([title, "-c", threads], executable=sys.executable)
+first, plain = start("ray::Trial"), start("python")
+time.sleep(1.0)
+use = CpuUse(every=0.2, lower=({"trial processes"}, 10)).start()
+second = start("ray::Trial")
+time.sleep(2.0)
+use.stop()
+nice = lambda pid: [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
+out = {"trials": [nice(first.pid), nice(second.pid)], "plain": nice(plain.pid), "driver": nice(os.getpid()),
+       "base": os.getpriority(os.PRIO_PROCESS, 0)}
+for p in (first, second, plain):
+    p.kill()
+print(json.dumps(out))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    for threads in out["trials"]:
+        assert len(threads) >= 2 and set(threads) == {max(10, out["base"])}, out
+    assert set(out["plain"]) == {out["base"]} and set(out["driver"]) == {out["base"]}, out

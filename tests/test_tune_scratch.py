@@ -53,3 +53,36 @@ def test_a_reused_pid_does_not_keep_a_dead_processs_folder(tmp_root):
     (folder / scratch.OWNER).write_text(json.dumps({"pid": os.getpid(), "started": 12345.0}))
     assert scratch.prune() == 1
     assert not tmp_root.joinpath("sw").exists()          # empty trial and sweep folders go too
+
+
+def test_pruning_while_other_trials_come_and_go_never_fails(tmp_root):
+    """Trials on a node claim and remove folders while another process (the driver, a new trial) prunes:
+    folders vanishing mid-walk are skipped, and a claim whose just-made parent a pruner removed retries."""
+    import threading
+    import time
+    assert scratch.prune() == 0                            # no folder at all yet
+    errors, stop = [], threading.Event()
+
+    def churn():
+        from tune import scratch as s
+        i = 0
+        while not stop.is_set():
+            try:
+                folder = s.sweep_dir(f"sw{i % 3}") / f"t{i}" / "rank0"
+                s.claim(f"sw{i % 3}", f"t{i}", 0)          # this process: alive, never pruned
+                assert folder.is_dir()
+                s.release()
+            except Exception as e:                        # noqa: BLE001 - reported below
+                errors.append(repr(e))
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    deadline = time.monotonic() + 1.5
+    try:
+        while time.monotonic() < deadline:
+            scratch.prune()
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[:3]

@@ -43,7 +43,13 @@ def claim(sweep: str, trial_id: str, rank: int) -> Path:
     release()
     folder = sweep_dir(sweep) / trial_id / f"rank{rank}"
     shutil.rmtree(folder, ignore_errors=True)      # an earlier attempt's, on this node
-    folder.mkdir(parents=True)
+    for attempt in range(5):
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileNotFoundError:                  # a pruner removed a parent it had just made, still empty
+            if attempt == 4:
+                raise
     tmp = folder / f".{OWNER}.tmp"
     tmp.write_text(json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}))
     os.replace(tmp, folder / OWNER)                # a pruner never reads half an owner
@@ -61,13 +67,24 @@ def release() -> None:
 
 
 def prune() -> int:
-    """Remove this node's trial folders whose owner process is gone; returns how many."""
-    gone = [owner.parent for owner in root().glob(f"*/*/rank*/{OWNER}") if not _alive(owner)]
+    """Remove this node's trial folders whose owner process is gone; returns how many. Other processes
+    claim and remove folders meanwhile: whatever vanishes while it looks is skipped, never an error."""
+    ranks = (r for sweep in _folders(root()) for trial in _folders(sweep) for r in _folders(trial)
+             if r.name.startswith("rank"))
+    gone = [r for r in ranks if (r / OWNER).exists() and not _alive(r / OWNER)]
     for folder in gone:
         _remove(folder)
     if gone:
         log.info("removed %d scratch folders of ended trial processes under %s", len(gone), root())
     return len(gone)
+
+
+def _folders(parent: Path) -> list[Path]:
+    """The folders in `parent`; none when it has gone."""
+    try:
+        return [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return []
 
 
 def _remove(folder: Path) -> None:

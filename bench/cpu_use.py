@@ -10,18 +10,13 @@ were saturated, says whether an overhead measured here is the orchestrator's or 
 """
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 
+from tune.ray_session import ray_psutil as _psutil
+
 # a process's group, by what it runs: the first match (see group())
 GROUPS = ("driver", "trial processes", "Ray system", "storage server")
-
-
-def _psutil():
-    """psutil: Ray ships it (ray/thirdparty_files, put on sys.path by `import ray`)."""
-    importlib.import_module("ray")
-    return importlib.import_module("psutil")
 
 
 def group(pid: int, name: str, cmdline: list[str]) -> str:

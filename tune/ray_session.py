@@ -25,6 +25,13 @@ LOCAL_ENV = {
 }
 
 
+def ray_psutil():
+    """psutil as Ray ships it (ray/thirdparty_files, put on sys.path by `import ray`): no dependency of ours."""
+    import importlib
+    importlib.import_module("ray")
+    return importlib.import_module("psutil")
+
+
 def set_env_defaults(ray_opts=None, local: bool = True) -> dict:
     """Environment for Ray, set before `import ray` (setdefault: the user's values win). Returns the
     variables the Train controllers and workers must see (passed as runtime_env when attaching)."""

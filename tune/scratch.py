@@ -11,7 +11,6 @@ keeps one folder per live trial process, not a checkpoint of every trial it ever
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -71,7 +70,7 @@ def prune() -> int:
     claim and remove folders meanwhile: whatever vanishes while it looks is skipped, never an error."""
     ranks = (r for sweep in _folders(root()) for trial in _folders(sweep) for r in _folders(trial)
              if r.name.startswith("rank"))
-    gone = [r for r in ranks if (r / OWNER).exists() and not _alive(r / OWNER)]
+    gone = [r for r in ranks if not _alive(r / OWNER)]     # a folder without an owner yet is kept
     for folder in gone:
         _remove(folder)
     if gone:
@@ -114,8 +113,8 @@ def _alive(owner: Path) -> bool:
 
 def _started(pid: int) -> float:
     """When process `pid` started (seconds since the epoch); ProcessLookupError when there is none."""
-    importlib.import_module("ray")                 # puts Ray's own copy of psutil on the path
-    import psutil
+    from tune.ray_session import ray_psutil
+    psutil = ray_psutil()
     try:
         return psutil.Process(pid).create_time()
     except psutil.NoSuchProcess:

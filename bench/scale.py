@@ -7,6 +7,7 @@
     python -m bench.scale --s3 --compare s3_puts     # snapshots through pyarrow's copy, then one PUT per file
     python -m bench.scale --compare cores [--cores 1]  # all this machine's cores, then the same sweep on fewer
     python -m bench.scale --compare trials_niced     # again with the trial processes yielding the cores first
+    python -m bench.scale --s3 --compare background_deletes  # old checkpoints deleted in the loop, then beside it
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -66,6 +67,9 @@ PINNED = ("cores",)  # --compare NAME: the same sweep again with everything on -
 # driver, Ray's own and the storage server get the cores first, as on a real cluster, whose trials run on
 # machines of their own
 NICED = {"trials_niced": ({"trial processes"}, 10)}
+# --compare NAME: the first run deletes trials' old checkpoints in the driver's loop (Tune alone), the second
+# beside it, as `fair sweep` does now (tune.checkpoint_deletion)
+DELETES = ("background_deletes",)
 log = logging.getLogger("bench.scale")
 
 
@@ -95,14 +99,19 @@ class Timers:
 
 
 def instrument(timers: Timers) -> None:
-    """Time Optuna suggestions, experiment-state snapshots and our callbacks in this (the driver) process."""
+    """Time Optuna suggestions, experiment-state snapshots, checkpoint bookkeeping and our callbacks in this
+    (the driver) process."""
     from ray.tune.execution import experiment_state
+    from ray.tune.experiment.trial import Trial
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
     from tune.searcher import PerStudyASHA, StudySearcher
     timers.wrap(OptunaSearch, "suggest", "suggest")
+    # Tune registers each trial checkpoint in the driver's loop (and there deletes the one beyond
+    # checkpoints_to_keep, unless tune.checkpoint_deletion queues it beside the loop)
+    timers.wrap(Trial, "on_checkpoint", "checkpoint_register")
     mgr = experiment_state._ExperimentCheckpointManager
     orig = mgr.sync_up_experiment_state
 
@@ -360,10 +369,10 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
 
 
 def run_scale(a, label: str, extra: list[str], storage: str, server=None, uploads: str = "puts",
-              lower: tuple[set[str], int] | None = None) -> dict:
+              lower: tuple[set[str], int] | None = None, deletes: str = "beside") -> dict:
     """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one).
     `uploads`: how snapshots upload the driver's folder (snapshot_uploads); `lower`: process groups held at a
-    niceness meanwhile (bench.cpu_use.lower)."""
+    niceness meanwhile (bench.cpu_use.lower); `deletes`: where old checkpoints are deleted (checkpoint_deletes)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -379,6 +388,9 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     requests0 = server.requests() if server else {}
     from tune import state_sync
     sync0 = state_sync.uploaded_files
+    from tune import checkpoint_deletion
+    checkpoint_deletes(inline=deletes == "inline")
+    deleted0, delete_s0 = checkpoint_deletion.deleted, checkpoint_deletion.delete_s
     cpu_use = CpuUse(lower=lower).start()
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
@@ -421,6 +433,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
         "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "machine": machine, "requests": requests,
         "snapshot_files": state_sync.uploaded_files - sync0, "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
+        "ckpt_register": timers.spent.get("checkpoint_register", []),
+        "ckpt_deleted": (checkpoint_deletion.deleted - deleted0, checkpoint_deletion.delete_s - delete_s0),
         "epoch_range": (min(cfg.simulate["epoch_s"].values()), max(cfg.simulate["epoch_s"].values())),
     }
     shutil.rmtree(trace_dir, ignore_errors=True)
@@ -435,26 +449,38 @@ def snapshot_uploads(mode: str) -> None:
     from ray.train._internal import storage as ray_storage
 
     from tune import state_sync
-    real = snapshot_uploads.__dict__.setdefault("real", (state_sync.install, state_sync._s3_store))
-    state_sync.install, state_sync._s3_store = real
+    real = snapshot_uploads.__dict__.setdefault("real", (state_sync.install, state_sync.s3_store))
+    state_sync.install, state_sync.s3_store = real
     if mode == "whole":
         if state_sync._ray_upload is not None:
             ray_storage._upload_to_fs_path = state_sync._ray_upload
         state_sync.install = lambda: False
     elif mode == "copy":
-        state_sync._s3_store = lambda fs, fs_path: None
+        state_sync.s3_store = lambda fs, fs_path: None
+
+
+def checkpoint_deletes(inline: bool) -> None:
+    """Where the next run deletes trials' old checkpoints: in the driver's loop (`inline`, Tune alone) or beside
+    it (tune.checkpoint_deletion, as `fair sweep` installs it)."""
+    from tune import checkpoint_deletion
+    real = checkpoint_deletes.__dict__.setdefault("real", checkpoint_deletion.install)
+    checkpoint_deletion.install = real
+    if inline:
+        checkpoint_deletion.uninstall()
+        checkpoint_deletion.install = lambda: False
 
 
 def _uninstrument() -> None:
     """Undo instrument() so that a second run is not timed twice."""
     from ray.tune.execution import experiment_state
+    from ray.tune.experiment.trial import Trial
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.failures import FailedTrialRecords
     from tune.progress import ProgressLog
     from tune.searcher import PerStudyASHA, StudySearcher
     for cls in (OptunaSearch, experiment_state._ExperimentCheckpointManager, ProgressLog, FailedTrialRecords,
-                StudySearcher, PerStudyASHA):
+                StudySearcher, PerStudyASHA, Trial):
         for attr, v in list(vars(cls).items()):
             if hasattr(v, "bench_orig"):
                 setattr(cls, attr, v.bench_orig)
@@ -498,6 +524,9 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("snapshots (count, total s)", lambda r: f"{len(r['snapshots'])}, {sum(r['snapshots']):.1f}")
     row("snapshot s (first fifth / last fifth)", lambda r: _fifths(r["snapshots"]))
     row("our callbacks + searcher + ASHA, s", lambda r: f"{sum(r['hooks'].values()):.1f}")
+    row("checkpoints registered (count, loop s, p90)", lambda r: f"{len(r['ckpt_register'])}, "
+        f"{sum(r['ckpt_register']):.1f}, {_q(r['ckpt_register'], .9) * 1e3:.0f} ms")
+    row("  old ones deleted beside the loop (count, s)", lambda r: "{}, {:.1f}".format(*r["ckpt_deleted"]))
     row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
     row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
     row("cores: busy (samples saturated)", lambda r: f"{r['machine']['cores']}: {100 * r['machine']['busy']:.0f}% "
@@ -545,7 +574,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED, *NICED]),
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED, *NICED, *DELETES]),
                     help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
     ap.add_argument("--cores", type=int, help="--compare cores: the second run's cores (default: half)")
     ap.add_argument("--only", action="store_true",
@@ -569,7 +598,8 @@ def main(argv=None) -> int:
         try:
             base = storage.s3 if a.s3 else storage.local
             runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
-                                           [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED, *NICED) else
+                                           [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED, *NICED,
+                                                                                    *DELETES) else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
             rows = []
             for label, extra, uri in runs[1:] if a.only else runs:
@@ -577,7 +607,8 @@ def main(argv=None) -> int:
                     log.info("the next run on cores %s", pin(a.cores or max(1, len(os.sched_getaffinity(0)) // 2)))
                 rows.append(run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
                                       uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base"
-                                      else "puts", lower=NICED.get(label)))
+                                      else "puts", lower=NICED.get(label),
+                                      deletes="inline" if a.compare in DELETES and label == "base" else "beside"))
         finally:
             import ray
             ray.shutdown()

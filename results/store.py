@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -129,6 +130,11 @@ class Store:
         """Whether `key` exists."""
         raise NotImplementedError
 
+    def delete_folder(self, prefix: str) -> None:
+        """Remove every key under the folder `prefix` (and, in S3, its directory markers); a folder that is
+        already gone is fine."""
+        raise NotImplementedError
+
     def describe(self, key: str = "") -> str:
         """The full location of `key`, for messages."""
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
@@ -207,6 +213,14 @@ class LocalStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete_folder(self, prefix: str) -> None:
+        try:
+            shutil.rmtree(self._path(prefix.strip("/")))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ResultsError(f"cannot delete {self.describe(prefix)}: {e.strerror or e}") from None
 
 
 class S3Store(Store):
@@ -308,6 +322,27 @@ class S3Store(Store):
             return True
         except MissingKey:
             return False
+
+    def delete_folder(self, prefix: str) -> None:
+        # one LIST and one DeleteObjects per 1,000 keys (pyarrow's delete_dir: a request per object and marker)
+        folder = self._key(prefix.strip("/")).rstrip("/") + "/"
+        if folder == "/":
+            raise ResultsError(f"refusing to delete the whole bucket {self.uri}: name a folder in it")
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": folder, **({"ContinuationToken": token} if token else {})}
+            page = self._call("listing", prefix, lambda: self.client.list_objects_v2(**kwargs))
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                out = self._call("deleting", prefix, lambda: self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}))
+                if out.get("Errors"):
+                    e = out["Errors"][0]
+                    raise ResultsError(f"deleting {self.describe(prefix)} failed for {len(out['Errors'])} of "
+                                       f"{len(keys)} keys: {e.get('Code')} {e.get('Message', '')} ({e.get('Key')})")
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
 
     def check(self) -> None:
         """Fail early, in one line, when the bucket is missing, unreachable or the credentials are wrong."""

@@ -84,7 +84,7 @@ def upload_files(local_path: str, files: list[str], fs, fs_path: str) -> None:
     the sweep's store uses: one PUT per file through results.store, S3_THREADS at a time; pyarrow's copy
     (what Tune uses) makes a multipart upload of each file and a marker object for each folder, six requests
     per small file, one file at a time. Anywhere else: Ray's copy, of these files only."""
-    store = _s3_store(fs, fs_path)
+    store = s3_store(fs, fs_path)
     if store is not None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -107,7 +107,7 @@ def upload_files(local_path: str, files: list[str], fs, fs_path: str) -> None:
     ray_storage._pyarrow_fs_copy_files(local_path, fs_path, source_filesystem=source, destination_filesystem=fs)
 
 
-def _s3_store(fs, fs_path: str):
+def s3_store(fs, fs_path: str):
     """results.store's store for `fs_path` when `fs` is an S3 file system of the endpoint that store resolves
     (the same environment: AWS_ENDPOINT_URL, or AWS itself); None otherwise (another endpoint, not S3)."""
     if fs.type_name != "s3":

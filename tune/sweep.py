@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fair.errors import FairError
-from tune import scratch, state_sync
+from tune import checkpoint_deletion, scratch, state_sync
 from tune import storage as sweep_storage
 from tune.study_order import asha_rungs
 from tune.sweep_config import SweepConfig, check_datasets, from_mapping
@@ -207,6 +207,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
     trainable = trainable_for(cfg, plan)
     mode = cfg.objective.mode
     state_sync.install()         # snapshots upload what changed, not every trial's files again
+    checkpoint_deletion.install()  # trials' old checkpoints are deleted beside the driver's loop
     if exists:
         log.info("resuming sweep %s from %s (%d trials in flight at most)", cfg.name, exp_path, conc)
         # errored trials resume (same trial id, last checkpoint), not restart: a restart makes a new trial
@@ -243,6 +244,7 @@ def run(cfg: SweepConfig, uri: str, resume: bool | None = None, show_test: bool 
             ),
         )
     grid = tuner.fit()
+    checkpoint_deletion.drain()  # the old checkpoints Tune dropped last are gone before the sweep returns
     scratch.prune()              # this node's folders of the trials Tune stopped (tune.scratch)
     return _summarize(cfg, uri, grid, METRIC)
 

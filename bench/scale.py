@@ -386,9 +386,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     server0 = server.cpu_s() if server else None
     requests0 = server.requests() if server else {}
-    from tune import state_sync
+    from tune import checkpoint_deletion, state_sync
     sync0 = state_sync.uploaded_files
-    from tune import checkpoint_deletion
     checkpoint_deletes(inline=deletes == "inline")
     deleted0, delete_s0 = checkpoint_deletion.deleted, checkpoint_deletion.delete_s
     cpu_use = CpuUse(lower=lower).start()

@@ -111,6 +111,19 @@ class WeedServer:
                     out[kind] = out.get(kind, 0) + int(sample.value)
         return out
 
+    def settled_requests(self, still_s: float = 0.3, wait: float = 5.0) -> dict[str, int]:
+        """`requests()` once the counters have held still for `still_s` (or after `wait` seconds): a counter may
+        move just after its response was sent, so a `before` read at once can miss the last requests made."""
+        deadline = time.monotonic() + wait
+        last = self.requests()
+        while time.monotonic() < deadline:
+            time.sleep(still_s)
+            now = self.requests()
+            if now == last:
+                break
+            last = now
+        return last
+
     def requests_since(self, before: dict[str, int], kind: str, at_least: int, wait: float = 5.0) -> dict[str, int]:
         """The requests counted since `before` (a `requests()`), by type, once `kind` has `at_least` of them or
         after `wait` seconds (a counter may move just after its response was sent)."""

@@ -66,7 +66,7 @@ def test_snapshots_upload_what_changed_and_storage_holds_the_whole_folder(kind, 
     _write(staging, "experiment_state.json", '{"trials": 4}', OLD + 1)    # same size, a later write
     _write(staging, "trial_3/params.json", '{"i": 3}')            # a new trial
     _write(staging, "trial_0/params.json", '{"i": 9}', mtime=time.time())   # just written: uploaded, not recorded
-    before = s3.requests() if s3 else {}
+    before = s3.settled_requests() if s3 else {}
     ray_storage._upload_to_fs_path(str(staging), fs, dest)
     assert calls[-1] == ["experiment_state.json", "trial_0/params.json", "trial_1/progress.csv",
                          "trial_3/params.json"]

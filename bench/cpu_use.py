@@ -58,6 +58,7 @@ class CpuUse:
         self._base: dict[tuple[int, float], float] = {}
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
         self._runnable: list[int] = []
+        self._rss_peak = 0         # this process's resident bytes, the most a sample saw
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -69,6 +70,8 @@ class CpuUse:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
+                    if p is me:
+                        self._rss_peak = max(self._rss_peak, p.memory_info().rss)
                     seen[(p.pid, p.create_time())] = (group(p.pid, p.name(), p.cmdline()), t.user + t.system)
             except psutil.Error:        # ended while we looked
                 continue
@@ -93,7 +96,8 @@ class CpuUse:
 
     def stop(self) -> dict:
         """{"groups": {group: CPU s}, "busy": fraction of the cores' time busy, "saturated": fraction of the
-        samples with more runnable threads than cores, "cores": n}."""
+        samples with more runnable threads than cores, "cores": n, "rss_peak_mb": this process's resident
+        memory, the most a sample saw (unlike ru_maxrss, this run's alone)}."""
         self._stop.set()
         self._thread.join()
         self._last.update(self._sample())
@@ -105,7 +109,7 @@ class CpuUse:
         # procs_running counts this sampling thread too
         saturated = sum(r - 1 > self.cores for r in self._runnable) / len(self._runnable) if self._runnable else 0.0
         return {"groups": groups, "busy": 1 - (idle - idle0) / max(1, total - total0), "saturated": saturated,
-                "cores": self.cores}
+                "cores": self.cores, "rss_peak_mb": self._rss_peak / 2**20}
 
 
 def _threads_of(groups: set[str] | None):

@@ -21,7 +21,8 @@ of the hyperparameters. Afterwards `fair results collect` reads every record. Pr
 - the fraction of slot time busy with trial work, and the idle gap of a slot between two trials;
 - Optuna suggest latency at trial 1, 100 and 1000 of one study (the sweep's sampler and space, the study
   filled with random trials), and the slowest suggest seen in the sweep;
-- driver peak RSS and CPU seconds; experiment-state snapshot count and time; time in our callbacks;
+- driver peak RSS (the process's, and sampled within each run) and what malloc holds in use and free at its end
+  (bench/memory.py); driver CPU seconds; experiment-state snapshot count and time; time in our callbacks;
 - storage objects per trial; `results collect` time; `--plan`'s predicted wall next to the simulated one;
 - the CPU seconds of the trial processes and of Ray's own, and how busy this machine's cores were (and how
   often saturated): every logical node shares them here, which a real cluster does not (bench/cpu_use.py).
@@ -42,6 +43,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.cpu_use import CpuUse, pin
+from bench.memory import malloc_held
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -397,6 +399,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     wall = time.perf_counter() - t0
     machine = cpu_use.stop()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    malloc = malloc_held()
     server_cpu = server.cpu_s() - server0 if server else None
     requests = {k: v - requests0.get(k, 0) for k, v in (server.requests() if server else {}).items()}
     from tune.sweep import preflight, settled_epoch
@@ -429,7 +432,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "server_cpu": server_cpu, "machine": machine, "requests": requests,
+        "rss_mb": cpu1.ru_maxrss / 1024, "malloc": malloc, "server_cpu": server_cpu, "machine": machine, "requests": requests,
         "snapshot_files": state_sync.uploaded_files - sync0, "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
         "ckpt_register": timers.spent.get("checkpoint_register", []),
@@ -527,7 +530,10 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
         f"{sum(r['ckpt_register']):.1f}, {_q(r['ckpt_register'], .9) * 1e3:.0f} ms")
     row("  old ones deleted beside the loop (count, s)", lambda r: "{}, {:.1f}".format(*r["ckpt_deleted"]))
     row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
-    row("driver peak RSS MB", lambda r: f"{r['rss_mb']:.0f}")
+    row("driver RSS MB: process peak / this run's", lambda r: f"{r['rss_mb']:.0f} / "
+        f"{r['machine']['rss_peak_mb']:.0f}")
+    row("  malloc at the end: in use / free held, arenas", lambda r: "{:.0f} / {:.0f}, {}".format(
+        r["malloc"]["in_use_mb"], r["malloc"]["free_mb"], r["malloc"]["arenas"]) if r["malloc"] else "-")
     row("cores: busy (samples saturated)", lambda r: f"{r['machine']['cores']}: {100 * r['machine']['busy']:.0f}% "
         f"({100 * r['machine']['saturated']:.0f}%)")
     row("CPU s: trial processes / Ray system", lambda r: "{:.0f} / {:.0f}".format(

@@ -48,6 +48,7 @@ print(json.dumps(out))
     assert 1.0 <= out["groups"]["Ray system"] < 1.6, out      # the plain children: neither ray:: nor weed
     assert out["groups"]["trial processes"] == 0 and out["groups"]["storage server"] == 0, out
     assert 0 < out["busy"] <= 1 and 0 <= out["saturated"] <= 1 and out["cores"] >= 1, out
+    assert out["rss_peak_mb"] > 10, out     # this Python process, resident
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to pin to fewer")
@@ -106,3 +107,31 @@ print(json.dumps(out))
     for threads in out["trials"]:
         assert len(threads) >= 2 and set(threads) == {max(10, out["base"])}, out
     assert set(out["plain"]) == {out["base"]} and set(out["driver"]) == {out["base"]}, out
+
+
+def test_malloc_held_tells_memory_in_use_from_memory_freed_but_still_held():
+    """Threads that allocate get arenas of their own; what they free between blocks still in use stays held by
+    the process (free_mb: fragments glibc cannot give back), not in use. In a process of its own: a test
+    worker's allocator holds every earlier test's memory."""
+    script = """
+import json
+from concurrent.futures import ThreadPoolExecutor
+from bench.memory import malloc_held
+before = malloc_held()
+kept = []
+def churn(_):
+    blocks = [bytearray(1000) for _ in range(20000)]        # 20 MB each, malloc'd in the thread's arena
+    kept.append(blocks[::100])                              # one in 100 stays; the rest is freed on return
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(churn, range(8)))
+print(json.dumps([before, malloc_held()]))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stderr[-2000:]
+    before, after = json.loads(p.stdout.strip().splitlines()[-1])
+    if not before:
+        pytest.skip("not glibc 2.33+: no mallinfo2")
+    assert after["arenas"] > before["arenas"] >= 1, (before, after)
+    assert after["free_mb"] > before["free_mb"] + 10, (before, after)      # freed, still the process's
+    assert after["in_use_mb"] < before["in_use_mb"] + 10, (before, after)  # ... and not counted in use

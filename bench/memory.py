@@ -6,12 +6,15 @@ a driver whose threads allocate (Ray's, storage clients', uploads') can hold hun
 `malloc_held()` tells the two apart: bytes in use against bytes free but still held.
 
     held = malloc_held()    # {"in_use_mb", "free_mb", "mmap_mb", "arenas"}; {} where glibc is not the libc
+    growth = Growth(every=60).start(); ...; print("\n".join(growth.stop()))   # what the Python heap gained, where
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import re
+import threading
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -52,3 +55,59 @@ def malloc_held() -> dict:
     mb = 1 / 2**20
     return {"in_use_mb": m.uordblks * mb, "free_mb": m.fordblks * mb, "mmap_mb": m.hblkhd * mb,
             "arenas": _arenas(libc)}
+
+
+class Growth:
+    """What the Python heap gained while a run went on, by where it was allocated: tracemalloc from start(),
+    a snapshot every `every` seconds from a thread, and at stop() the growth from the first snapshot to the
+    last (the last one a run took, not one after it released its objects). Slows allocation: for finding
+    what grows, not for timing."""
+
+    def __init__(self, every: float = 60.0, frames: int = 12):
+        self.every, self.frames = every, frames
+        self._first = self._last = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _take(self):
+        import tracemalloc
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if self._first is None:
+            self._first = snap
+        else:
+            self._last = snap
+
+    def start(self) -> "Growth":
+        import tracemalloc
+        tracemalloc.start(self.frames)
+        self._thread = threading.Thread(target=self._loop, name="memory-growth", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._take()
+
+    def stop(self, top: int = 12, depth: int = 6) -> list[str]:
+        """The `top` allocation sites that grew most between the first and the last snapshot, each with its
+        growth in MB and in blocks, and its innermost `depth` frames, innermost first."""
+        import tracemalloc
+        self._stop.set()
+        self._thread.join()
+        tracemalloc.stop()
+        if self._first is None or self._last is None:
+            return [f"(the run ended before two snapshots {self.every:.0f} s apart)"]
+        lines = []
+        for d in self._last.compare_to(self._first, "traceback")[:top]:
+            frames = [f"{_short(f.filename)}:{f.lineno}" for f in d.traceback]
+            lines.append(f"{d.size_diff / 2**20:+8.1f} MB {d.count_diff:+8d} blocks  " + " < ".join(frames[-depth:][::-1]))
+        return lines
+
+
+def _short(filename: str) -> str:
+    """A file's path from its package down (site-packages/, the standard library's folder, this checkout)."""
+    for marker in ("site-packages/", f"{os.sep}lib{os.sep}python3.", os.getcwd() + os.sep):
+        if marker in filename:
+            rest = filename.split(marker, 1)[1]
+            return rest.split(os.sep, 1)[1] if marker.endswith("python3.") else rest
+    return filename

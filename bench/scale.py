@@ -43,7 +43,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.cpu_use import CpuUse, pin
-from bench.memory import malloc_held
+from bench.memory import Growth, malloc_held
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -393,11 +393,13 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     checkpoint_deletes(inline=deletes == "inline")
     deleted0, delete_s0 = checkpoint_deletion.deleted, checkpoint_deletion.delete_s
     cpu_use = CpuUse(lower=lower).start()
+    growth = Growth(every=a.trace_memory).start() if a.trace_memory else None
     t0, t0_wall = time.perf_counter(), time.time()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
     machine = cpu_use.stop()
+    grew = growth.stop() if growth else []
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     malloc = malloc_held()
     server_cpu = server.cpu_s() - server0 if server else None
@@ -432,7 +434,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
         "driver_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "rss_mb": cpu1.ru_maxrss / 1024, "malloc": malloc, "server_cpu": server_cpu, "machine": machine, "requests": requests,
+        "rss_mb": cpu1.ru_maxrss / 1024, "malloc": malloc, "grew": grew, "server_cpu": server_cpu, "machine": machine, "requests": requests,
         "snapshot_files": state_sync.uploaded_files - sync0, "suggest": timers.spent.get("suggest", []),
         "snapshots": timers.spent.get("snapshot", []), "hooks": timers.by_prefix("callback."),
         "ckpt_register": timers.spent.get("checkpoint_register", []),
@@ -587,6 +589,9 @@ def main(argv=None) -> int:
                          "base is then an earlier run's, not measured side by side)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="sweep override for every run")
     ap.add_argument("--s3", action="store_true", help="storage on a local SeaweedFS (weed) instead of a folder")
+    ap.add_argument("--trace-memory", type=float, metavar="S",
+                    help="trace the driver's Python allocations (tracemalloc, slow) and print what grew most between "
+                         "its snapshots S seconds apart, first to last (bench/memory.py)")
     ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke test: 2 nodes x 2 GPUs, 2 datasets x 4 trials, 4 epochs; checks counts")
@@ -629,6 +634,10 @@ def main(argv=None) -> int:
     print(table(rows, latency, cfg.search.sampler))
     for r in rows:
         print(f"what ended the sweep ({r['label']}): {r['tail']}")
+    for r in rows:
+        if r["grew"]:
+            print(f"driver's Python heap, grown from the first snapshot to the last ({r['label']}):\n  "
+                  + "\n  ".join(r["grew"]))
     for r in rows:
         top = sorted(r["hooks"].items(), key=lambda kv: -kv[1])[:4]
         print(f"driver s in our hooks ({r['label']}): " + ", ".join(f"{k} {v:.1f}" for k, v in top))

@@ -7,6 +7,9 @@ a driver whose threads allocate (Ray's, storage clients', uploads') can hold hun
 
     held = malloc_held()    # {"in_use_mb", "free_mb", "mmap_mb", "arenas"}; {} where glibc is not the libc
     growth = Growth(every=60).start(); ...; print("\n".join(growth.stop()))   # what the Python heap gained, where
+
+`python -m bench.memory` prints the sweep driver's memory after building its callbacks with torch kept out
+of tensorboardX's import and with it let in, side by side (tune.tracking.torch_hidden).
 """
 from __future__ import annotations
 
@@ -111,3 +114,41 @@ def _short(filename: str) -> str:
             rest = filename.split(marker, 1)[1]
             return rest.split(os.sep, 1)[1] if marker.endswith("python3.") else rest
     return filename
+
+
+_CALLBACKS = """
+import sys
+from contextlib import nullcontext
+import tune.tracking as tracking
+from tests.sweeps import sweep_dict
+from tune.sweep_config import load_sweep
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before = rss()
+if sys.argv[1] == "plain":
+    tracking.torch_hidden = nullcontext         # tensorboardX as it imports on its own
+tracking.callbacks(load_sweep(None, mapping=sweep_dict("m", sys.argv[2])), sys.argv[2])
+print(before, rss(), "torch" in sys.modules)
+"""
+
+
+def main() -> int:
+    """The sweep driver's resident memory after building its Tune callbacks, torch hidden from tensorboardX
+    against tensorboardX importing it, each in a fresh process, side by side."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {}
+        for mode in ("hidden", "plain"):
+            p = subprocess.run([sys.executable, "-c", _CALLBACKS, mode, tmp], capture_output=True, text=True,
+                               check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+            before, after, torch = p.stdout.split()
+            rows[mode] = float(after)
+            print(f"{mode:>7}: RSS {float(before):6.0f} MB with the sweep's modules, {float(after):6.0f} MB with its "
+                  f"callbacks (torch loaded: {torch})")
+    print(f"torch hidden saves {rows['plain'] - rows['hidden']:.0f} MB ({rows['plain'] / rows['hidden']:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,8 +7,11 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,6 +136,34 @@ def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
             if v.HasField("simple_value"):
                 out.setdefault(v.tag, []).append((ev.step, v.simple_value))
     return out
+
+
+def test_the_sweeps_tensorboard_callback_leaves_torch_out_of_the_driver(tmp_path):
+    """tensorboardX imports torch if it can; the driver's TensorBoard callback is built without it (torch
+    would hold ~460 MB of the driver's memory for nothing), still writes scalars, and torch stays importable
+    after. In a process of its own: the test session has torch loaded."""
+    script = f"""
+import sys
+from pathlib import Path
+from tests.sweeps import sweep_dict
+from tests.test_tune_tracking import tensorboard_scalars
+from tune.sweep_config import load_sweep
+from tune.tracking import callbacks
+assert "torch" not in sys.modules, "torch loaded before the callbacks"
+cbs = callbacks(load_sweep(None, mapping=sweep_dict("tb", {str(tmp_path)!r})), {str(tmp_path)!r})
+from tensorboardX import SummaryWriter
+w = SummaryWriter({str(tmp_path / 'tb')!r})
+w.add_scalar("val/accuracy", 0.75, 3)
+w.close()
+assert "torch" not in sys.modules, "torch loaded by the tensorboard callback"
+print(tensorboard_scalars(next(Path({str(tmp_path / 'tb')!r}).glob("events.*")))["val/accuracy"])
+import torch
+print(torch.ones(2).sum().item())
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["[(3,", "0.75)]", "2.0"], p.stdout
 
 
 # ----------------------------------------------------------------------------------- sweeps on Ray

@@ -41,7 +41,6 @@ def test_an_unknown_tracker_is_an_unknown_sweep_key(tmp_path):
 
 
 def test_a_tracker_whose_package_is_missing_names_the_extra(tmp_path, monkeypatch):
-    import sys
     import tune.tracking  # noqa: F401 - Ray's W&B module binds `wandb` once, at import: before it is hidden
     from tune.sweep import preflight
     cfg = load_sweep(None, mapping=sweep_dict("nopkg", str(tmp_path), tracking={"wandb": {"project": "p"}}))

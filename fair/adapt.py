@@ -31,7 +31,8 @@ from fair.losses import fair_momentum_for, world_size
 from fair.models import (frozen_copy, load_clip, preprocess_record, resolve_device, resolve_pretrained,
                          trainable_visual_parameters, weights_id)
 from fair.scores import s_fix, s_las
-from fair.text import Descriptions, build_text_embeddings, load_descriptions
+from fair.descriptions.cupl import Descriptions, load_descriptions
+from fair.text import build_text_embeddings
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, Optional[Path]], None]

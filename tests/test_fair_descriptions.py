@@ -135,7 +135,7 @@ def _error_line(capsys) -> str:
 def test_import_rekeys_reports_and_becomes_the_default(tmp_path, capsys):
     from fair.config import DataConfig
     from fair.data import prepare_data
-    from fair.text import load_descriptions
+    from fair.descriptions.cupl import load_descriptions
     root = _folder(tmp_path / "shapes")
     assert prepare_data(DataConfig(dataset="imagefolder", root=str(root), val_per_class=0)).descriptions_path is None
     src = tmp_path / "descriptors_shapes.json"
@@ -367,7 +367,7 @@ def test_show_flags_empty_repeated_shared_and_short(tmp_path, capsys):
 
 def test_a_run_refuses_a_file_that_names_a_class_twice(tmp_path):
     from fair.errors import FairError
-    from fair.text import load_descriptions
+    from fair.descriptions.cupl import load_descriptions
     f = tmp_path / "d.json"
     # the same key twice: json.load would keep the second list without a word
     f.write_text('{"red square": ["A red square."], "green circle": ["A green circle."], '
@@ -419,8 +419,9 @@ def test_sentences_longer_than_the_context_are_reported_before_encoding(tmp_path
     import torch
 
     from fair.config import ModelConfig
+    from fair.descriptions.cupl import Descriptions
     from fair.models import load_clip
-    from fair.text import Descriptions, build_text_embeddings
+    from fair.text import build_text_embeddings
     model, tokenizer, _ = load_clip(ModelConfig(name="fair-tiny-vit", pretrained="", device="cpu"),
                                     torch.device("cpu"))
     assert tokenizer.context_length == 32

@@ -436,7 +436,7 @@ def check_dataset_ready(cfg: SweepConfig, ds: str) -> None:
     the sweep's methods reads one (fair.config.needs_descriptions)."""
     from fair.data import descriptions_path
     from fair.data.catalog import check_dataset, get_spec
-    from fair.text import load_descriptions
+    from fair.descriptions.cupl import load_descriptions
     configs = [cfg.fair_config(studies.study_key(m, ds)) for m in cfg.method_names]
     fcfg = next((c for c in configs if needs_descriptions(c)), configs[0])
     base = check_dataset(ds, fcfg.data.root)

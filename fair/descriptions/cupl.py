@@ -1,6 +1,6 @@
 """The descriptions file: CuPL JSON `{class name: [sentence, ...]}`, parsed in one place, and its sidecar.
 
-Every reader (a run's `fair.text.load_descriptions`, `fair descriptions import` and `show`) parses with
+Every reader (a run's `load_descriptions`, torch-free so that a sweep's driver checks files without it, `fair descriptions import` and `show`) parses with
 `parse_cupl`, so a file means the same to all of them. A file that names a key twice is never read
 silently (JSON would keep only the last list): a run refuses it, import merges the lists with a warning,
 show flags it.
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fair.descriptions.classnames import match_classes
 from fair.errors import FairError
 from fair.io import atomic_write_text, sha256_bytes
 
@@ -100,3 +101,51 @@ def read_descriptions_file(path: str | Path) -> CuplFile:
     if not p.is_file():
         raise FairError(f"descriptions file {str(p)!r} not found")
     return parse_cupl(p.read_bytes(), repr(str(p)))
+
+
+@dataclass
+class Descriptions:
+    """Per-class description sentences, in class order, and what fell back to templates."""
+    per_class: list[list[str]]
+    sha256: str | None
+    fallback_classes: list[str] = field(default_factory=list)
+
+
+def load_descriptions(path: str | Path | None, classnames: list[str], fallback: bool) -> Descriptions:
+    """Read a CuPL JSON `{class: [sentences]}` for `classnames`.
+
+    A class with no sentences is an error naming it, unless `fallback` — then its list is empty (the
+    anchors use its templates) and it is recorded in `fallback_classes`. With no file at all and
+    `fallback`, every class falls back. A file that names one of the classes more than once (the same key
+    twice, or two spellings such as "red square" and "Red_Square") is refused: which list was meant is
+    unknown. Keys are matched as `fair.descriptions.classnames.match_classes` says.
+    """
+    if path is None:
+        if not fallback:
+            raise FairError("no descriptions file for this dataset; pass data.descriptions=PATH (CuPL JSON) "
+                            "or set data.description_fallback=true to use templates only")
+        return Descriptions([[] for _ in classnames], None, list(classnames))
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FairError(f"descriptions file {str(p)!r} not found; fix data.descriptions")
+    raw = p.read_bytes()
+    label = f"descriptions file {str(p)!r}"
+    cupl = parse_cupl(raw, label)
+    keys, several = match_classes(list(cupl.sentences), classnames)
+    used = set(keys.values())
+    twice = [repr(k) for k in cupl.repeated if k in used] + \
+        [f"{c!r} as {' and '.join(map(repr, ks))}" for c, ks in several.items()]
+    if twice:   # JSON keeps the last list of a repeated key without a word; which one was meant is unknown
+        named = twice
+        shown = ", ".join(map(str, named[:5])) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        raise FairError(f"{label} names {len(named)} classes more than once ({shown}); merge each into one list, "
+                        f"or re-import it with `fair descriptions import FILE --dataset NAME` (which merges them)")
+    per_class = [cupl.sentences[keys[c]] if keys[c] else [] for c in classnames]
+    missing = [c for c, sents in zip(classnames, per_class) if not sents]
+    if missing and not fallback:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FairError(f"classes without descriptions in {str(p)!r}: {shown}; add them or set "
+                        f"data.description_fallback=true")
+    if missing:
+        log.warning("%d classes have no description and fall back to templates: %s", len(missing), missing[:5])
+    return Descriptions(per_class, sha256_bytes(raw), missing)

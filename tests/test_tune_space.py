@@ -360,6 +360,24 @@ def test_failed_trial_error_line_is_the_innermost_exception():
     assert len(error_line("ValueError: " + "x" * 2000)) == 500
 
 
+def test_a_failed_record_is_a_warning_and_a_stopped_one_is_not(caplog):
+    """A 1,000-trial sweep has hundreds of ASHA stops: each is logged, but only a failure as a warning; a
+    record that cannot be written is one too."""
+    import logging
+    from types import SimpleNamespace
+
+    from tune.failures import FailedTrialRecords
+    trial = SimpleNamespace(trial_id="t1")
+    with caplog.at_level(logging.INFO, logger="tune.failures"):
+        FailedTrialRecords._write("stopped_early", trial, lambda: "s3://b/records/t1.json")
+        FailedTrialRecords._write("failed", trial, lambda: "s3://b/records/t1.json")
+        FailedTrialRecords._write("stopped_early", trial, lambda: 1 / 0)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "trial t1: stopped_early record s3://b/records/t1.json"),
+        ("WARNING", "trial t1: failed record s3://b/records/t1.json"),
+        ("WARNING", "trial t1: could not write its stopped_early record (ZeroDivisionError: division by zero)")]
+
+
 def test_a_changed_sweep_names_its_keys_and_smoke_test_is_idempotent():
     from tune.sweep import _search_changes, _snapshot
     from tune.sweep_config import shrink_for_smoke_test

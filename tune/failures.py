@@ -54,8 +54,10 @@ class FailedTrialRecords(Callback):
 
     @staticmethod
     def _write(kind: str, trial, write) -> None:
+        # a failure is news; a trial the scheduler stopped is the search working (hundreds in a large sweep)
+        level = logging.WARNING if kind == "failed" else logging.INFO
         try:
-            log.warning("trial %s: %s record %s", trial.trial_id, kind, write())
+            log.log(level, "trial %s: %s record %s", trial.trial_id, kind, write())
         except Exception as e:  # noqa: BLE001 - never let bookkeeping take the sweep down
             log.warning("trial %s: could not write its %s record (%s: %s)", trial.trial_id, kind,
                         type(e).__name__, e)

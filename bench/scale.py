@@ -8,6 +8,8 @@
     python -m bench.scale --compare cores [--cores 1]  # all this machine's cores, then the same sweep on fewer
     python -m bench.scale --compare trials_niced     # again with the trial processes yielding the cores first
     python -m bench.scale --s3 --compare background_deletes  # old checkpoints deleted in the loop, then beside it
+    python -m bench.scale ... --deadline 480         # interrupt the sweep there, tabulate what ran (bench/watch.py)
+    bash bench/scale_device.sh run ...               # on the lent 16-core GPU machine (see that script)
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)
 runs `fair sweep --address` (tune.cli.run_sweep: the Tuner, one Optuna study per dataset, the limiter,
@@ -44,6 +46,7 @@ from pathlib import Path
 
 from bench.cpu_use import CpuUse, pin
 from bench.memory import Growth, malloc_held
+from bench.watch import Watch
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -394,10 +397,13 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     deleted0, delete_s0 = checkpoint_deletion.deleted, checkpoint_deletion.delete_s
     cpu_use = CpuUse(lower=lower).start()
     growth = Growth(every=a.trace_memory).start() if a.trace_memory else None
+    slots = a.nodes * a.gpus_per_node
     t0, t0_wall = time.perf_counter(), time.time()
+    watch = Watch(trace_dir, slots, every=a.progress, deadline=a.deadline).start()
     code = sweep_main(["--config", str(sweep_file), "--address", ray.get_runtime_context().gcs_address,
                        "--no-data-check"])        # `fair sweep`'s own path: the plan's prior durations too
     wall = time.perf_counter() - t0
+    watch.stop()
     machine = cpu_use.stop()
     grew = growth.stop() if growth else []
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -406,22 +412,23 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     requests = {k: v - requests0.get(k, 0) for k, v in (server.requests() if server else {}).items()}
     from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
-    slots = a.nodes * a.gpus_per_node
     trace, reports = read_trace(trace_dir)
     use = slot_use(trace, slots, wall)
     objects = storage_objects(uri, name)
     from results.collect import collect
-    t = time.perf_counter()
-    summary = collect([f"{uri}/{name}"], f"{uri}/{name}-tables")
-    collect_s = time.perf_counter() - t
     records = read_records(uri, name)
+    t = time.perf_counter()
+    summary = collect([f"{uri}/{name}"], f"{uri}/{name}-tables") if records or not watch.fired else {"records": 0}
+    collect_s = time.perf_counter() - t
     picks = study_picks(records, cfg.objective.metric, cfg.objective.mode)
     problems, superseded = check_counts(records, cfg, picks)
     expected = cfg.total_trials + len(superseded)
+    if watch.fired:     # cut at --deadline: fewer records than trials is what a cut means, not a problem
+        problems, expected, code = [], summary["records"], 0 if code == 130 else code
     plan = est.schedule(asha=cfg.budget.early_stopping is not None)
     settled = settled_epoch(cfg)
     out = {
-        "label": label, "exit": code, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
+        "label": label, "exit": code, "cut": a.deadline if watch.fired else None, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "uploads": [p["upload_s"] for p in reports],
         "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports],
         "collect_s": collect_s, "collected": summary["records"],
@@ -554,7 +561,8 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("results collect s (records)", lambda r: f"{r['collect_s']:.1f} ({r['collected']})")
     row("early finals superseded (count, slot s)", lambda r: f"{len(r['superseded'])}, {r['superseded_s']:.0f}")
     row("  as --plan simulates them", lambda r: "{}, {:.0f}".format(*r["plan_superseded"]))
-    row("count check", lambda r: "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
+    row("count check", lambda r: f"cut at {r['cut']:.0f} s: {r['collected']} records" if r["cut"] else
+        "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
     lat = ", ".join(f"trial {n}: {s * 1e3:.0f} ms" for n, s in sorted(latency.items()))
     lines.append(f"Optuna suggest latency ({sampler}, one study): {lat}")
     return "\n".join(lines)
@@ -593,6 +601,11 @@ def main(argv=None) -> int:
                     help="trace the driver's Python allocations (tracemalloc, slow) and print what grew most between "
                          "its snapshots S seconds apart, first to last (bench/memory.py)")
     ap.add_argument("--suggest-at", type=int, nargs="+", default=[1, 100, 1000])
+    ap.add_argument("--progress", type=float, default=60.0, metavar="S",
+                    help="a progress line every S seconds of a sweep: trials, slot time busy, driver CPU, RSS")
+    ap.add_argument("--deadline", type=float, metavar="S",
+                    help="interrupt each sweep after S seconds (as Ctrl-C does) and tabulate the part that ran: "
+                         "for a machine lent for one call of limited length (bench/scale_device.sh)")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke test: 2 nodes x 2 GPUs, 2 datasets x 4 trials, 4 epochs; checks counts")
     a = ap.parse_args(argv)

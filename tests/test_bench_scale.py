@@ -58,3 +58,23 @@ def test_scale_quick_every_trial_has_one_record():
         # and which study's pick and finals ended it, from the same records and traces
         assert re.search(rf"^what ended the sweep \({label}\): fair/\w+: its pick ran \d+-\d+ s, past its last "
                          r"rung at \d+ s; its finals \d+-\d+ s", p.stdout, re.M), out[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_scale_cut_at_its_deadline_tabulates_the_part_that_ran():
+    """`--deadline`: the sweep is interrupted as Ctrl-C does (fair sweep stops its trials and returns 130), and
+    bench.scale goes on to its table over what ran instead of failing its count check: a run on a machine lent
+    for one call of limited length returns numbers even when the sweep would outlast the call. Progress lines
+    come meanwhile."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    p = subprocess.run([sys.executable, "-m", "bench.scale", "--quick", "--deadline", "8", "--progress", "2"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "PROBLEM" not in out, out[-3000:]
+    assert "deadline 8 s: interrupting the sweep" in out and re.search(r"bench.scale: \d+ s: \d+ trials traced", out)
+    count = next(line for line in p.stdout.splitlines() if line.startswith("count check"))
+    records = int(re.search(r"cut at 8 s: (\d+) records$", count).group(1))
+    assert records < 10, count                       # 2 studies x (4 search trials + 1 final) uncut
+    wall = next(line for line in p.stdout.splitlines() if line.startswith("wall s"))
+    assert 8 <= float(wall.split()[-1]) < 60, wall

@@ -1,0 +1,95 @@
+"""What a long bench.scale run says while it runs, and where it stops when asked to.
+
+A run on a lent machine has one call of at most ten minutes, and a table printed at the end comes back only if
+the run ends in time: a sweep cut by the call's limit returns nothing but its log. So `Watch` logs, every
+`every` seconds, how far the sweep got (trials traced, slot time busy with trial work so far and over the
+last interval, the driver's CPU share and peak RSS), and with a `deadline` it interrupts the sweep there as
+Ctrl-C does (`fair sweep` then stops its trials, saves its state and returns 130), so the benchmark goes on
+to its table over the part that ran.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.scale")
+
+
+def traced_work(trace_dir: Path, since: float) -> tuple[int, float, float]:
+    """(trials traced, seconds of trial work done, of which after `since`, a time.time()) from tune.simulate's
+    trace: one jsonl file per trial, a line per finished phase; reports are not work."""
+    trials, work, recent = 0, 0.0, 0.0
+    for f in trace_dir.glob("*.jsonl"):
+        trials += 1
+        try:
+            lines = f.read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            try:
+                p = json.loads(line)
+            except ValueError:             # a line its trial is writing now
+                continue
+            if p.get("phase") != "report":
+                work += p["t1"] - p["t0"]
+                recent += max(0.0, p["t1"] - max(p["t0"], since))
+    return trials, work, recent
+
+
+class Watch:
+    """A thread beside the sweep: a progress line every `every` s; at `deadline` s (if given) one SIGINT to
+    this process, after which `fired` is True."""
+
+    def __init__(self, trace_dir: Path, slots: int, every: float = 60.0, deadline: float | None = None):
+        self.trace_dir, self.slots, self.every, self.deadline = Path(trace_dir), slots, every, deadline
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
+
+    def start(self) -> "Watch":
+        self.t0 = time.time()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def line(self, now: float, last: float, cpu_last: float) -> str:
+        """One progress line: the state at `now`, the interval from `last` (its driver CPU `cpu_last`)."""
+        trials, work, recent = traced_work(self.trace_dir, since=last)
+        elapsed, span = now - self.t0, max(now - last, 1e-9)
+        return (f"{elapsed:.0f} s: {trials} trials traced; slot time busy {100 * work / (self.slots * elapsed):.0f}% "
+                f"so far, {100 * recent / (self.slots * span):.0f}% in the last {span:.0f} s; driver CPU "
+                f"{(_cpu() - cpu_last) / span:.2f} of a core, peak RSS {_peak_rss_mb():.0f} MB")
+
+    def _run(self) -> None:
+        last, cpu_last = self.t0, _cpu()
+        while True:
+            wake = min(last + self.every, self.t0 + self.deadline if self.deadline and not self.fired else 1e18)
+            if self._stop.wait(max(0.0, wake - time.time())):
+                return
+            now = time.time()
+            if self.deadline and not self.fired and now >= self.t0 + self.deadline:
+                self.fired = True
+                log.warning("deadline %.0f s: interrupting the sweep as Ctrl-C does; the table is of the part that "
+                            "ran", self.deadline)
+                os.kill(os.getpid(), signal.SIGINT)
+            if now >= last + self.every:
+                log.info(self.line(now, last, cpu_last))
+                last, cpu_last = now, _cpu()
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

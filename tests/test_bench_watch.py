@@ -1,0 +1,45 @@
+"""bench/watch.py: a long bench.scale run says how far it got while it runs, and stops at its deadline."""
+import json
+import logging
+import signal
+import time
+
+from bench.watch import Watch, traced_work
+
+
+def _trace(folder, trial, phases):
+    with open(folder / f"{trial}.jsonl", "a") as fh:
+        for phase, t0, t1 in phases:
+            fh.write(json.dumps({"phase": phase, "t0": t0, "t1": t1, "slot": "n0:0"}) + "\n")
+
+
+def test_traced_work_counts_phases_not_reports_and_the_part_after_since(tmp_path):
+    _trace(tmp_path, "a", [("setup", 100, 102), ("epoch", 102, 106), ("report", 106, 107)])
+    _trace(tmp_path, "b", [("epoch", 104, 110)])
+    (tmp_path / "b.jsonl").open("a").write('{"phase": "epo')        # a line its trial is writing now
+    assert traced_work(tmp_path, since=0) == (2, 12.0, 12.0)
+    # after 105: 1 s of a's epoch, 5 s of b's
+    assert traced_work(tmp_path, since=105) == (2, 12.0, 6.0)
+
+
+def test_watch_logs_progress_and_interrupts_once_at_its_deadline(tmp_path, caplog):
+    """Every `every` s a line with the slot time busy; at the deadline one SIGINT to this process (what Tune's
+    handler turns into a graceful stop of the sweep), then lines go on until stop()."""
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *_: got.append(time.time()))
+    now = time.time()
+    _trace(tmp_path, "a", [("epoch", now - 0.2, now + 0.2)])        # 0.4 s of work on 2 slots
+    try:
+        with caplog.at_level(logging.INFO, logger="bench.scale"):
+            w = Watch(tmp_path, slots=2, every=0.3, deadline=0.5).start()
+            time.sleep(1.2)
+            w.stop()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert w.fired and len(got) == 1 and got[0] - w.t0 >= 0.5
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("deadline 0 s: interrupting the sweep") for m in lines), lines
+    progress = [m for m in lines if "trials traced" in m]
+    assert len(progress) >= 3, lines
+    assert progress[0].split(": ", 1)[1].startswith("1 trials traced; slot time busy "), progress
+    assert "driver CPU" in progress[-1] and "peak RSS" in progress[-1]

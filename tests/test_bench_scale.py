@@ -73,6 +73,9 @@ def test_scale_cut_at_its_deadline_tabulates_the_part_that_ran():
     out = p.stdout + p.stderr
     assert p.returncode == 0 and "PROBLEM" not in out, out[-3000:]
     assert "deadline 8 s: interrupting the sweep" in out and re.search(r"bench.scale: \d+ s: \d+ trials traced", out)
+    assert "fair sweep: interrupted with" in out, out[-3000:]
+    # trials cut before their first report are unfinished, not "stopped early" in a study without a name
+    assert not re.search(r"^\? +\d", p.stdout, re.M), p.stdout[-3000:]
     count = next(line for line in p.stdout.splitlines() if line.startswith("count check"))
     records = int(re.search(r"cut at 8 s: (\d+) records$", count).group(1))
     assert records < 10, count                       # 2 studies x (4 search trials + 1 final) uncut

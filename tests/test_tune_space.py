@@ -404,6 +404,28 @@ def test_progress_callback_pickled_by_an_older_version_still_resumes():
     assert back.unfinished([]) == [] and back.storage is None and back.total == 4
 
 
+def test_a_trial_an_interrupt_found_placed_but_not_started_is_unfinished():
+    """Ctrl-C: Tune saves a trial whose actor was placed but not yet started as PENDING (a rerun starts it),
+    then its cleanup marks it TERMINATED without a start, a result or on_trial_complete. It is unfinished,
+    not done; finished trials restored from an earlier run (TERMINATED, with their results) are not."""
+    from types import SimpleNamespace
+
+    from tune.progress import ProgressLog
+
+    def trial(tid, status, **result):
+        return SimpleNamespace(trial_id=tid, status=status, config={},
+                               run_metadata=SimpleNamespace(last_result=result))
+    log = ProgressLog("val_top1", "max", 6)
+    trials = [trial("placed", "TERMINATED", trial_id="placed", hostname="h"),   # Tune's fill for a trial never run
+              trial("cut", "TERMINATED", epoch=1), trial("stopped", "TERMINATED", epoch=2),
+              trial("done", "TERMINATED", epoch=3, final_val_top1=50.0), trial("waiting", "PENDING"),
+              trial("restored_done", "TERMINATED", epoch=3, final_val_top1=51.0)]
+    for t in ("cut", "stopped", "done"):
+        log.on_trial_start(0, trials, next(x for x in trials if x.trial_id == t))
+    log.ended |= {"stopped", "done"}
+    assert log.unfinished(trials) == ["cut", "placed", "waiting"]
+
+
 def test_a_restored_sweep_limiter_takes_the_concurrency_of_this_start():
     """Tune restores a ConcurrencyLimiter's saved state, limit included; the sweep's limiter takes the limit
     computed now, both when unpickled with the Tuner and when its saved state is applied."""

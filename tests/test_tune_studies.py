@@ -189,8 +189,8 @@ def test_an_idle_slot_runs_an_early_final_of_the_pick_and_a_later_pick_supersede
     assert s.superseded == {"e1", "e2"} and StudySearcher.is_superseded("", "e1")
     from types import SimpleNamespace
     from tune.progress import ProgressLog
-    ended = [SimpleNamespace(trial_id=t, config=s.configs[t], status="TERMINATED", last_result={})
-             for t in ("t0", "e1", "e2")]
+    ended = [SimpleNamespace(trial_id=t, config=s.configs[t], status="TERMINATED", last_result={"epoch": 1},
+                             run_metadata=SimpleNamespace(last_result={"epoch": 1})) for t in ("t0", "e1", "e2")]
     log = ProgressLog("objective", "max", 16, superseded=functools.partial(StudySearcher.is_superseded, ""))
     assert "1/16 trials done (and 2 early finals superseded)" in pickle.loads(pickle.dumps(log)).summary(ended)
     for scheduler in (sched, asha):

@@ -39,6 +39,12 @@ def finished_result(result: Optional[dict]) -> bool:
     return any(k.startswith("final_") for k in (result or {}))
 
 
+def reported(result: Optional[dict]) -> bool:
+    """Whether a trial reported at all (an epoch, or its final report): Tune fills the result of a trial
+    that never ran with its id and the host's metrics only."""
+    return "epoch" in (result or {}) or finished_result(result)
+
+
 class ProgressLog(Callback):
     """Trial started / epoch N objective / completed / errored, plus a per-dataset summary table.
 
@@ -71,10 +77,14 @@ class ProgressLog(Callback):
                               "shown": _SHOWN_FINAL, "superseded": None, **state})
 
     def unfinished(self, trials) -> list[str]:
-        """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun."""
+        """Ids of trials cut off in this run, or still waiting: they resume when the sweep is rerun. Among
+        them, trials whose actor an interrupt found placed but not started: Tune saves them PENDING (a rerun
+        starts them), then its cleanup marks them TERMINATED with neither a start nor a result."""
         return sorted(t.trial_id for t in trials
                       if (t.trial_id in self.started and t.trial_id not in self.ended)
-                      or t.status in ("PENDING", "PAUSED", "RUNNING"))
+                      or t.status in ("PENDING", "PAUSED", "RUNNING")
+                      or (t.status == "TERMINATED" and t.trial_id not in self.ended
+                          and not reported(t.run_metadata.last_result)))
 
     @staticmethod
     def _name(trial) -> str:

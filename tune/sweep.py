@@ -266,7 +266,7 @@ def most_trials(cfg: SweepConfig) -> int:
 
 
 def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
-    from tune.progress import STATE_FILE, finished_result
+    from tune.progress import STATE_FILE, finished_result, reported
     from tune.studies import FINAL, stage_of
     res = SweepResult(cfg.name, uri, len(grid))
     try:
@@ -282,6 +282,8 @@ def _summarize(cfg: SweepConfig, uri: str, grid, metric: str) -> SweepResult:
         if r.error is not None:
             res.errored.append(m.get("trial_id") or str(r.path))
             res.errored_by[k] = res.errored_by.get(k, 0) + 1
+            continue
+        if not reported(m):                # cut off before its first report: counted as unfinished below
             continue
         if stage_of(config) == FINAL:
             finals.append((k, config.get("picked_from"), m))

@@ -8,6 +8,7 @@
     python -m bench.scale --compare cores [--cores 1]  # all this machine's cores, then the same sweep on fewer
     python -m bench.scale --compare trials_niced     # again with the trial processes yielding the cores first
     python -m bench.scale --s3 --compare background_deletes  # old checkpoints deleted in the loop, then beside it
+    python -m bench.scale --compare reports_at_end   # each epoch reported to the Optuna studies, then only the last
     python -m bench.scale ... --deadline 480         # interrupt the sweep there, tabulate what ran (bench/watch.py)
     bash bench/scale_device.sh run ...               # on the lent 16-core GPU machine (see that script)
 
@@ -75,6 +76,9 @@ NICED = {"trials_niced": ({"trial processes"}, 10)}
 # --compare NAME: the first run deletes trials' old checkpoints in the driver's loop (Tune alone), the second
 # beside it, as `fair sweep` does now (tune.checkpoint_deletion)
 DELETES = ("background_deletes",)
+# --compare NAME: the searcher reports each search trial's epochs to its Optuna study as they come (one storage
+# write each in the driver's loop, Ray's OptunaSearch), then only a stopped trial's last one at its end
+REPORTS = ("reports_at_end",)
 log = logging.getLogger("bench.scale")
 
 
@@ -374,10 +378,11 @@ def check_counts(records: list[dict], cfg, picks: dict[str, str]) -> tuple[list[
 
 
 def run_scale(a, label: str, extra: list[str], storage: str, server=None, uploads: str = "puts",
-              lower: tuple[set[str], int] | None = None, deletes: str = "beside") -> dict:
+              lower: tuple[set[str], int] | None = None, deletes: str = "beside", epoch_reports: bool = False) -> dict:
     """One sweep at this scale; its measurements (with the storage server's CPU time, when there is one).
     `uploads`: how snapshots upload the driver's folder (snapshot_uploads); `lower`: process groups held at a
-    niceness meanwhile (bench.cpu_use.lower); `deletes`: where old checkpoints are deleted (checkpoint_deletes)."""
+    niceness meanwhile (bench.cpu_use.lower); `deletes`: where old checkpoints are deleted (checkpoint_deletes);
+    `epoch_reports`: every epoch reported to the studies (study_reports)."""
     from cluster.cli import sweep_main
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
@@ -385,6 +390,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     sweep_file = trace_dir / "sweep.yaml"
     write_sweep_file(cfg, sweep_file)
     timers = Timers()
+    study_reports(every_epoch=epoch_reports)
     instrument(timers)
     snapshot_uploads(uploads)
     import ray
@@ -479,6 +485,24 @@ def checkpoint_deletes(inline: bool) -> None:
     if inline:
         checkpoint_deletion.uninstall()
         checkpoint_deletion.install = lambda: False
+
+
+def study_reports(every_epoch: bool) -> None:
+    """How the next run's searcher reports search trials' epochs to their Optuna studies: a stopped trial's
+    last one, at its end (tune.searcher, as `fair sweep` runs), or `every_epoch` as each comes, as Ray's
+    OptunaSearch does (and the searcher did before 2026-12-04)."""
+    from tune.searcher import METRIC, StudySearcher
+    from tune.studies import FINAL
+    real = study_reports.__dict__.setdefault("real", StudySearcher.on_trial_result)
+    StudySearcher.on_trial_result = real
+    if every_epoch:
+        def on_trial_result(self, trial_id, result):
+            real(self, trial_id, result)
+            k = self.owner.get(trial_id)
+            if k is not None and self.stage(trial_id) != FINAL and result.get(METRIC) is not None:
+                self._attach()
+                self._report_pruned(k, trial_id, result)
+        StudySearcher.on_trial_result = on_trial_result
 
 
 def _uninstrument() -> None:
@@ -589,7 +613,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", default="direct", choices=["direct", "trainer"])
     ap.add_argument("--checkpoint-mb", type=float, default=1.0,
                     help="size of each epoch's checkpoint (FAIR keeps trainable norm layers: ~1 MB for ViT-B-32)")
-    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED, *NICED, *DELETES]),
+    ap.add_argument("--compare", choices=sorted([*FIXES, *STORAGES, *UPLOADS, *PINNED, *NICED, *DELETES, *REPORTS]),
                     help="run twice: without and with this fix (s3: in a local folder, then in SeaweedFS)")
     ap.add_argument("--cores", type=int, help="--compare cores: the second run's cores (default: half)")
     ap.add_argument("--only", action="store_true",
@@ -622,7 +646,7 @@ def main(argv=None) -> int:
             base = storage.s3 if a.s3 else storage.local
             runs = [("base", [], base)] + ([(a.compare, [], storage.s3)] if a.compare in STORAGES else
                                            [(a.compare, [], base)] if a.compare in (*UPLOADS, *PINNED, *NICED,
-                                                                                    *DELETES) else
+                                                                                    *DELETES, *REPORTS) else
                                            [(a.compare, FIXES[a.compare], base)] if a.compare else [])
             rows = []
             for label, extra, uri in runs[1:] if a.only else runs:
@@ -631,7 +655,8 @@ def main(argv=None) -> int:
                 rows.append(run_scale(a, label, a.extra + extra, uri, storage.server if uri == storage.s3 else None,
                                       uploads=UPLOADS[a.compare] if a.compare in UPLOADS and label == "base"
                                       else "puts", lower=NICED.get(label),
-                                      deletes="inline" if a.compare in DELETES and label == "base" else "beside"))
+                                      deletes="inline" if a.compare in DELETES and label == "base" else "beside",
+                                      epoch_reports=a.compare in REPORTS and label == "base"))
         finally:
             import ray
             ray.shutdown()

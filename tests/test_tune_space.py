@@ -129,11 +129,14 @@ def test_a_stopped_trial_is_pruned_and_never_the_best():
     lim, s = _limited_searcher()
     lim.suggest("t0"), lim.suggest("t1")
     lim.on_trial_result("t1", {"objective": 90.0, "epoch": 1, "training_iteration": 1})
+    study = s.studies["a"]._ot_study
+    assert study.trials[1].intermediate_values == {}    # an epoch costs the study's storage no write
     lim.on_trial_complete("t0", _final(50.0))
     lim.on_trial_complete("t1", {"objective": 99.0, "epoch": 2, "training_iteration": 2})  # stopped: no final_*
-    study = s.studies["a"]._ot_study
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
-    assert study.trials[1].intermediate_values == {1: 90.0, 2: 99.0}   # the stopping epoch included
+    # the epoch it stopped on (Tune sends the searcher no result for it): TPE ranks a pruned trial by its last
+    # step's value alone, so this is all of the search's input that every epoch's report gave it
+    assert study.trials[1].intermediate_values == {2: 99.0}
     assert study.best_value == 50.0 and study.best_trial.number == 0
 
 
@@ -482,3 +485,25 @@ def test_progress_lines_and_sweep_summary_show_validation_unless_show_test(caplo
     res = SweepResult("s", "/tmp/x", 1, best={"dtd": {"trial_id": "t1", "objective": 71.0, **result}})
     assert "71.00 ± 1.90" in res.table("val_top1") and "88.8" not in res.table("val_top1")
     assert "88.80" in res.table("val_top1", show_test=True)
+
+
+def test_tpe_suggests_the_same_from_a_pruned_trials_last_epoch_as_from_all_of_them():
+    """Why the searcher reports a stopped trial's epochs to its study only once, at its end (the last one):
+    the sweep's sampler, given the same trials, suggests exactly the same next configurations either way."""
+    from tune.searcher import make_sampler
+    import random
+    rng = random.Random(0)
+    space = {"x": optuna.distributions.FloatDistribution(0, 1), "y": optuna.distributions.FloatDistribution(0, 1)}
+    history = [({"x": rng.random(), "y": rng.random()}, [rng.random() for _ in range(rng.randint(1, 6))],
+                i == 0) for i in range(40)]   # one completed: the pruned ones decide most of TPE's good group
+
+    def next_params(all_epochs: bool) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe-multivariate", 7))
+        for params, curve, complete in history:
+            steps = dict(enumerate(curve, 1))
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=space, state=optuna.trial.TrialState.COMPLETE if complete else
+                optuna.trial.TrialState.PRUNED, value=curve[-1] if complete else None,
+                intermediate_values=None if complete else steps if all_epochs else dict([max(steps.items())])))
+        return [study.ask(space).params for _ in range(5)]
+    assert next_params(all_epochs=True) == next_params(all_epochs=False)

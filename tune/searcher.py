@@ -377,16 +377,14 @@ class StudySearcher(Searcher):
         return stage_of(self.configs.get(trial_id))
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
+        """An epoch's result: kept if it is the settled epoch's (the finals' order). Not reported to the study:
+        see _report_pruned."""
         k = self.owner.get(trial_id)
         if k is None or self.stage(trial_id) == FINAL:
             return
-        self._attach()
-        s = self.studies[k]
-        # a resumed trial whose study already holds its end: nothing to report to (Ray would warn)
-        if result.get(METRIC) is not None and trial_id in s._ot_trials and trial_id not in s._completed_trials:
-            with warnings.catch_warnings():   # an epoch reported again after a resume: Optuna keeps the first
-                warnings.filterwarnings("ignore", message=".*is already reported")
-                s.on_trial_result(trial_id, result)
+        self._settle(k, trial_id, result)
+
+    def _settle(self, k: str, trial_id: str, result: Dict) -> None:
         settled, epoch = self.hand_out.settled_epoch, result.get("epoch")
         if (settled is not None and epoch is not None and epoch >= settled and result.get(METRIC) is not None
                 and trial_id not in self.settled[k]):     # Tune passes no result ASHA stopped on
@@ -419,12 +417,25 @@ class StudySearcher(Searcher):
         self._supersede(k)            # a new pick, or a contender decided
         if told is None:
             if state == "PRUNED" and value is not None and "training_iteration" in result:
-                self.on_trial_result(trial_id, result)   # the epoch it was stopped on (Tune sent it no result)
+                self._settle(k, trial_id, result)        # the epoch it was stopped on (Tune sent it no result)
+                self._report_pruned(k, trial_id, result)
             # OptunaSearch tells COMPLETE with the result's objective, else PRUNED, or FAIL when error=True
             study.on_trial_complete(trial_id, result=result if state == "COMPLETE" else None,
                                     error=state == "FAIL")
         elif told.state.name == "FAIL" and state != "FAIL":
             self._tell_late(k, trial_id, result, state)
+
+    def _report_pruned(self, k: str, trial_id: str, result: Dict) -> None:
+        """Give study `k` the epoch a stopped trial ended on, as its one intermediate value, before it is told
+        PRUNED. TPE ranks a pruned trial by its last step's value alone (Optuna's _get_pruned_trial_score),
+        and the study has no pruner (ASHA is Tune's), so reporting every epoch as it came, one storage
+        write each in the driver's loop (a network round trip where the storage is a database server), would
+        tell it nothing more."""
+        s = self.studies[k]
+        if trial_id in s._ot_trials and trial_id not in s._completed_trials:
+            with warnings.catch_warnings():   # reported before by an older version's run: Optuna keeps the first
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                s.on_trial_result(trial_id, result)
 
     def _frozen(self, k: str, trial_id: str):
         """The study's own (frozen) trial of Tune trial `trial_id`, as the storage holds it now."""

@@ -487,6 +487,7 @@ def test_progress_lines_and_sweep_summary_show_validation_unless_show_test(caplo
     assert "88.80" in res.table("val_top1", show_test=True)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")    # TPE's group=True
 def test_tpe_suggests_the_same_from_a_pruned_trials_last_epoch_as_from_all_of_them():
     """Why the searcher reports a stopped trial's epochs to its study only once, at its end (the last one):
     the sweep's sampler, given the same trials, suggests exactly the same next configurations either way."""

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench.cpu_use import CpuUse, pin
 from bench.memory import Growth, malloc_held
-from bench.watch import Watch
+from bench.watch import Watch, read_trace
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -246,17 +246,6 @@ def start_cluster(a):
 
 # ------------------------------------------------------------------------------------------- measuring
 
-def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
-    """{trial: its phases of work} and every report (tune.simulate's trace: a report is not work, but the
-    checkpoint upload and then the wait for the driver to take the result)."""
-    work, reports = {}, []
-    for f in trace_dir.glob("*.jsonl"):
-        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        work[f.stem] = [p for p in lines if p["phase"] != "report"]
-        reports += [p for p in lines if p["phase"] == "report"]
-    return work, reports
-
-
 def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
     """Busy slot-seconds, the idle gaps between consecutive trials on the same slot, and those between two
     phases of one trial (the report, checkpoint and record writes, ASHA's decision between epochs)."""
@@ -434,7 +423,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     plan = est.schedule(asha=cfg.budget.early_stopping is not None)
     settled = settled_epoch(cfg)
     out = {
-        "label": label, "exit": code, "cut": a.deadline if watch.fired else None, "trials": cfg.total_trials, "slots": slots, "wall": wall, "scale": scale,
+        "label": label, "exit": code, "cut": a.deadline if watch.fired else None, "trials": cfg.total_trials,
+        "slots": slots, "wall": wall, "scale": scale,
         **use, "plan_wall": plan_sim, "uploads": [p["upload_s"] for p in reports],
         "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports],
         "collect_s": collect_s, "collected": summary["records"],

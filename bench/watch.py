@@ -21,25 +21,33 @@ from pathlib import Path
 log = logging.getLogger("bench.scale")
 
 
-def traced_work(trace_dir: Path, since: float) -> tuple[int, float, float]:
-    """(trials traced, seconds of trial work done, of which after `since`, a time.time()) from tune.simulate's
-    trace: one jsonl file per trial, a line per finished phase; reports are not work."""
-    trials, work, recent = 0, 0.0, 0.0
+def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+    """{trial: its phases of work} and every report (tune.simulate's trace, one jsonl file per trial and a line
+    per finished phase: a report is not work, but the checkpoint upload and then the wait for the driver to
+    take the result). Read while the sweep runs, a file may vanish or end in a line being written."""
+    work, reports = {}, []
     for f in trace_dir.glob("*.jsonl"):
-        trials += 1
         try:
-            lines = f.read_text().splitlines()
+            text = f.read_text()
         except FileNotFoundError:
             continue
-        for line in lines:
+        lines = []
+        for line in text.splitlines():
             try:
-                p = json.loads(line)
-            except ValueError:             # a line its trial is writing now
+                lines.append(json.loads(line))
+            except ValueError:             # empty, or a line its trial is writing now
                 continue
-            if p.get("phase") != "report":
-                work += p["t1"] - p["t0"]
-                recent += max(0.0, p["t1"] - max(p["t0"], since))
-    return trials, work, recent
+        work[f.stem] = [p for p in lines if p["phase"] != "report"]
+        reports += [p for p in lines if p["phase"] == "report"]
+    return work, reports
+
+
+def traced_work(trace_dir: Path, since: float) -> tuple[int, float, float]:
+    """(trials traced, seconds of trial work done, of which after `since`, a time.time())."""
+    work = read_trace(trace_dir)[0]
+    phases = [p for trial in work.values() for p in trial]
+    return (len(work), sum(p["t1"] - p["t0"] for p in phases),
+            sum(max(0.0, p["t1"] - max(p["t0"], since)) for p in phases))
 
 
 class Watch:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench.cpu_use import CpuUse, pin
 from bench.memory import Growth, malloc_held
-from bench.watch import Watch, read_trace
+from bench.watch import Watch, read_trace, work_between
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper13-vitb32.yaml"
 FIXES = {  # --compare NAME: a second run with these sweep-file overrides, beside the sweep as it is
@@ -223,6 +223,16 @@ def build_sweep(a, name: str, storage: str, trace_dir: str, extra: list[str]):
     return cfg, scale, plan_wall / scale, est
 
 
+def plan_line(cfg, scale: float, plan_sim: float, slots: int, deadline: float | None) -> str:
+    """What the run is expected to take, before it starts: the time scale, the simulated epochs and `--plan`'s
+    predicted wall; whether a --deadline will cut it."""
+    epochs = cfg.simulate["epoch_s"].values()
+    cut = "" if not deadline else (f"; --deadline {deadline:.0f} s will cut it" if deadline < plan_sim
+                                   else f"; ends before --deadline {deadline:.0f} s if the plan holds")
+    return (f"{slots} slots x {cfg.total_trials} trials, time scale {scale:.1f} (epochs {min(epochs):.2f}-"
+            f"{max(epochs):.1f} s): --plan predicts {plan_sim:.0f} s{cut}")
+
+
 def write_sweep_file(cfg, path: Path) -> None:
     from tune.sweep import _snapshot
     import yaml
@@ -246,10 +256,13 @@ def start_cluster(a):
 
 # ------------------------------------------------------------------------------------------- measuring
 
-def slot_use(trace: dict[str, list[dict]], slots: int, wall: float) -> dict:
-    """Busy slot-seconds, the idle gaps between consecutive trials on the same slot, and those between two
-    phases of one trial (the report, checkpoint and record writes, ASHA's decision between epochs)."""
-    work = sum(p["t1"] - p["t0"] for phases in trace.values() for p in phases)
+def slot_use(trace: dict[str, list[dict]], running: dict[str, dict], slots: int, t0: float, end: float) -> dict:
+    """Busy slot-seconds from `t0` to `end` (time.time()s: the sweep's start, its end or the cut), counting the
+    phases still running at `end` up to it; the idle gaps between consecutive trials on the same slot, and
+    those between two phases of one trial (the report, checkpoint and record writes, ASHA's decision between
+    epochs)."""
+    wall = end - t0
+    work = work_between(trace, running, t0, end)
     steps = []
     for phases in trace.values():
         ordered = sorted(phases, key=lambda p: p["t0"])
@@ -376,6 +389,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     name = f"scale-{label}-{time.strftime('%H%M%S')}"
     trace_dir = Path(tempfile.mkdtemp(prefix="fair-scale-trace-"))
     cfg, scale, plan_sim, est = build_sweep(a, name, storage, str(trace_dir), extra)
+    log.info("run %s: %s", label, plan_line(cfg, scale, plan_sim, a.nodes * a.gpus_per_node, a.deadline))
     sweep_file = trace_dir / "sweep.yaml"
     write_sweep_file(cfg, sweep_file)
     timers = Timers()
@@ -407,8 +421,12 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     requests = {k: v - requests0.get(k, 0) for k, v in (server.requests() if server else {}).items()}
     from tune.sweep import preflight, settled_epoch
     uri = preflight(cfg, data_check=False)
-    trace, reports = read_trace(trace_dir)
-    use = slot_use(trace, slots, wall)
+    trace, reports, running = read_trace(trace_dir)
+    # a cut run is measured to the cut, its phases then running counted up to it: the trials' stopping after
+    # it is no part of what ran. A whole run's trials end their phases (ASHA stops one at a report).
+    end = watch.fired or t0_wall + wall
+    use = slot_use(trace, running if watch.fired else {}, slots, t0_wall, end)
+    started = len(trace.keys() | running.keys())
     objects = storage_objects(uri, name)
     from results.collect import collect
     records = read_records(uri, name)
@@ -424,7 +442,8 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
     settled = settled_epoch(cfg)
     out = {
         "label": label, "exit": code, "cut": a.deadline if watch.fired else None, "trials": cfg.total_trials,
-        "slots": slots, "wall": wall, "scale": scale,
+        "per": started if watch.fired else cfg.total_trials, "stopping_s": t0_wall + wall - end,
+        "slots": slots, "wall": end - t0_wall, "scale": scale,
         **use, "plan_wall": plan_sim, "uploads": [p["upload_s"] for p in reports],
         "driver_waits": [p["t1"] - p["t0"] - p["upload_s"] for p in reports],
         "collect_s": collect_s, "collected": summary["records"],
@@ -432,7 +451,7 @@ def run_scale(a, label: str, extra: list[str], storage: str, server=None, upload
         "superseded_s": sum(trial_spans({t: trace.get(t, []) for t in superseded}).values()),
         "plan_superseded": (plan.superseded, plan.superseded_s / scale),
         "chain": chain_bound(trace, records, picks, settled),
-        "tail": tail(trace, records, picks, settled, t0_wall),
+        "tail": None if watch.fired else tail(trace, records, picks, settled, t0_wall),
         "problems": problems + ([] if summary["records"] == expected else
                                 [f"results collect read {summary['records']} records of {expected} trials"]),
         "first_work": use["first"] - t0_wall,
@@ -525,7 +544,8 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     def row(name: str, fn) -> None:
         lines.append(f"{name:44s}" + "".join(f"  {fn(r):>18s}" for r in rows))
     row("run", lambda r: r["label"])
-    row("slots x trials", lambda r: f"{r['slots']} x {r['trials']}")
+    row("slots x trials", lambda r: f"{r['slots']} x {r['trials']}" if not r["cut"] else
+        f"{r['slots']} x {r['per']} started of {r['trials']}")
     row("time scale (real s per simulated s)", lambda r: f"{r['scale']:.0f}")
     row("simulated epoch s (min-max)", lambda r: f"{r['epoch_range'][0]:.2f}-{r['epoch_range'][1]:.1f}")
     row("wall s", lambda r: f"{r['wall']:.0f}")
@@ -543,8 +563,10 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
         f"{_q(r['uploads'], .9):.3f}")
     row("  in a report: wait for the driver (med/p90)", lambda r: f"{_q(r['driver_waits'], .5):.3f} / "
         f"{_q(r['driver_waits'], .9):.3f}")
+    # the plan is of the whole sweep: nothing to set beside a cut run's part
     row("--plan predicted wall s (sim. time)", lambda r: f"{r['plan_wall']:.0f}")
-    row("simulated wall / --plan", lambda r: f"{r['wall'] / r['plan_wall']:.2f}x" if r["plan_wall"] else "-")
+    row("simulated wall / --plan", lambda r: f"{r['wall'] / r['plan_wall']:.2f}x" if r["plan_wall"] and not r["cut"]
+        else "-")
     row("suggest in sweep s (median/max)", lambda r: f"{_q(r['suggest'], .5):.3f} / {max(r['suggest'] or [0]):.3f}")
     row("snapshots (count, total s)", lambda r: f"{len(r['snapshots'])}, {sum(r['snapshots']):.1f}")
     row("snapshot s (first fifth / last fifth)", lambda r: _fifths(r["snapshots"]))
@@ -552,7 +574,7 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("checkpoints registered (count, loop s, p90)", lambda r: f"{len(r['ckpt_register'])}, "
         f"{sum(r['ckpt_register']):.1f}, {_q(r['ckpt_register'], .9) * 1e3:.0f} ms")
     row("  old ones deleted beside the loop (count, s)", lambda r: "{}, {:.1f}".format(*r["ckpt_deleted"]))
-    row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['trials']:.2f})")
+    row("driver CPU s (per trial)", lambda r: f"{r['driver_cpu']:.0f} ({r['driver_cpu'] / r['per']:.2f})")
     row("driver RSS MB: process peak / this run's", lambda r: f"{r['rss_mb']:.0f} / "
         f"{r['machine']['rss_peak_mb']:.0f}")
     row("  malloc at the end: in use / free held, arenas", lambda r: "{:.0f} / {:.0f}, {}".format(
@@ -564,18 +586,19 @@ def table(rows: list[dict], latency: dict[int, float], sampler: str) -> str:
     row("storage (server CPU s)", lambda r: "folder" if r["server_cpu"] is None
         else f"S3 ({r['server_cpu']:.1f})")
     row("S3 requests per trial (PUT / GET / DELETE)", lambda r: " / ".join(
-        f"{r['requests'].get(k, 0) / r['trials']:.1f}" for k in ("PUT", "GET", "DELETE")) if r["requests"] else "-")
-    row("  all types (LIST, HEAD, ...) per trial", lambda r: f"{sum(r['requests'].values()) / r['trials']:.1f}"
+        f"{r['requests'].get(k, 0) / r['per']:.1f}" for k in ("PUT", "GET", "DELETE")) if r["requests"] else "-")
+    row("  all types (LIST, HEAD, ...) per trial", lambda r: f"{sum(r['requests'].values()) / r['per']:.1f}"
         if r["requests"] else "-")
     row("files snapshots uploaded (per trial)", lambda r: f"{r['snapshot_files']} "
-        f"({r['snapshot_files'] / r['trials']:.1f})")
-    row("storage objects per trial", lambda r: f"{sum(r['objects'].values()) / r['trials']:.1f}")
+        f"({r['snapshot_files'] / r['per']:.1f})")
+    row("storage objects per trial", lambda r: f"{sum(r['objects'].values()) / r['per']:.1f}")
     row("  records / checkpoints / trial files", lambda r: "{} / {} / {}".format(
         *(r["objects"].get(k, 0) for k in ("records", "checkpoints", "trial files"))))
     row("results collect s (records)", lambda r: f"{r['collect_s']:.1f} ({r['collected']})")
     row("early finals superseded (count, slot s)", lambda r: f"{len(r['superseded'])}, {r['superseded_s']:.0f}")
-    row("  as --plan simulates them", lambda r: "{}, {:.0f}".format(*r["plan_superseded"]))
-    row("count check", lambda r: f"cut at {r['cut']:.0f} s: {r['collected']} records" if r["cut"] else
+    row("  as --plan simulates them", lambda r: "{}, {:.0f}".format(*r["plan_superseded"]) if not r["cut"] else "-")
+    row("count check", lambda r: f"cut at {r['cut']:.0f} s: {r['collected']} records, stopped "
+        f"{r['stopping_s']:.0f} s later" if r["cut"] else
         "ok" if not r["problems"] else f"{len(r['problems'])} PROBLEMS")
     lat = ", ".join(f"trial {n}: {s * 1e3:.0f} ms" for n, s in sorted(latency.items()))
     lines.append(f"Optuna suggest latency ({sampler}, one study): {lat}")
@@ -620,6 +643,9 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=float, metavar="S",
                     help="interrupt each sweep after S seconds (as Ctrl-C does) and tabulate the part that ran: "
                          "for a machine lent for one call of limited length (bench/scale_device.sh)")
+    ap.add_argument("--plan-only", action="store_true",
+                    help="print the time scale and --plan's predicted wall for these flags, and exit: what a "
+                         "lent machine's one call of limited length must fit")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke test: 2 nodes x 2 GPUs, 2 datasets x 4 trials, 4 epochs; checks counts")
     a = ap.parse_args(argv)
@@ -630,6 +656,10 @@ def main(argv=None) -> int:
         a.trial_s, a.suggest_at = 3.0, [1, 20]
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("bench.scale").setLevel(logging.INFO)
+    if a.plan_only:
+        cfg, scale, plan_sim, _ = build_sweep(a, "plan", tempfile.gettempdir(), "", a.extra)
+        print(plan_line(cfg, scale, plan_sim, a.nodes * a.gpus_per_node, a.deadline))
+        return 0
     with _storage(a.s3 or a.compare == "s3") as storage:
         cluster = start_cluster(a)
         try:
@@ -661,7 +691,8 @@ def main(argv=None) -> int:
           f"load {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} cores")
     print(table(rows, latency, cfg.search.sampler))
     for r in rows:
-        print(f"what ended the sweep ({r['label']}): {r['tail']}")
+        if r["tail"]:
+            print(f"what ended the sweep ({r['label']}): {r['tail']}")
     for r in rows:
         if r["grew"]:
             print(f"driver's Python heap, grown from the first snapshot to the last ({r['label']}):\n  "

@@ -11,7 +11,10 @@
 #
 # A call runs at most 600 s and returns a table only if the run ends in it: `run` adds `--deadline 480
 # --progress 30` unless a --deadline is given, so the sweep is cut in time and tabulated (bench/watch.py).
-# Seen on 2026-12-04: 13 x 80 trials at --trial-s 20 on 64 slots had not ended after 570 s (755 ASHA stops).
+# Check first, here: the same flags with --plan-only print --plan's predicted wall and whether the deadline
+# cuts the run (a call also spends ~60 s before the sweep starts and ~60 s after the cut). Seen on 2026-12-04:
+# 13 x 80 trials at --trial-s 90 cut at 470 s gave the steady state (docs/speed.md); 13 x 16 trials at
+# --trial-s 40, guessed to end in ~200 s, was planned at 685 s and was cut.
 #
 # The device tool's call: command "bash bench/scale_device.sh run ...", carry [".devsite"]; the log comes
 # back as $OUT/scale.log. .devsite/ is ignored by git.

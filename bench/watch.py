@@ -21,11 +21,12 @@ from pathlib import Path
 log = logging.getLogger("bench.scale")
 
 
-def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
-    """{trial: its phases of work} and every report (tune.simulate's trace, one jsonl file per trial and a line
-    per finished phase: a report is not work, but the checkpoint upload and then the wait for the driver to
-    take the result). Read while the sweep runs, a file may vanish or end in a line being written."""
-    work, reports = {}, []
+def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict], dict[str, dict]]:
+    """{trial: its finished phases of work}, every report, and {trial: its phase of work still running} (tune.
+    simulate's trace, one jsonl file per trial: an open line as a phase starts, a line as it ends; a report is
+    not work but the checkpoint upload and then the wait for the driver to take the result). Read while the
+    sweep runs, a file may vanish or end in a line being written."""
+    work, reports, running = {}, [], {}
     for f in trace_dir.glob("*.jsonl"):
         try:
             text = f.read_text()
@@ -37,26 +38,38 @@ def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
                 lines.append(json.loads(line))
             except ValueError:             # empty, or a line its trial is writing now
                 continue
-        work[f.stem] = [p for p in lines if p["phase"] != "report"]
+        done = [p for p in lines if p["phase"] != "report" and not p.get("open")]
+        ended = {(p["phase"], p["t0"]) for p in done}
+        opened = [p for p in lines if p.get("open") and (p["phase"], p["t0"]) not in ended]
+        work[f.stem] = done
         reports += [p for p in lines if p["phase"] == "report"]
-    return work, reports
+        if opened:
+            running[f.stem] = opened[-1]
+    return work, reports, running
 
 
-def traced_work(trace_dir: Path, since: float) -> tuple[int, float, float]:
-    """(trials traced, seconds of trial work done, of which after `since`, a time.time())."""
-    work = read_trace(trace_dir)[0]
-    phases = [p for trial in work.values() for p in trial]
-    return (len(work), sum(p["t1"] - p["t0"] for p in phases),
-            sum(max(0.0, p["t1"] - max(p["t0"], since)) for p in phases))
+def work_between(work: dict[str, list[dict]], running: dict[str, dict], since: float, until: float) -> float:
+    """Seconds of trial work done between two time.time()s: finished phases and those still running at
+    `until`, each clipped to the interval."""
+    spans = [(p["t0"], p["t1"]) for phases in work.values() for p in phases]
+    spans += [(p["t0"], until) for p in running.values()]
+    return sum(max(0.0, min(t1, until) - max(t0, since)) for t0, t1 in spans)
+
+
+def traced_work(trace_dir: Path, since: float, now: float) -> tuple[int, float, float]:
+    """(trials traced, seconds of trial work done by `now`, of which after `since`; time.time()s), counting the
+    phases running at `now` up to it."""
+    work, _, running = read_trace(trace_dir)
+    return (len(work), work_between(work, running, 0.0, now), work_between(work, running, since, now))
 
 
 class Watch:
     """A thread beside the sweep: a progress line every `every` s; at `deadline` s (if given) one SIGINT to
-    this process, after which `fired` is True."""
+    this process, after which `fired` holds its time.time()."""
 
     def __init__(self, trace_dir: Path, slots: int, every: float = 60.0, deadline: float | None = None):
         self.trace_dir, self.slots, self.every, self.deadline = Path(trace_dir), slots, every, deadline
-        self.fired = False
+        self.fired: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
 
@@ -71,7 +84,7 @@ class Watch:
 
     def line(self, now: float, last: float, cpu_last: float) -> str:
         """One progress line: the state at `now`, the interval from `last` (its driver CPU `cpu_last`)."""
-        trials, work, recent = traced_work(self.trace_dir, since=last)
+        trials, work, recent = traced_work(self.trace_dir, since=last, now=now)
         elapsed, span = now - self.t0, max(now - last, 1e-9)
         return (f"{elapsed:.0f} s: {trials} trials traced; slot time busy {100 * work / (self.slots * elapsed):.0f}% "
                 f"so far, {100 * recent / (self.slots * span):.0f}% in the last {span:.0f} s; driver CPU "
@@ -85,7 +98,7 @@ class Watch:
                 return
             now = time.time()
             if self.deadline and not self.fired and now >= self.t0 + self.deadline:
-                self.fired = True
+                self.fired = now
                 log.warning("deadline %.0f s: interrupting the sweep as Ctrl-C does; the table is of the part that "
                             "ran", self.deadline)
                 os.kill(os.getpid(), signal.SIGINT)

@@ -1,8 +1,10 @@
 """`python -m bench.scale --quick`: the real sweep path on a simulated 2-node cluster, counts only (no timings)."""
+import io
 import os
 import re
 import subprocess
 import sys
+from contextlib import redirect_stdout
 
 import pytest
 
@@ -77,7 +79,24 @@ def test_scale_cut_at_its_deadline_tabulates_the_part_that_ran():
     # trials cut before their first report are unfinished, not "stopped early" in a study without a name
     assert not re.search(r"^\? +\d", p.stdout, re.M), p.stdout[-3000:]
     count = next(line for line in p.stdout.splitlines() if line.startswith("count check"))
-    records = int(re.search(r"cut at 8 s: (\d+) records$", count).group(1))
+    records = int(re.search(r"cut at 8 s: (\d+) records, stopped \d+ s later$", count).group(1))
     assert records < 10, count                       # 2 studies x (4 search trials + 1 final) uncut
-    wall = next(line for line in p.stdout.splitlines() if line.startswith("wall s"))
-    assert 8 <= float(wall.split()[-1]) < 60, wall
+    # measured to the cut, per trial started; the plan is of the whole sweep, nothing to set beside the part
+    rows = {line[:44].strip(): line[44:].strip() for line in p.stdout.splitlines() if len(line) > 44}
+    assert 8 <= float(rows["wall s"]) < 12, rows["wall s"]
+    started = int(re.fullmatch(r"4 x (\d+) started of 10", rows["slots x trials"]).group(1))
+    assert records <= started <= 10, rows["slots x trials"]
+    assert rows["simulated wall / --plan"] == "-", rows
+
+
+def test_scale_plan_only_says_what_a_run_takes_before_it_starts():
+    """`--plan-only`: the time scale and --plan's predicted wall, whether a --deadline cuts the run; no cluster
+    (what to check before spending a lent machine's one call)."""
+    from bench.scale import main
+    for deadline, says in (("1", "--deadline 1 s will cut it"), ("100000", "ends before --deadline 100000 s")):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            assert main(["--quick", "--plan-only", "--deadline", deadline]) == 0
+        line = out.getvalue().strip()
+        assert re.fullmatch(r"4 slots x 10 trials, time scale [\d.]+ \(epochs [\d.]+-[\d.]+ s\): --plan predicts "
+                            r"\d+ s; " + re.escape(says) + r".*", line), line

@@ -4,7 +4,9 @@ import logging
 import signal
 import time
 
-from bench.watch import Watch, traced_work
+from bench.scale import slot_use
+from bench.watch import Watch, read_trace, traced_work
+from tune.simulate import Trace
 
 
 def _trace(folder, trial, phases):
@@ -17,9 +19,38 @@ def test_traced_work_counts_phases_not_reports_and_the_part_after_since(tmp_path
     _trace(tmp_path, "a", [("setup", 100, 102), ("epoch", 102, 106), ("report", 106, 107)])
     _trace(tmp_path, "b", [("epoch", 104, 110)])
     (tmp_path / "b.jsonl").open("a").write('{"phase": "epo')        # a line its trial is writing now
-    assert traced_work(tmp_path, since=0) == (2, 12.0, 12.0)
+    assert traced_work(tmp_path, since=0, now=200) == (2, 12.0, 12.0)
     # after 105: 1 s of a's epoch, 5 s of b's
-    assert traced_work(tmp_path, since=105) == (2, 12.0, 6.0)
+    assert traced_work(tmp_path, since=105, now=200) == (2, 12.0, 6.0)
+
+
+def test_a_phase_still_running_counts_up_to_now(tmp_path):
+    """tune.simulate's own trace: a phase writes an open line as it starts and its line as it ends; work still
+    running at a progress line counts up to it (read only as phases end, a 30 s interval of 50 s epochs
+    read 35-56 % busy on slots that were all busy)."""
+    trace = Trace(str(tmp_path), "a")
+    t0, t1 = trace.wait("setup", 0.0)
+    trace("setup", t0, t1)
+    t0, _ = trace.wait("epoch", 0.0)                 # its epoch started and has not ended
+    work, reports, running = read_trace(tmp_path)
+    assert [p["phase"] for p in work["a"]] == ["setup"] and running["a"]["phase"] == "epoch" and not reports
+    trials, done, recent = traced_work(tmp_path, since=t0 + 5, now=t0 + 10)
+    assert trials == 1 and 10.0 <= done <= 10.1 and recent == 5.0
+    trace("epoch", t0, t0 + 20)                      # it ended: the phase's own line, nothing open
+    assert read_trace(tmp_path)[2] == {}
+    assert traced_work(tmp_path, since=t0 + 5, now=t0 + 30)[2] == 15.0
+
+
+def test_a_cut_run_is_measured_to_the_cut(tmp_path):
+    """bench.scale's slot use of a run cut at its deadline: phases clipped to the cut and those running then
+    counted up to it, so two slots busy throughout read 100 % busy."""
+    _trace(tmp_path, "a", [("setup", 100, 102), ("epoch", 102, 130)])      # ended after the cut at 120
+    _trace(tmp_path, "b", [("setup", 100, 105)])
+    with open(tmp_path / "b.jsonl", "a") as fh:
+        fh.write(json.dumps({"phase": "epoch", "t0": 105, "open": True, "slot": "n0:1"}) + "\n")
+    work, _, running = read_trace(tmp_path)
+    use = slot_use(work, running, slots=2, t0=100, end=120)
+    assert use["work"] == 40.0 and use["busy"] == 1.0 and use["min_wall"] == 20.0
 
 
 def test_watch_logs_progress_and_interrupts_once_at_its_deadline(tmp_path, caplog):

@@ -70,18 +70,30 @@ def objective(hparams: dict, space: dict, dataset: str, epoch: int, epochs: int,
 
 
 class Trace:
-    """Appends one JSON line per phase of a trial (start, end, slot) to `<trace_dir>/<trial>.jsonl`."""
+    """Appends one JSON line per phase of a trial (start, end, slot) to `<trace_dir>/<trial>.jsonl`, and, as a
+    phase of work starts, an open line (`"open": true`, its start) that the phase's own line closes: a reader
+    counts the work still running at a progress line or when a run is cut (bench/watch.py)."""
 
     def __init__(self, trace_dir: Optional[str], trial: str):
         self.path = Path(trace_dir) / f"{trial}.jsonl" if trace_dir else None
         self.slot = _slot() if self.path else ""
 
     def __call__(self, phase: str, t0: float, t1: float, **extra) -> None:
+        self._write({"phase": phase, "t0": t0, "t1": t1, "slot": self.slot, **extra})
+
+    def wait(self, phase: str, seconds: float) -> tuple[float, float]:
+        """Sleep `seconds` of simulated work, its start traced as open; (start, end) for the closing line."""
+        t0 = time.time()
+        self._write({"phase": phase, "t0": t0, "open": True, "slot": self.slot})
+        time.sleep(max(0.0, seconds))
+        return t0, time.time()
+
+    def _write(self, line: dict) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({"phase": phase, "t0": t0, "t1": t1, "slot": self.slot, **extra}) + "\n")
+            fh.write(json.dumps(line) + "\n")
 
 
 _UPLOADS: list[float] = []   # seconds of each checkpoint upload in this process (_time_uploads)
@@ -114,12 +126,6 @@ def _slot() -> str:
         return f"{ctx.get_node_id()[:8]}/{','.join(map(str, ray.get_gpu_ids())) or 'cpu' + str(os.getpid())}"
     except Exception:  # noqa: BLE001 - outside Ray (unit tests): no slot
         return f"pid{os.getpid()}"
-
-
-def _wait(seconds: float) -> tuple[float, float]:
-    t0 = time.time()
-    time.sleep(max(0.0, seconds))
-    return t0, time.time()
 
 
 def _save_checkpoint(folder: Path, epoch: int, rows: list, size_mb: float) -> None:
@@ -164,11 +170,11 @@ def simulated_adapt(cfg, run_dir, report: Optional[Callable] = None, resume_from
         _time_uploads()
     run_dir = Path(run_dir)
     rows, start = _resumed_rows(resume_from)
-    setup = _wait(spec["setup_s"][dataset])
+    setup = trace.wait("setup", spec["setup_s"][dataset])
     trace("setup", *setup)
     noise = float(spec.get("noise", 1.0))
     for epoch in range(start + 1, epochs + 1):
-        t0, t1 = _wait(spec["epoch_s"][dataset])
+        t0, t1 = trace.wait("epoch", spec["epoch_s"][dataset])
         val = objective(hparams, spec.get("space", {}), dataset, epoch, epochs, noise, trial)
         row = {"epoch": epoch, "loss": 5.0 - val / 25, "val_top1": val, "head_agreement": val / 100,
                "epoch_s": t1 - t0, "images_per_s": None, "bad_images": 0}
@@ -179,7 +185,7 @@ def simulated_adapt(cfg, run_dir, report: Optional[Callable] = None, resume_from
             n, r0 = len(_UPLOADS), time.time()
             report(row, run_dir / "checkpoints")
             trace("report", r0, time.time(), epoch=epoch, upload_s=sum(_UPLOADS[n:]))
-    ev = _wait(spec["eval_s"][dataset])
+    ev = trace.wait("eval", spec["eval_s"][dataset])
     trace("eval", *ev)
     val = rows[-1]["val_top1"] if rows else objective(hparams, spec.get("space", {}), dataset, 0, epochs, noise, trial)
     test = val - 1.0

@@ -22,10 +22,10 @@ log = logging.getLogger("bench.scale")
 
 
 def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict], dict[str, dict]]:
-    """{trial: its finished phases of work}, every report, and {trial: its phase of work still running} (tune.
-    simulate's trace, one jsonl file per trial: an open line as a phase starts, a line as it ends; a report is
-    not work but the checkpoint upload and then the wait for the driver to take the result). Read while the
-    sweep runs, a file may vanish or end in a line being written."""
+    """{trial: its finished phases of work (trials with one)}, every report, and {trial: its phase of work still
+    running} (tune.simulate's trace, one jsonl file per trial: an open line as a phase starts, a line as it
+    ends; a report is not work but the checkpoint upload and then the wait for the driver to take the result).
+    Read while the sweep runs, a file may vanish or end in a line being written."""
     work, reports, running = {}, [], {}
     for f in trace_dir.glob("*.jsonl"):
         try:
@@ -41,7 +41,8 @@ def read_trace(trace_dir: Path) -> tuple[dict[str, list[dict]], list[dict], dict
         done = [p for p in lines if p["phase"] != "report" and not p.get("open")]
         ended = {(p["phase"], p["t0"]) for p in done}
         opened = [p for p in lines if p.get("open") and (p["phase"], p["t0"]) not in ended]
-        work[f.stem] = done
+        if done:
+            work[f.stem] = done
         reports += [p for p in lines if p["phase"] == "report"]
         if opened:
             running[f.stem] = opened[-1]
@@ -60,7 +61,7 @@ def traced_work(trace_dir: Path, since: float, now: float) -> tuple[int, float, 
     """(trials traced, seconds of trial work done by `now`, of which after `since`; time.time()s), counting the
     phases running at `now` up to it."""
     work, _, running = read_trace(trace_dir)
-    return (len(work), work_between(work, running, 0.0, now), work_between(work, running, since, now))
+    return (len(work.keys() | running.keys()), work_between(work, running, 0.0, now), work_between(work, running, since, now))
 
 
 class Watch:

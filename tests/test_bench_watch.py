@@ -43,14 +43,18 @@ def test_a_phase_still_running_counts_up_to_now(tmp_path):
 
 def test_a_cut_run_is_measured_to_the_cut(tmp_path):
     """bench.scale's slot use of a run cut at its deadline: phases clipped to the cut and those running then
-    counted up to it, so two slots busy throughout read 100 % busy."""
+    counted up to it, also a trial cut before it ended any phase."""
     _trace(tmp_path, "a", [("setup", 100, 102), ("epoch", 102, 130)])      # ended after the cut at 120
     _trace(tmp_path, "b", [("setup", 100, 105)])
     with open(tmp_path / "b.jsonl", "a") as fh:
         fh.write(json.dumps({"phase": "epoch", "t0": 105, "open": True, "slot": "n0:1"}) + "\n")
+    with open(tmp_path / "c.jsonl", "a") as fh:                          # cut in its first phase
+        fh.write(json.dumps({"phase": "setup", "t0": 110, "open": True, "slot": "n0:2"}) + "\n")
     work, _, running = read_trace(tmp_path)
-    use = slot_use(work, running, slots=2, t0=100, end=120)
-    assert use["work"] == 40.0 and use["busy"] == 1.0 and use["min_wall"] == 20.0
+    assert sorted(work) == ["a", "b"] and sorted(running) == ["b", "c"]
+    use = slot_use(work, running, slots=3, t0=100, end=120)
+    assert use["work"] == 50.0 and use["min_wall"] == 50.0 / 3
+    assert traced_work(tmp_path, since=100, now=120)[0] == 3
 
 
 def test_watch_logs_progress_and_interrupts_once_at_its_deadline(tmp_path, caplog):

@@ -10,6 +10,8 @@
     python -m bench.scale --s3 --compare background_deletes  # old checkpoints deleted in the loop, then beside it
     python -m bench.scale --compare reports_at_end   # each epoch reported to the Optuna studies, then only the last
     python -m bench.scale ... --deadline 480         # interrupt the sweep there, tabulate what ran (bench/watch.py)
+    python -m bench.scale ... --plan-only            # the time scale and --plan's wall for these flags; no cluster
+    python -m bench.scale --trial-s 180 --set ray.reuse_actors=true   # the aims' run, 2 cores unsaturated (~1 h)
     bash bench/scale_device.sh run ...               # on the lent 16-core GPU machine (see that script)
 
 A `ray.cluster_utils.Cluster` of logical nodes with logical GPUs (one trial per GPU: a GPU is a trial slot)

@@ -61,7 +61,8 @@ def traced_work(trace_dir: Path, since: float, now: float) -> tuple[int, float, 
     """(trials traced, seconds of trial work done by `now`, of which after `since`; time.time()s), counting the
     phases running at `now` up to it."""
     work, _, running = read_trace(trace_dir)
-    return (len(work.keys() | running.keys()), work_between(work, running, 0.0, now), work_between(work, running, since, now))
+    return (len(work.keys() | running.keys()), work_between(work, running, 0.0, now),
+            work_between(work, running, since, now))
 
 
 class Watch:
